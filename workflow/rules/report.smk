@@ -1,0 +1,17 @@
+# The run's HTML report: learning curves, outcomes, emotion trajectories, examples.
+
+
+rule report:
+    input:
+        config=CONFIG,
+        evals=[f"{RUN}/iter_{it(i)}/eval/metrics.json" for i in evaluated_iterations()],
+        updates=[f"{RUN}/iter_{it(i)}/update/metrics.json" for i in range(ITERATIONS)],
+        rollouts=[p for i in range(ITERATIONS) for p in rollout_shards(i)],
+    output:
+        directory(REPORT),
+    params:
+        run_dir=RUN,
+    log:
+        f"{LOGS}/report.log",
+    shell:
+        "rlver report --run-dir {params.run_dir} --out {output} 2>&1 | tee {log}"

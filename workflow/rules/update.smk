@@ -1,0 +1,29 @@
+# update_<i>: reads iter_<i>/policy and all shards of iter_<i>/rollouts, writes
+# iter_<i+1>/policy and iter_<i>/update/. One rule per iteration, because its outputs
+# live in two iterations' folders. The rule itself only submits the training job through
+# submitit (local executor, or Slurm per config cluster.*) and waits for it, so on a
+# cluster it runs on the submit host (localrule) and holds one core locally.
+
+for i in range(ITERATIONS):
+
+    rule:
+        name:
+            f"update_{it(i)}"
+        localrule: True
+        input:
+            config=CONFIG,
+            policy=policy(i),
+            rollouts=rollout_shards(i),
+        output:
+            policy=directory(policy(i + 1)),
+            metrics=f"{RUN}/iter_{it(i)}/update/metrics.json",
+        params:
+            iteration=i,
+            update_dir=f"{RUN}/iter_{it(i)}/update",
+        log:
+            f"{LOGS}/update/iter_{it(i)}.log",
+        threads: CFG.cluster.cpus_per_task if CFG.cluster.launcher == "local" else 1
+        shell:
+            "rlver update --config {input.config} --iteration {params.iteration} "
+            "--policy {input.policy} --rollouts {input.rollouts} "
+            "--out-policy {output.policy} --update-dir {params.update_dir} 2>&1 | tee {log}"
