@@ -28,7 +28,7 @@ test: setup
 	$(BIN)/pytest -ra
 
 lint: setup
-	$(BIN)/ruff check rlver tests bench
+	$(BIN)/ruff check rlver tests
 	$(BIN)/snakemake --lint
 
 clean-results:

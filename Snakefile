@@ -16,7 +16,12 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# The whole results tree, not only the report: Snakemake regenerates a deleted
+# intermediate file (a rollout shard, say) only when a requested target needs it.
 rule all:
     default_target: True
     input:
         REPORT,
+        [f"{RUN}/iter_{it(i)}/update/metrics.json" for i in range(ITERATIONS)],
+        [p for i in range(ITERATIONS) for p in rollout_shards(i)],
+        [f"{RUN}/iter_{it(i)}/eval/metrics.json" for i in evaluated_iterations()],

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -213,9 +215,12 @@ def compose(
                 config_name="config", overrides=[f"experiment={experiment}", *overrides]
             )
     except (HydraException, OmegaConfBaseException) as exc:
+        unknown = re.search(r"Could not override '([^']+)'", str(exc))
+        first_lines = " ".join(str(exc).split("\n")[:2])
+        what = f"unknown key '{unknown.group(1)}'" if unknown else first_lines
         raise RlverInputError(
-            f"config (experiment={experiment}, overrides={overrides}): {exc}. "
-            "Fix: check the key's spelling against config/ and `rlver compose --help`."
+            f"config (experiment={experiment}, overrides={overrides}): {what}. "
+            "Fix: check the key against config/ (`rlver compose` prints the whole config)."
         ) from exc
     finally:
         GlobalHydra.instance().clear()
@@ -223,6 +228,33 @@ def compose(
     cfg.run = run or experiment
     validate(cfg)
     return cfg
+
+
+def snakemake_overrides(snakemake_config: dict[str, Any]) -> tuple[str, Optional[str], list[str]]:
+    """(experiment, run, Hydra overrides) from Snakemake's `--config` entries.
+
+    Snakemake only accepts plain identifiers as keys, so nested keys come either as a
+    YAML mapping (`rollout={shards: 4}`) or verbatim in `overrides="rollout.shards=4 seed=1"`;
+    every other top-level key is an override too (`seed=1`, a group choice `scale=cpu`).
+    """
+    opts = dict(snakemake_config)
+    experiment = str(opts.pop("experiment", "smoke"))
+    run = opts.pop("run", None)
+    overrides = shlex.split(str(opts.pop("overrides", "") or ""))
+
+    def flatten(key: str, value: Any) -> list[str]:
+        if isinstance(value, dict):
+            return [o for k, v in value.items() for o in flatten(f"{key}.{k}", v)]
+        if value is None:
+            return [f"{key}=null"]
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        if not re.fullmatch(r"[\w.+\-/:]*", text):
+            text = "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return [f"{key}={text}"]
+
+    for key in sorted(opts):
+        overrides += flatten(key, opts[key])
+    return experiment, None if run is None else str(run), overrides
 
 
 def validate(cfg: DictConfig) -> None:

@@ -71,3 +71,16 @@ def test_derive_seed_is_stable_and_distinct():
     assert config.derive_seed(0, 1, "shard", 2) == config.derive_seed(0, 1, "shard", 2)
     assert config.derive_seed(0, 1, "shard", 2) != config.derive_seed(0, 1, "shard", 3)
     assert 0 <= config.derive_seed("x") < 2**63
+
+
+def test_snakemake_config_entries_become_overrides():
+    experiment, run, overrides = config.snakemake_overrides({
+        "experiment": "smoke", "run": "r1", "overrides": "rollout.shards=4 seed=1",
+        "rollout": {"batch_size": "8"}, "template": {"system_prompt": "Be kind, it's ok"},
+    })
+    assert (experiment, run) == ("smoke", "r1")
+    assert overrides[:2] == ["rollout.shards=4", "seed=1"]
+    cfg = config.compose(experiment, overrides, run=run)
+    assert cfg.rollout.shards == 4 and cfg.seed == 1 and cfg.rollout.batch_size == 8
+    assert cfg.template.system_prompt == "Be kind, it's ok"
+    assert config.snakemake_overrides({}) == ("smoke", None, [])

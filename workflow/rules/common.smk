@@ -11,22 +11,11 @@ from rlver.models import check_source
 from rlver.personas import check_persona_set
 
 
-def _override(key, value):
-    if value is None:
-        value = "null"
-    elif isinstance(value, bool):
-        value = str(value).lower()
-    return f"{key}={value}"
-
-
 def compose_run_config(snakemake_config):
-    """--config experiment=NAME run=NAME key=value ...: every key but run and experiment
-    is a Hydra override (a group choice such as scale=cpu, or a dotted key)."""
-    opts = dict(snakemake_config)
-    experiment = str(opts.pop("experiment", "smoke"))
-    run = opts.pop("run", None)
-    overrides = [_override(k, v) for k, v in sorted(opts.items())]
-    cfg = rlver_config.compose(experiment, overrides, run=None if run is None else str(run))
+    """The run's config from --config (see rlver.config.snakemake_overrides), refused if it
+    differs from the run's frozen config."""
+    experiment, run, overrides = rlver_config.snakemake_overrides(snakemake_config)
+    cfg = rlver_config.compose(experiment, overrides, run=run)
     frozen = f"results/{cfg.run}/config.yaml"
     if os.path.exists(frozen):
         rlver_config.check_unchanged(cfg, frozen)

@@ -1,0 +1,126 @@
+"""The real workflow end to end: Snakemake, submitit, DeepSpeed, on a tiny config.
+
+Runs in a temporary working directory (snakemake --directory), so results/ and
+resources/ of the checkout are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from rlver.models import link_tree
+from rlver.schema import TIMING_COLUMNS
+
+from .conftest import ROOT, TINY
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def snakemake(workdir: Path, run: str, overrides: list[str], args: tuple[str, ...] = ()
+              ) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--profile", str(ROOT / "profiles" / "local"), *args,
+           "--config", f"run={run}", "overrides=" + " ".join(overrides)]
+    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    res.stderr += res.stdout  # Snakemake prints errors of the Snakefile on stdout
+    return res
+
+
+def job_counts(log: str) -> dict[str, int]:
+    """Snakemake's 'Job stats' table as {rule: count}."""
+    table = log.split("Job stats:")[1].split("total")[0]
+    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, base_model) -> Path:
+    wd = tmp_path_factory.mktemp("wf")
+    # The GGUF conversion is tested by the base_model fixture; reuse its output.
+    link_tree(base_model, wd / "resources" / "models" / base_model.name)
+    return wd
+
+
+@pytest.fixture(scope="module")
+def finished_run(workdir) -> Path:
+    res = snakemake(workdir, "tiny", TINY)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return workdir / "results" / "tiny"
+
+
+def test_run_produces_the_whole_tree(finished_run):
+    run = finished_run
+    assert (run / "config.yaml").exists()
+    for i in (0, 1):
+        for s in (0, 1):
+            assert (run / f"iter_{i:04d}/rollouts/shard_{s:03d}.parquet").exists()
+        assert (run / f"iter_{i:04d}/update/metrics.json").exists()
+    for i in (0, 1, 2):
+        assert (run / f"iter_{i:04d}/policy/model.safetensors").exists()
+        assert (run / f"iter_{i:04d}/eval/metrics.json").exists()
+    for name in ("index.html", "learning_curve.png", "outcomes.png",
+                 "emotion_trajectories.png"):
+        assert (run / "report" / name).exists()
+    assert (run / "logs" / "update" / "iter_0000.log").exists()
+
+
+def test_second_run_does_nothing(finished_run, workdir):
+    res = snakemake(workdir, "tiny", TINY)
+    assert res.returncode == 0
+    assert "Nothing to be done" in res.stderr + res.stdout
+
+
+def test_deleted_shard_redoes_only_what_depends_on_it(finished_run, workdir):
+    run = finished_run
+    victim = run / "iter_0001/rollouts/shard_000.parquet"
+    keep = [run / "iter_0001/rollouts/shard_001.parquet", run / "iter_0000/eval/metrics.json",
+            run / "iter_0001/eval/metrics.json", run / "iter_0000/update/metrics.json"]
+    before = {p: p.stat().st_mtime_ns for p in keep}
+    victim.unlink()
+    res = snakemake(workdir, "tiny", TINY)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert job_counts(res.stderr) == {"rollout": 1, "update_0001": 1, "evaluate": 1,
+                                      "report": 1, "all": 1}
+    assert victim.exists()
+    assert {p: p.stat().st_mtime_ns for p in keep} == before
+
+
+def test_same_seed_gives_identical_rollouts(finished_run, workdir):
+    res = snakemake(workdir, "tiny_again", TINY, args=("--until", "update_0001"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    other = workdir / "results" / "tiny_again"
+    for i in (0, 1):
+        for s in (0, 1):
+            name = f"iter_{i:04d}/rollouts/shard_{s:03d}.parquet"
+            a, b = pq.read_table(finished_run / name), pq.read_table(other / name)
+            cols = [c for c in a.column_names if c not in TIMING_COLUMNS]
+            assert a.select(cols).equals(b.select(cols)), name
+
+
+def test_changed_config_is_refused_with_the_differing_keys(finished_run, workdir):
+    changed = [o for o in TINY if not o.startswith("rollout.max_new_tokens")]
+    res = snakemake(workdir, "tiny", [*changed, "rollout.max_new_tokens=20"], args=("-n",))
+    assert res.returncode != 0
+    assert "rollout.max_new_tokens: frozen 12 -> now 20" in res.stderr
+    assert "new run name" in res.stderr
+
+
+def test_unknown_key_is_named(workdir):
+    res = snakemake(workdir, "bad", ["rollout.shardz=3"], args=("-n",))
+    assert res.returncode != 0 and "rollout.shardz" in res.stderr
+    assert not (workdir / "results" / "bad").exists()
+
+
+def test_missing_model_path_is_named(workdir):
+    res = snakemake(workdir, "bad", ["model.source=/no/such/model"], args=("-n",))
+    assert res.returncode != 0
+    assert "model.source" in res.stderr and "/no/such/model" in res.stderr
+    assert not (workdir / "results" / "bad").exists()
