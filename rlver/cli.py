@@ -91,6 +91,23 @@ def cmd_report(a: argparse.Namespace) -> None:
     build_report(Path(a.run_dir), Path(a.out))
 
 
+def cmd_score(a: argparse.Namespace) -> None:
+    from rlver.benchmark_logs import format_scores, score_file
+
+    scores = [score_file(path) for path in a.logs]
+    if a.json:
+        for s in scores:
+            print(json.dumps(s.as_json()))
+    else:
+        print(format_scores(scores))
+
+
+def cmd_calibrate(a: argparse.Namespace) -> None:
+    from rlver.calibrate import calibrate
+
+    calibrate(a.logs, a.simulator, a.difficulty, a.set, a.out, a.limit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlver", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -150,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("report", cmd_report, "HTML report and figures of a run")
     s.add_argument("--run-dir", required=True)
     s.add_argument("--out", required=True)
+
+    s = add("score", cmd_score, "benchmark score, success and failure of dialogue logs")
+    s.add_argument("logs", nargs="+", help="SAGE .jsonl logs or eval dialogues.parquet files")
+    s.add_argument("--json", action="store_true", help="one JSON object per file")
+
+    s = add("calibrate", cmd_calibrate,
+            "replay logged SAGE dialogues through a simulator; compare emotion changes")
+    s.add_argument("--logs", nargs="+", required=True, help="SAGE .jsonl logs")
+    s.add_argument("--simulator", default="heuristic", help="simulator.backend")
+    s.add_argument("--difficulty", default="vanilla", help="simulator.difficulty")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="another simulator key, e.g. --set temperature=0 (repeatable)")
+    s.add_argument("--out", default=None, help="write the per-turn rows to this Parquet")
+    s.add_argument("--limit", type=int, default=None, help="first N dialogues of each log")
     return p
 
 

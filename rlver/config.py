@@ -59,7 +59,8 @@ class PersonasConfig:
 class SimulatorConfig:
     """The simulated user that scores each reply (training setting)."""
 
-    #: `heuristic` (deterministic, CPU, the embedded default).
+    #: `heuristic` (deterministic, CPU, the embedded default), `llm_http` (any
+    #: OpenAI-compatible chat endpoint) or `llm_vllm` (an in-process vLLM engine).
     backend: str = "heuristic"
     #: `vanilla` or `challenging` (hides the need, rewards only replies that meet it).
     difficulty: str = "vanilla"
@@ -70,6 +71,28 @@ class SimulatorConfig:
     max_turns: int = 8
     #: The dialogue fails when emotion drops below this (1: training ends at emotion 0).
     failure_below: int = 1
+    #: LLM backends: the model name sent to the endpoint (llm_http) or a local model
+    #: directory (llm_vllm).
+    model: str = ""
+    #: llm_http: the endpoint's base URL, e.g. http://127.0.0.1:8000/v1.
+    base_url: str = ""
+    #: llm_http: the NAME of the environment variable that holds the API key (the key
+    #: itself is never written to a config or a log).
+    api_key_env: str = ""
+    #: llm_http: requests in flight at most.
+    max_concurrency: int = 32
+    timeout_s: float = 60.0
+    #: Retries per call (HTTP errors, timeouts, unparsable answers); then the fallback.
+    max_retries: int = 3
+    #: First retry delay; doubled each retry.
+    backoff_s: float = 1.0
+    temperature: float = 0.7
+    max_tokens: int = 512
+    #: After the retries, an unparsable answer is recorded as parse_error and either
+    #: changes nothing (`zero_delta`) or ends the dialogue with outcome `error`.
+    on_parse_error: str = "zero_delta"
+    #: Prompt language: `auto` (the persona's), `en` or `zh`.
+    language: str = "auto"
 
 
 @dataclass
@@ -269,7 +292,17 @@ def validate(cfg: DictConfig) -> None:
             cfg.rollout.personas_per_iteration >= cfg.rollout.shards,
             "at least rollout.shards (each shard needs one persona)",
         ),
-        ("simulator.backend", cfg.simulator.backend in {"heuristic"}, "one of: heuristic"),
+        (
+            "simulator.backend",
+            cfg.simulator.backend in {"heuristic", "llm_http", "llm_vllm"},
+            "one of: heuristic, llm_http, llm_vllm",
+        ),
+        (
+            "simulator.on_parse_error",
+            cfg.simulator.on_parse_error in {"zero_delta", "error"},
+            "zero_delta or error",
+        ),
+        ("simulator.language", cfg.simulator.language in {"auto", "en", "zh"}, "auto, en or zh"),
         (
             "simulator.difficulty",
             cfg.simulator.difficulty in {"vanilla", "challenging"},

@@ -60,7 +60,7 @@ def evaluate_policy(
     dialogues = run_dialogues(
         specs,
         engine,
-        make_simulator(cfg.simulator.backend, cfg.simulator.difficulty),
+        make_simulator(cfg.simulator),
         ProtocolSettings(ev.initial_emotion, ev.max_delta, ev.max_turns, ev.failure_below),
         SamplingSettings(ev.max_new_tokens, greedy=True),
         cfg.template.system_prompt,

@@ -170,11 +170,13 @@ def _advance(
     utterances = simulator.speak(requests, [s.emotion for s in steps],
                                  [s.outcome for s in steps])
     seconds = (time.perf_counter() - t0) / len(batch)
-    for d, s, st, u in zip(batch, samples, steps, utterances, strict=True):
+    for d, s, st, u, f in zip(batch, samples, steps, utterances, feelings, strict=True):
         d.seconds += seconds
         # The persona's farewell comes from step two, after the protocol's verdict; a
         # verdict of its own (success, failure, turn limit) takes precedence.
         outcome = st.outcome or ("goodbye" if u.farewell else None)
+        if f.fatal:
+            outcome = "error"
         d.messages.append(Message("user", u.text))
         if outcome is not None:
             d.outcome = outcome
@@ -242,7 +244,7 @@ def rollout_shard(
     dialogues = run_dialogues(
         specs,
         engine,
-        make_simulator(sim.backend, sim.difficulty),
+        make_simulator(sim),
         ProtocolSettings(sim.initial_emotion, sim.max_delta, sim.max_turns, sim.failure_below),
         SamplingSettings(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p),
         cfg.template.system_prompt,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Optional
 
 import pytest
@@ -612,6 +613,7 @@ def test_closing_lines_and_leaving() -> None:
 
 
 def test_make_simulator_and_bad_difficulty() -> None:
-    assert isinstance(make_simulator("heuristic", "challenging"), HeuristicSimulator)
+    cfg = SimpleNamespace(backend="heuristic", difficulty="challenging")
+    assert isinstance(make_simulator(cfg), HeuristicSimulator)
     with pytest.raises(ValueError, match="difficulty"):
         HeuristicSimulator("impossible")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from rlver.personas import Persona
 
@@ -39,11 +39,17 @@ class SimRequest:
 
 @dataclass(frozen=True)
 class Feeling:
-    """Step one: the proposed change and why."""
+    """Step one: the proposed change and why.
+
+    `parse_error`: the backend could not get a usable answer (after its retries) and fell
+    back; `delta` is then 0 and `reason` says what failed. `fatal`: the dialogue must end
+    with outcome `error` (simulator.on_parse_error=error).
+    """
 
     delta: int
     reason: str
     parse_error: bool = False
+    fatal: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,10 +78,10 @@ class Simulator(ABC):
         protocol ended the dialogue (outcome not None)."""
 
 
-def make_simulator(backend: str, difficulty: str) -> Simulator:
-    """The backend named by `simulator.backend` in the config."""
-    if backend == "heuristic":
+def make_simulator(cfg: Any) -> Simulator:
+    """The backend named by `simulator.backend`, built from the `simulator` config group."""
+    if cfg.backend == "heuristic":
         from rlver.simulator.heuristic import HeuristicSimulator
 
-        return HeuristicSimulator(difficulty=difficulty)
-    raise ValueError(f"unknown simulator backend {backend!r}")
+        return HeuristicSimulator(difficulty=cfg.difficulty)
+    raise ValueError(f"unknown simulator backend {cfg.backend!r}")
