@@ -1,0 +1,582 @@
+"""The LLM simulated user: the paper's two-step protocol, asked of a chat model.
+
+`LLMSimulator` builds the prompts (`prompts.py`), sends every live dialogue's call of a
+step to a completion backend at once, parses the answers and retries what failed. Two
+backends: `OpenAIHTTPBackend` (any OpenAI-compatible endpoint, requests in flight
+together up to `max_concurrency`) and `VLLMEngineBackend` (an in-process vLLM engine,
+one batched call).
+
+Failures are bounded, never fatal to the shard (the original code looped forever): an
+item gets at most `1 + max_retries` attempts, whatever went wrong (HTTP 429/5xx,
+timeout, dropped connection, a body that is not a chat completion, an answer that does
+not parse); then it falls back — a Feeling with delta 0 and `parse_error=True` (`fatal`
+when `on_parse_error=error`), or a short neutral utterance. Retries go out in rounds:
+all items still failing after a round are sent again together after one backoff
+(`backoff_s`, doubled each round), so batching survives the retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol, TypeVar
+
+from rlver.errors import RlverInputError
+from rlver.simulator import Feeling, SimRequest, Simulator, Utterance
+from rlver.simulator.prompts import (
+    FAREWELL_MARKER,
+    fallback_utterance,
+    feel_messages,
+    prompt_language,
+    speak_messages,
+)
+
+#: A proposed change outside this range is clamped: one reply never swings more.
+MAX_ABS_DELTA = 50
+#: One backoff never waits longer than this, whatever `max_retries` says.
+MAX_BACKOFF_S = 60.0
+#: In-process vLLM engine: context and KV cache sized for CPU and small simulator models.
+VLLM_MAX_MODEL_LEN = 4096
+VLLM_KV_CACHE_BYTES = 1 << 30
+
+Chat = list[dict[str, str]]
+T = TypeVar("T")
+
+
+class CompletionError(Exception):
+    """One item's call failed. `retryable`: another attempt may succeed (a 400 or 401
+    will not)."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class AnswerFormatError(ValueError):
+    """The model answered, but not in the format the prompt asked for."""
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """An item with no usable answer after its attempts, and why."""
+
+    why: str
+
+
+class CompletionBackend(Protocol):
+    """Chat completions for a batch: text per item, or that item's exception."""
+
+    def complete(
+        self, batch: list[Chat], seeds: Optional[Sequence[int]] = None
+    ) -> list[str | Exception]: ...
+
+
+# --- parsers -----------------------------------------------------------------------------
+
+_DECODER = json.JSONDecoder()
+#: `"delta": 3` inside JSON too broken to decode (e.g. unescaped quotes in the reason).
+_DELTA_KEY = re.compile(r'"delta"\s*:\s*"?([+-]?\d+(?:\.\d+)?)', re.IGNORECASE)
+#: A `Delta: -3` line (bold, bullet and full-width colon tolerated).
+_DELTA_LINE = re.compile(
+    r"^[\s*#>\-]*(?:delta|change|emotion change|变化|情绪变化)[\s*]*[:：=][\s*]*"
+    r"([+-]?\d+(?:\.\d+)?)[\s*]*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_REASON_KEY = re.compile(r'"reason"\s*:\s*"((?:[^"\\]|\\.)*)"', re.IGNORECASE)
+_INTEGER = re.compile(r"[+-]?\d+")
+#: The farewell marker, also in full-width brackets or another case.
+_FAREWELL = re.compile(rf"[\[【]\s*{re.escape(FAREWELL_MARKER.strip('[]'))}\s*[\]】]",
+                       re.IGNORECASE)
+_FENCE = re.compile(r"^```[\w-]*\s*|\s*```$")
+_QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "「": "」", "『": "』"}
+
+
+def parse_feeling(text: str) -> tuple[int, str]:
+    """(delta, reason) from a step-one answer.
+
+    Accepts the last JSON object with a `delta` anywhere in the answer, else a `"delta": N`
+    fragment or a `Delta: N` line. The delta must be an integer (3, "+3" or 3.0; not 2.5)
+    and is clamped to +-MAX_ABS_DELTA. Raises AnswerFormatError saying what is wrong.
+    """
+    text = _FENCE.sub("", text.strip())
+    if not text:
+        raise AnswerFormatError("empty answer")
+    found = _last_json_with_delta(text)
+    if found is not None:
+        obj, start = found
+        delta = _as_int(_get(obj, "delta"))
+        reason = _get(obj, "reason")
+        reason = reason if isinstance(reason, str) and reason.strip() else text[:start]
+    else:
+        matches = list(_DELTA_KEY.finditer(text)) or list(_DELTA_LINE.finditer(text))
+        if not matches:
+            raise AnswerFormatError('no delta found (expected {"reason": ..., "delta": N})')
+        delta = _as_int(matches[-1].group(1))
+        key = _REASON_KEY.search(text)
+        reason = key.group(1) if key else text[: matches[-1].start()]
+    delta = max(-MAX_ABS_DELTA, min(MAX_ABS_DELTA, delta))
+    return delta, _clean_reason(reason)
+
+
+def parse_utterance(text: str, name: str = "") -> tuple[str, bool]:
+    """(message, farewell) from a step-two answer.
+
+    Keeps the first paragraph only, and cuts where a speaker label starts a later line:
+    small models go on to write the rest of the dialogue or echo the prompt. Role prefixes
+    and wrapping quotes are removed; `farewell` if the farewell marker ends the message
+    (the marker is removed). Raises AnswerFormatError when nothing is left.
+    """
+    labels = _labels(name)
+    text = _FENCE.sub("", text.strip())
+    end = _message_end(text, labels)
+    farewell = bool(_FAREWELL.search(text[:end]) or _FAREWELL.match(text[end:].strip()))
+    text = _FAREWELL.sub("", text[:end]).strip()
+    prefix = re.compile(rf"^(?:\*\*)?{labels}(?:\*\*)?\s*(?:\*\*)?", re.IGNORECASE)
+    for _ in range(3):  # prefixes and quotes can nest: 'Anna: "..."'
+        text = prefix.sub("", text).strip()
+        if len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
+            text = text[1:-1].strip()
+    if not text:
+        only_marker = " (only the farewell marker)" if farewell else ""
+        raise AnswerFormatError("empty message" + only_marker)
+    return text, farewell
+
+
+def _labels(name: str) -> str:
+    """A speaker label such as `Anna:`, `You (Anna Kowalski):`, `Them:` or `对方：`."""
+    names = {name, name.split()[0] if name.split() else ""} - {""}
+    words = [re.escape(n) for n in sorted(names, key=len, reverse=True)]
+    words += ["you", "me", "user", "persona", "them", "their", "they", "listener", "assistant",
+              "emotion", "我", "你", "用户", "对方", "情绪"]
+    return r"(?:" + "|".join(words) + r")(?:\s*[(（][^)）\n]*[)）])?\s*[:：]"
+
+
+def _message_end(text: str, labels: str) -> int:
+    """Where the persona's one message ends: a blank line or a later labelled line."""
+    ends = [len(text)]
+    first_line_end = text.find("\n")
+    if first_line_end >= 0:
+        later = re.compile(r"\n\s*(?:\*\*)?" + labels, re.IGNORECASE)
+        hit = later.search(text, first_line_end)
+        if hit:
+            ends.append(hit.start())
+    blank = re.search(r"\n\s*\n", text)
+    if blank:
+        ends.append(blank.start())
+    return min(ends)
+
+
+def _last_json_with_delta(text: str) -> Optional[tuple[dict[str, Any], int]]:
+    """The last JSON object (at any nesting) that has a `delta` key, and where it starts."""
+    best = None
+    for start in (i for i, c in enumerate(text) if c == "{"):
+        try:
+            obj, _ = _DECODER.raw_decode(text, start)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and _get(obj, "delta") is not None:
+            best = (obj, start)
+    return best
+
+
+def _get(obj: dict[str, Any], key: str) -> Any:
+    return next((v for k, v in obj.items() if str(k).strip().lower() == key), None)
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise AnswerFormatError(f"delta {value!r} is not an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        if _INTEGER.fullmatch(value.strip()):
+            return int(value.strip())
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is not None and number.is_integer():
+            return int(number)
+    raise AnswerFormatError(f"delta {value!r} is not an integer")
+
+
+def _clean_reason(reason: str) -> str:
+    reason = " ".join(reason.split()).strip(" \"'`")
+    if len(reason) > 500:
+        reason = reason[:500] + "..."
+    return reason or "(no reason given)"
+
+
+# --- the simulator -----------------------------------------------------------------------
+
+
+class LLMSimulator(Simulator):
+    """The two-step protocol with a chat model; see the module docstring for failures."""
+
+    def __init__(
+        self, cfg: Any, backend: CompletionBackend, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        if cfg.difficulty not in ("vanilla", "challenging"):
+            raise ValueError(f"difficulty must be vanilla or challenging, got {cfg.difficulty!r}")
+        if cfg.on_parse_error not in ("zero_delta", "error"):
+            raise ValueError(f"on_parse_error must be zero_delta or error, got "
+                             f"{cfg.on_parse_error!r}")
+        self.difficulty: str = cfg.difficulty
+        self.language: str = cfg.language
+        self.max_retries = max(0, int(cfg.max_retries))
+        self.backoff_s = max(0.0, float(cfg.backoff_s))
+        self.fatal_on_parse_error = cfg.on_parse_error == "error"
+        self.backend = backend
+        self._sleep = sleep
+        #: Step one's reasons by request, so step two speaks from what was felt.
+        self._reactions: dict[SimRequest, str] = {}
+
+    def feel(self, requests: Sequence[SimRequest]) -> list[Feeling]:
+        """Proposed change and reason per request; delta 0 and parse_error after failures."""
+        chats = [feel_messages(r, self.difficulty, self._language(r)) for r in requests]
+        answers = self._ask("feel", chats, [r.seed for r in requests], parse_feeling)
+        feelings = []
+        for answer in answers:
+            if isinstance(answer, _Failure):
+                feelings.append(Feeling(0, f"parse_error: {answer.why}", parse_error=True,
+                                        fatal=self.fatal_on_parse_error))
+            else:
+                feelings.append(Feeling(delta=answer[0], reason=answer[1]))
+        self._reactions = {
+            r: f.reason for r, f in zip(requests, feelings, strict=True)
+            if not f.parse_error
+        }
+        return feelings
+
+    def speak(
+        self,
+        requests: Sequence[SimRequest],
+        emotions: Sequence[int],
+        outcomes: Sequence[Optional[str]],
+    ) -> list[Utterance]:
+        """The persona's next message; a closing line when the protocol ended the dialogue.
+        `farewell` only when the persona leaves by itself (marker present, no outcome)."""
+        chats = [
+            speak_messages(r, e, o, self.difficulty, self._language(r),
+                           self._reactions.get(r, ""))
+            for r, e, o in zip(requests, emotions, outcomes, strict=True)
+        ]
+        parsers = [lambda t, n=r.persona.name: parse_utterance(t, n) for r in requests]
+        answers = self._ask("speak", chats, [r.seed for r in requests], parsers)
+        out = []
+        for r, o, answer in zip(requests, outcomes, answers, strict=True):
+            if isinstance(answer, _Failure):
+                out.append(Utterance(fallback_utterance(self._language(r), o is not None)))
+            else:
+                out.append(Utterance(answer[0], farewell=answer[1] and o is None))
+        return out
+
+    def close(self) -> None:
+        """Release the backend's connections or engine, if it holds any."""
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
+    def _language(self, request: SimRequest) -> str:
+        return prompt_language(request.persona, self.language)
+
+    def _ask(
+        self,
+        step: str,
+        chats: list[Chat],
+        seeds: list[int],
+        parse: Callable[[str], T] | list[Callable[[str], T]],
+    ) -> list[T | _Failure]:
+        """Each item's parsed answer, or a _Failure saying why it has none.
+
+        Rounds: everything pending goes to the backend in one call; failures wait one
+        backoff and go again, until each item has had 1 + max_retries attempts. Each
+        attempt has its own seed: a server that honours seeds would otherwise return the
+        same unparsable answer every time.
+        """
+        parsers = parse if isinstance(parse, list) else [parse] * len(chats)
+        results: list[Any] = [None] * len(chats)
+        errors = [""] * len(chats)
+        attempts = [0] * len(chats)
+        pending = list(range(len(chats)))
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self._sleep(min(MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1)))
+            answers = self._complete([chats[i] for i in pending],
+                                     [attempt_seed(seeds[i], step, attempt) for i in pending])
+            still = []
+            for i, answer in zip(pending, answers, strict=True):
+                attempts[i] += 1
+                try:
+                    if isinstance(answer, Exception):
+                        raise answer
+                    results[i] = parsers[i](answer)
+                except CompletionError as exc:
+                    errors[i] = str(exc) + ("" if exc.retryable else " (not retried)")
+                    if exc.retryable:
+                        still.append(i)
+                except Exception as exc:  # AnswerFormatError, or anything else a parser hit
+                    errors[i] = f"{type(exc).__name__}: {exc}"
+                    still.append(i)
+            pending = still
+            if not pending:
+                break
+        failed = [i for i, r in enumerate(results) if r is None]
+        for i in failed:
+            tries = f"{attempts[i]} attempt" + ("s" if attempts[i] > 1 else "")
+            results[i] = _Failure(f"{step}: no usable answer after {tries}: {errors[i]}")
+        if failed:
+            print(f"simulator: {step}: {len(failed)}/{len(chats)} answers unusable, fallback "
+                  f"used; first: {results[failed[0]].why}", file=sys.stderr, flush=True)
+        return results
+
+    def _complete(self, batch: list[Chat], seeds: list[int]) -> list[str | Exception]:
+        """The backend's answers; a backend that raises fails the whole batch, not the run."""
+        try:
+            answers = self.backend.complete(batch, seeds)
+        except Exception as exc:
+            return [CompletionError(f"backend failed: {type(exc).__name__}: {exc}")] * len(batch)
+        if len(answers) != len(batch):
+            return [CompletionError(f"backend returned {len(answers)} answers for "
+                                    f"{len(batch)} prompts")] * len(batch)
+        return answers
+
+
+def attempt_seed(seed: int, step: str, attempt: int) -> int:
+    """A 31-bit sampling seed per (request seed, step, attempt): reproducible, different for
+    the two steps and for each retry, and small enough for any server's seed field."""
+    digest = hashlib.sha256(f"{seed}/{step}/{attempt}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
+
+
+# --- backends ----------------------------------------------------------------------------
+
+
+class OpenAIHTTPBackend:
+    """POST {base_url}/chat/completions, all items of a batch in flight together.
+
+    At most `max_concurrency` requests at a time; each bounded by `timeout_s` in total.
+    The API key is read from the environment variable named by `api_key_env`, kept only in
+    the request headers, and scrubbed from every text and error this backend returns.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str = "",
+        max_concurrency: int = 32,
+        timeout_s: float = 60.0,
+        temperature: float = 0.7,
+        max_tokens: int = 512,
+    ) -> None:
+        if not base_url:
+            raise RlverInputError("simulator.base_url is empty. Fix: set it to the endpoint, "
+                                  "e.g. simulator.base_url=http://127.0.0.1:8000/v1.")
+        if not model:
+            raise RlverInputError("simulator.model is empty. Fix: set it to the model name the "
+                                  "endpoint serves.")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.max_concurrency = max(1, int(max_concurrency))
+        self.timeout_s = float(timeout_s)
+        self.temperature = float(temperature)
+        self.max_tokens = int(max_tokens)
+        self._secret = _api_key(api_key_env)
+        self._headers = {"Authorization": f"Bearer {self._secret}"} if self._secret else {}
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._clients: list[Any] = []  # httpx.AsyncClient, one per concurrency slot
+        self._ssl: Any = None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> OpenAIHTTPBackend:
+        return cls(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env,
+                   max_concurrency=cfg.max_concurrency, timeout_s=cfg.timeout_s,
+                   temperature=cfg.temperature, max_tokens=cfg.max_tokens)
+
+    def complete(
+        self, batch: list[Chat], seeds: Optional[Sequence[int]] = None
+    ) -> list[str | Exception]:
+        """Synchronous on purpose (rollout code is); runs the requests on this backend's
+        own event loop, which keeps its connections open between calls."""
+        if not batch:
+            return []
+        seeds = list(seeds) if seeds is not None else [None] * len(batch)
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(self._complete_all(batch, seeds))
+
+    def close(self) -> None:
+        if self._loop is None or self._loop.is_closed():
+            return
+        for client in self._clients:
+            self._loop.run_until_complete(client.aclose())
+        self._clients = []
+        self._loop.close()
+
+    async def _complete_all(
+        self, batch: list[Chat], seeds: list[Optional[int]]
+    ) -> list[str | Exception]:
+        # One client per concurrency slot, each with a single keep-alive connection, handed
+        # out through a queue (which is also the concurrency bound). One shared client
+        # would do, but httpcore's pool scans all its connections for every request event:
+        # at 32 in flight that costs more CPU than the requests themselves.
+        free: asyncio.Queue[Any] = asyncio.Queue()
+        for client in self._grow_clients(min(self.max_concurrency, len(batch))):
+            free.put_nowait(client)
+        calls = [self._one(free, chat, seed) for chat, seed in zip(batch, seeds, strict=True)]
+        return list(await asyncio.gather(*calls))
+
+    def _grow_clients(self, n: int) -> list[Any]:
+        import httpx
+
+        if self._ssl is None:
+            self._ssl = httpx.create_ssl_context()  # built once: it loads the CA bundle
+        while len(self._clients) < n:
+            self._clients.append(httpx.AsyncClient(
+                headers=self._headers, verify=self._ssl, timeout=httpx.Timeout(self.timeout_s),
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            ))
+        return self._clients[:n]
+
+    async def _one(
+        self, free: asyncio.Queue[Any], chat: Chat, seed: Optional[int]
+    ) -> str | Exception:
+        import httpx
+
+        body: dict[str, Any] = {"model": self.model, "messages": chat,
+                                "temperature": self.temperature, "max_tokens": self.max_tokens}
+        if seed is not None:
+            body["seed"] = seed
+        client = await free.get()
+        try:
+            # wait_for bounds the whole request: httpx's timeout is per read, and a
+            # server trickling bytes would never trip it.
+            response = await asyncio.wait_for(client.post(self.url, json=body), self.timeout_s)
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            return CompletionError(f"timeout after {self.timeout_s:g} s")
+        except httpx.HTTPError as exc:
+            return CompletionError(self._scrub(f"connection error: {type(exc).__name__}: {exc}"))
+        finally:
+            free.put_nowait(client)
+        answer = _chat_text(response.status_code, response.content)
+        if isinstance(answer, CompletionError):
+            return CompletionError(self._scrub(str(answer)), answer.retryable)
+        return self._scrub(answer)
+
+    def _scrub(self, text: str) -> str:
+        """Remove the API key from anything that leaves this backend (a misbehaving server
+        could echo it in an error body)."""
+        return text.replace(self._secret, "[redacted]") if self._secret else text
+
+
+def _api_key(env_name: str) -> str:
+    if not env_name:
+        return ""
+    key = os.environ.get(env_name, "")
+    if not key:
+        raise RlverInputError(
+            f"simulator.api_key_env names the environment variable {env_name}, which is not "
+            f"set. Fix: export {env_name}=<your API key>, or set simulator.api_key_env='' "
+            "for an endpoint without a key."
+        )
+    return key
+
+
+def _chat_text(status: int, content: bytes) -> str | CompletionError:
+    """The first choice's message text, or why there is none. 408, 429 and 5xx may pass;
+    other 4xx (bad request, auth, unknown model) will not, so they are not retried."""
+    if status != 200:
+        snippet = " ".join(content[:200].decode("utf-8", "replace").split())
+        retryable = status in (408, 429) or status >= 500
+        return CompletionError(f"http {status}: {snippet}", retryable=retryable)
+    try:
+        text = json.loads(content)["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        snippet = " ".join(content[:120].decode("utf-8", "replace").split())
+        return CompletionError(f"bad response (not a chat completion): {snippet!r}")
+    if not isinstance(text, str):
+        return CompletionError(f"bad response: message content is {type(text).__name__}")
+    return text
+
+
+class VLLMEngineBackend:
+    """An in-process vLLM engine: the whole batch in one `LLM.chat` call, a seed per item.
+
+    vLLM starts worker processes: build this only under `if __name__ == "__main__":` (or in
+    a process started that way, as the workflow's stages are).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        temperature: float = 0.7,
+        max_tokens: int = 512,
+        max_model_len: int = VLLM_MAX_MODEL_LEN,
+        kv_cache_memory_bytes: int = VLLM_KV_CACHE_BYTES,
+        **engine_kwargs: Any,
+    ) -> None:
+        if not model:
+            raise RlverInputError("simulator.model is empty. Fix: set it to a local model "
+                                  "directory for the llm_vllm backend.")
+        from vllm import LLM, SamplingParams
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            # A seeded request prefilled in chunks makes vLLM rewind its torch.Generator by
+            # offset, which CPU generators do not support: the engine dies ("CPU Generator
+            # does not use offset"). Whole-prompt prefills avoid the rewind.
+            engine_kwargs.setdefault("enable_chunked_prefill", False)
+            engine_kwargs.setdefault("max_num_batched_tokens", max_model_len)
+            engine_kwargs.setdefault("dtype", cpu_dtype())
+        self._sampling = SamplingParams
+        self.temperature = float(temperature)
+        self.max_tokens = int(max_tokens)
+        self.llm = LLM(model=model, enforce_eager=True, max_model_len=max_model_len,
+                       kv_cache_memory_bytes=kv_cache_memory_bytes, **engine_kwargs)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> VLLMEngineBackend:
+        return cls(cfg.model, temperature=cfg.temperature, max_tokens=cfg.max_tokens)
+
+    def complete(
+        self, batch: list[Chat], seeds: Optional[Sequence[int]] = None
+    ) -> list[str | Exception]:
+        if not batch:
+            return []
+        seeds = list(seeds) if seeds is not None else [None] * len(batch)
+        params = [self._sampling(temperature=self.temperature, max_tokens=self.max_tokens,
+                                 seed=s) for s in seeds]
+        try:
+            outputs = self.llm.chat(batch, params, use_tqdm=False)
+        except Exception as exc:
+            if len(batch) == 1:
+                return [CompletionError(f"vllm: {type(exc).__name__}: {exc}")]
+            # One bad conversation (e.g. longer than the context) fails the whole call:
+            # isolate it so the others still get their answers.
+            return [self.complete([c], [s])[0] for c, s in zip(batch, seeds, strict=True)]
+        return [o.outputs[0].text if o.outputs else CompletionError("vllm: no output")
+                for o in outputs]
+
+
+def cpu_dtype() -> str:
+    """vLLM's dtype for a CPU engine: `auto` (bfloat16) only where the CPU computes bfloat16
+    natively; emulated, it is several times slower than float32."""
+    try:
+        import torch
+
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    except Exception:  # private torch API: if it moves, keep vLLM's choice
+        return "auto"
+    return "auto" if native else "float32"
