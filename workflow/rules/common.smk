@@ -23,6 +23,14 @@ def compose_run_config(snakemake_config):
     return cfg
 
 
+def compose_args(snakemake_config):
+    """The same config as `rlver compose` arguments (rule freeze_config writes it)."""
+    import shlex
+
+    experiment, run, overrides = rlver_config.snakemake_overrides(snakemake_config)
+    return shlex.join(["--experiment", experiment, "--run", CFG.run, *overrides])
+
+
 try:
     CFG = compose_run_config(config)
     check_persona_set(CFG.personas, f"resources/personas/{CFG.personas.name}")
@@ -36,6 +44,8 @@ PERSONAS = f"resources/personas/{CFG.personas.name}"
 ITERATIONS = CFG.iterations
 SHARDS = CFG.rollout.shards
 LOGS = f"{RUN}/logs"
+# The software of every rule (used with --software-deployment-method conda).
+ENV = "../../environment.yml"
 REPORT = f"{RUN}/report"
 
 

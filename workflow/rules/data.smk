@@ -4,14 +4,17 @@
 
 
 rule freeze_config:
+    localrule: True
     output:
         CONFIG,
+    params:
+        args=compose_args(config),
     log:
         f"{LOGS}/freeze_config.log",
-    run:
-        rlver_config.freeze(CFG, output[0])
-        with open(log[0], "w") as f:
-            print(f"froze run {CFG.run} (config {rlver_config.config_hash(CFG)})", file=f)
+    conda:
+        ENV
+    shell:
+        "rlver compose {params.args} --out {output} 2>&1 | tee {log}"
 
 
 rule prepare_model:
@@ -21,11 +24,14 @@ rule prepare_model:
         source=CFG.model.source,
     log:
         f"{LOGS}/prepare_model.log",
+    conda:
+        ENV
     shell:
         "rlver prepare-model --source {params.source:q} --out {output} 2>&1 | tee {log}"
 
 
 rule personas:
+    localrule: True
     output:
         train=f"{PERSONAS}/train.parquet",
         test=f"{PERSONAS}/test.parquet",
@@ -33,17 +39,22 @@ rule personas:
         spec=rlver_config.to_json(CFG.personas),
     log:
         f"{LOGS}/personas.log",
+    conda:
+        ENV
     shell:
         "rlver personas --spec {params.spec:q} --train {output.train} --test {output.test} "
         "2>&1 | tee {log}"
 
 
 rule init_policy:
+    localrule: True
     input:
         MODEL,
     output:
         directory(policy(0)),
     log:
         f"{LOGS}/init_policy.log",
+    conda:
+        ENV
     shell:
         "rlver init-policy --model {input} --out {output} 2>&1 | tee {log}"

@@ -10,10 +10,12 @@ rule evaluate:
         metrics=f"{RUN}/iter_{{iteration}}/eval/metrics.json",
         dialogues=f"{RUN}/iter_{{iteration}}/eval/dialogues.parquet",
     params:
-        out_dir=f"{RUN}/iter_{{iteration}}/eval",
+        out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     log:
         f"{LOGS}/evaluate/iter_{{iteration}}.log",
     threads: 1
+    conda:
+        ENV
     resources:
         mem_mb=4000,
         runtime=120,

@@ -2,6 +2,7 @@
 
 
 rule report:
+    localrule: True
     input:
         config=CONFIG,
         evals=[f"{RUN}/iter_{it(i)}/eval/metrics.json" for i in evaluated_iterations()],
@@ -10,8 +11,10 @@ rule report:
     output:
         directory(REPORT),
     params:
-        run_dir=RUN,
+        run_dir=lambda wildcards, input: os.path.dirname(input.config),
     log:
         f"{LOGS}/report.log",
+    conda:
+        ENV
     shell:
         "rlver report --run-dir {params.run_dir} --out {output} 2>&1 | tee {log}"

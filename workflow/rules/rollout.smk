@@ -11,6 +11,8 @@ rule rollout:
     log:
         f"{LOGS}/rollout/iter_{{iteration}}_shard_{{shard}}.log",
     threads: 1
+    conda:
+        ENV
     resources:
         mem_mb=4000,
         runtime=120,

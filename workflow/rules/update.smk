@@ -3,6 +3,13 @@
 # live in two iterations' folders. The rule itself only submits the training job through
 # submitit (local executor, or Slurm per config cluster.*) and waits for it, so on a
 # cluster it runs on the submit host (localrule) and holds one core locally.
+#
+# The job also leaves trainer state in iter_<i>/update/state/ (DeepSpeed checkpoints: the
+# optimizer moments) and, for PPO, iter_<i>/update/critic/, which update_<i+1> continues
+# from (found by the run's layout). They are deliberately not declared inputs/outputs:
+# retention (algorithm.keep_state_iterations) deletes them, and a declared file gone
+# missing would make Snakemake rerun update_<i> and everything after it. An update whose
+# predecessor's state is gone starts a fresh optimizer (and critic) and says so.
 
 for i in range(ITERATIONS):
 
@@ -19,10 +26,12 @@ for i in range(ITERATIONS):
             metrics=f"{RUN}/iter_{it(i)}/update/metrics.json",
         params:
             iteration=i,
-            update_dir=f"{RUN}/iter_{it(i)}/update",
+            update_dir=lambda wildcards, output: os.path.dirname(output.metrics),
         log:
             f"{LOGS}/update/iter_{it(i)}.log",
         threads: CFG.cluster.cpus_per_task if CFG.cluster.launcher == "local" else 1
+        conda:
+            ENV
         shell:
             "rlver update --config {input.config} --iteration {params.iteration} "
             "--policy {input.policy} --rollouts {input.rollouts} "
