@@ -15,7 +15,6 @@ the persona fields into our `Persona`, for `rlver calibrate`.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from rlver.errors import RlverInputError
+from rlver.io import jsonl_records
 from rlver.personas import RLVER_CHARACTER_TYPES, Persona, _rlver_row
 from rlver.simulator import Message
 
@@ -182,23 +182,13 @@ def _read_parquet(path: Path) -> list[LoggedDialogue]:
 
 def _sage_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(1-based line, object) for each non-blank line; bad JSON names its line."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RlverInputError(
-                    f"{path}: line {lineno}: invalid JSON ({exc.msg} at column {exc.colno}). "
-                    "Fix: one complete JSON object per line."
-                ) from exc
-            if not isinstance(row, dict):
-                raise RlverInputError(
-                    f"{path}: line {lineno}: expected a JSON object, got "
-                    f"{type(row).__name__}. Fix: one dialogue object per line."
-                )
-            yield lineno, row
+    for lineno, row in jsonl_records(path):
+        if not isinstance(row, dict):
+            raise RlverInputError(
+                f"{path}: line {lineno}: expected a JSON object, got "
+                f"{type(row).__name__}. Fix: one dialogue object per line."
+            )
+        yield lineno, row
 
 
 def _number(value: Any, where: str, field: str) -> Number:

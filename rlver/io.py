@@ -49,6 +49,24 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def jsonl_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
+    """(1-based line number, parsed value) for each non-blank line of a JSONL file; invalid
+    JSON raises RlverInputError naming the file and the line."""
+    from rlver.errors import RlverInputError
+
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RlverInputError(
+                    f"{path}: line {lineno}: invalid JSON ({exc.msg} at column {exc.colno}). "
+                    "Fix: one complete JSON object per line."
+                ) from exc
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

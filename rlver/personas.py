@@ -7,7 +7,6 @@ opening line. Persona sets are Parquet files under `resources/personas/<name>/`.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -21,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rlver.errors import RlverInputError
-from rlver.io import atomic_path
+from rlver.io import atomic_path, jsonl_records
 
 #: The eight hidden needs of the original work (its `task` field), in our words.
 NEEDS: dict[str, str] = {
@@ -1515,25 +1514,15 @@ def import_rlver_jsonl(
         )
     out: list[Persona] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RlverInputError(
-                    f"{path}: line {lineno}: invalid JSON ({exc.msg} at column {exc.colno}). "
-                    "Fix: one complete JSON object per line."
-                ) from exc
-            p = _rlver_row(path, lineno, row, require_opening)
-            if p.persona_id in seen:
-                raise RlverInputError(
-                    f"{path}: line {lineno}: field 'id' value {p.persona_id!r} repeats line "
-                    f"{seen[p.persona_id]}. Fix: give every profile a unique id."
-                )
-            seen[p.persona_id] = lineno
-            out.append(p)
+    for lineno, row in jsonl_records(path):
+        p = _rlver_row(path, lineno, row, require_opening)
+        if p.persona_id in seen:
+            raise RlverInputError(
+                f"{path}: line {lineno}: field 'id' value {p.persona_id!r} repeats line "
+                f"{seen[p.persona_id]}. Fix: give every profile a unique id."
+            )
+        seen[p.persona_id] = lineno
+        out.append(p)
     if not out:
         raise RlverInputError(f"{path}: no profiles. Fix: point the config at a non-empty file.")
     return out
