@@ -2,14 +2,19 @@
 
 Kept apart from DeepSpeed and distributed plumbing so each function can be checked
 against hand-computed numbers. Shapes: B sequences x T tokens; `mask` is 1 on the
-assistant tokens the policy sampled (the only tokens any loss touches).
+assistant tokens the policy sampled (the only tokens any loss touches). Losses are
+returned per token; the trainer sums them and divides by the assistant-token count of
+the whole mini-batch (token-mean aggregation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 
 import torch
+
+# ----------------------------------------------------------------------------- advantages
 
 
 def group_advantages(rewards: torch.Tensor, groups: Sequence[str], eps: float) -> torch.Tensor:
@@ -28,6 +33,51 @@ def group_advantages(rewards: torch.Tensor, groups: Sequence[str], eps: float) -
         if std > 0:
             adv[members] = (r - r.mean()) / (std + eps)
     return adv
+
+
+def last_token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token-level rewards: each sequence's reward on its last assistant token, 0 elsewhere."""
+    out = torch.zeros(mask.shape, dtype=torch.float32)
+    positions = torch.arange(mask.shape[1]).expand_as(mask)
+    last = torch.where(mask.bool(), positions, -1).max(dim=1).values
+    rows = torch.nonzero(last >= 0).squeeze(-1)
+    out[rows, last[rows]] = rewards[rows].float()
+    return out
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over the assistant tokens: (advantages, returns).
+
+    The time steps are the assistant tokens only: the simulator's tokens in between are
+    the environment's answer, not decisions, so the recursion skips them (the next value
+    of a reply's last token is the value of the next reply's first token). Both outputs
+    are 0 off the mask.
+    """
+    mask = mask.bool()
+    advantages = torch.zeros_like(values)
+    last_gae = torch.zeros(values.shape[0], dtype=values.dtype)
+    next_value = torch.zeros(values.shape[0], dtype=values.dtype)
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        step = delta + gamma * lam * last_gae
+        advantages[:, t] = torch.where(mask[:, t], step, 0.0)
+        last_gae = torch.where(mask[:, t], step, last_gae)
+        next_value = torch.where(mask[:, t], values[:, t], next_value)
+    returns = torch.where(mask, advantages + values, 0.0)
+    return advantages, returns
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (population std); 0 off the mask."""
+    mask = mask.bool()
+    x = values[mask]
+    out = torch.zeros_like(values)
+    out[mask] = (x - x.mean()) / (x.std(unbiased=False) + eps)
+    return out
+
+
+# ----------------------------------------------------------------------------- log-probs
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor,
@@ -58,6 +108,9 @@ def selected_token_terms(logits: torch.Tensor, input_ids: torch.Tensor, select: 
     return picked, -(logp.exp() * logp).sum(-1)
 
 
+# ----------------------------------------------------------------------------- losses
+
+
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                       clip: float) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate per token: (loss, clipped) with loss = -min(r A, clip(r) A).
@@ -71,6 +124,29 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
     return loss, (clipped_term < unclipped).float()
 
 
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                       clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped value loss per token: (loss, clipped), loss = 0.5 max((V-R)^2, (Vc-R)^2)
+    with Vc = V_old + clip(V - V_old, -clip, clip). `clipped` is 1 where Vc's term won."""
+    v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    unclipped, clipped = (values - returns) ** 2, (v_clipped - returns) ** 2
+    return 0.5 * torch.maximum(unclipped, clipped), (clipped > unclipped).float()
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from the sampled tokens' log-probs.
+
+    k1 = log p - log q (unbiased, can be negative); k3 = q/p - 1 - log(q/p) (unbiased,
+    never negative, lower variance; Schulman's estimators).
+    """
+    log_ratio = ref_logp - logp
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k3":
+        return torch.exp(log_ratio) - 1 - log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r} (k1 or k3)")
+
+
 def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum()
 
@@ -81,7 +157,33 @@ def token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return masked_sum(values, mask) / mask.sum().clamp(min=1)
 
 
+# ----------------------------------------------------------------------------- health metrics
+
+
 def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """k3 estimator of KL(old || new), token mean: E[(r - 1) - log r]."""
     log_ratio = logp - old_logp
     return token_mean(torch.exp(log_ratio) - 1 - log_ratio, mask)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor,
+                       mask: torch.Tensor) -> float:
+    """1 - Var(R - V) / Var(R) over the masked tokens: 1 = perfect critic, 0 = no better
+    than a constant, negative = worse; nan when the returns do not vary."""
+    mask = mask.bool()
+    var_r = returns[mask].var(unbiased=False)
+    if var_r == 0:
+        return math.nan
+    return (1 - (returns[mask] - values[mask]).var(unbiased=False) / var_r).item()
+
+
+def grad_norm(grads: Iterable[torch.Tensor]) -> float:
+    """Global L2 norm of a set of gradients (what gradient clipping compares to its max)."""
+    norms = [g.detach().float().norm() for g in grads]
+    return torch.stack(norms).norm().item() if norms else 0.0
+
+
+def warmup_lr(step: int, total_steps: int, lr: float, warmup_ratio: float) -> float:
+    """Linear warm-up over the first ceil(ratio * total) optimizer steps, then constant."""
+    warmup = math.ceil(warmup_ratio * total_steps)
+    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr

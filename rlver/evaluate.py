@@ -16,7 +16,7 @@ from typing import Any
 
 from rlver.config import derive_seed
 from rlver.engine import SamplingSettings
-from rlver.rollout import DialogueSpec, run_dialogues
+from rlver.rollout import DialogueSpec, close_all, run_dialogues, simulator_instances
 from rlver.simulator.protocol import ProtocolSettings
 
 
@@ -47,7 +47,6 @@ def evaluate_policy(
     from rlver.io import weights_sha256, write_json
     from rlver.personas import read_personas
     from rlver.schema import write_trajectories
-    from rlver.simulator import make_simulator
 
     cfg = config_mod.load(config_path)
     ev = cfg.evaluation
@@ -56,26 +55,34 @@ def evaluate_policy(
         DialogueSpec(p, k, f"eval-{p.persona_id}", derive_seed(cfg.seed, "eval", k))
         for k, p in enumerate(personas)
     ]
-    engine = make_engine(cfg.rollout.engine, policy_dir, cfg.model.dtype)
-    dialogues = run_dialogues(
-        specs,
-        engine,
-        make_simulator(cfg.simulator),
-        ProtocolSettings(ev.initial_emotion, ev.max_delta, ev.max_turns, ev.failure_below),
-        SamplingSettings(ev.max_new_tokens, greedy=True),
-        cfg.template.system_prompt,
-        ev.batch_size,
-        seed=derive_seed(cfg.seed, "eval"),
-        label=f"evaluate iter {iteration}",
-    )
-    rows = [d.to_row(iteration, 0) for d in dialogues]
+    engine = make_engine(cfg.rollout.engine, policy_dir, cfg.model.dtype,
+                         dict(cfg.rollout.vllm_args))
+    simulators = simulator_instances(cfg.simulator, len(specs))
+    try:
+        dialogues = run_dialogues(
+            specs,
+            engine,
+            simulators,
+            ProtocolSettings(ev.initial_emotion, ev.max_delta, ev.max_turns, ev.failure_below),
+            SamplingSettings(ev.max_new_tokens, greedy=True),
+            cfg.template.system_prompt,
+            ev.batch_size,
+            label=f"evaluate iter {iteration}",
+            think=cfg.template.name == "think",
+            schedule=cfg.rollout.schedule,
+        )
+    finally:
+        close_all([*simulators, engine])
+    rows = [r for d in dialogues
+            for r in d.to_rows(iteration, 0, cfg.algorithm.format_penalty_reward)]
     sha = weights_sha256(policy_dir)
     out = Path(out_dir)
     write_trajectories(out / "dialogues.parquet", rows, config_hash=config_mod.config_hash(cfg),
                        policy_sha256=sha, kind="eval")
+    firsts = [r for r in rows if r["sample"] == 0]  # one per dialogue (think: per turn)
     metrics = {"iteration": iteration, "policy_sha256": sha} | benchmark_metrics(
-        [r["final_emotion"] for r in rows], [r["outcome"] for r in rows],
-        [r["num_turns"] for r in rows], failure_below=ev.failure_below,
+        [r["final_emotion"] for r in firsts], [r["outcome"] for r in firsts],
+        [r["num_turns"] for r in firsts], failure_below=ev.failure_below,
     )
     write_json(out / "metrics.json", metrics)
     print(f"evaluate iter {iteration}: score {metrics['score']:.1f}, success "

@@ -49,6 +49,20 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def read_json_object(path: str | os.PathLike[str], fix: str) -> dict[str, Any]:
+    """A JSON object from `path`; anything else raises RlverInputError naming the file
+    and `fix` (what the user should do)."""
+    from rlver.errors import RlverInputError
+
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RlverInputError(f"{path}: not readable JSON ({exc}). Fix: {fix}") from exc
+    if not isinstance(obj, dict):
+        raise RlverInputError(f"{path}: expected a JSON object. Fix: {fix}")
+    return obj
+
+
 def jsonl_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
     """(1-based line number, parsed value) for each non-blank line of a JSONL file; invalid
     JSON raises RlverInputError naming the file and the line."""

@@ -1,29 +1,57 @@
-"""Rollout: batched multi-turn dialogues between the policy and simulated users.
+"""Rollout: multi-turn dialogues between the policy and simulated users, without barriers.
 
 Follow one dialogue: the persona's opening line starts the context; each turn the policy
 samples a reply (ids + log-probs kept exactly), the simulator feels it (a change and a
 reason), the protocol applies the change and decides whether the dialogue ends, and the
-simulator speaks the persona's next message, which is appended as template tokens. The
-finished dialogue becomes one trajectory row (see `rlver.schema`).
+simulator speaks the persona's next message, which is appended as template tokens.
 
-Dialogues that have ended leave the batch; the rest go on. Each dialogue owns its state,
-so a reply can never be routed to another dialogue (a defect of the original code).
+No turn is a barrier. Two schedules (`rollout.schedule`):
+
+- `async` (an engine serving concurrent requests: vllm): every dialogue is its own task.
+  The moment its simulator has answered, its next request goes to the engine, while
+  other dialogues are still generating or waiting on their simulator.
+- `batched` (hf; vllm when reruns must be byte-identical): dialogues go in fixed batches
+  of `batch_size`, and the engine generates for one batch while the simulator answers the
+  others. The batches and their order are fixed, so a rerun is byte-identical.
+
+In both, simulator calls of all waiting dialogues run together (`SimulatorPool`). Each
+dialogue owns its state, so a reply can never be routed to another dialogue (a defect of
+the original code).
+
+Rows (see `rlver.schema`): `nothink` gives one row per dialogue, the whole token sequence
+with one loss-mask span per reply. `think` (think-then-say) gives one row per assistant
+turn: the context the policy saw (earlier thinking removed) + that turn's sampled ids,
+carrying the dialogue's reward, or the format penalty if its think block is malformed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sys
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from rlver.chat import ChatTokens
+from rlver.chat import ChatTokens, split_think
 from rlver.config import derive_seed
-from rlver.engine import Engine, SamplingSettings
+from rlver.engine import ContextFull, Engine, Sampled, SamplingSettings
 from rlver.personas import Persona
-from rlver.simulator import Message, SimRequest, Simulator
-from rlver.simulator.protocol import ProtocolSettings, reward, step
+from rlver.simulator import Feeling, Message, SimRequest, Simulator, Utterance
+from rlver.simulator.protocol import ProtocolSettings, Step, reward, step
+
+SCHEDULES = ("async", "batched")
+
+
+@dataclass(frozen=True)
+class TurnSample:
+    """One assistant turn: the context the policy saw and what it sampled."""
+
+    prompt: list[int]
+    sampled: Sampled
+    well_formed: bool  # think mode: the think block's format
 
 
 @dataclass
@@ -36,9 +64,10 @@ class Dialogue:
     seed: int
     emotion_start: int
     messages: list[Message]
-    input_ids: list[int]
-    loss_mask: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
+    #: What the policy sees next turn. nothink: the whole sequence, sampled ids included.
+    context: list[int]
+    think: bool = False
+    turns: list[TurnSample] = field(default_factory=list)
     emotion: list[int] = field(default_factory=list)
     delta: list[int] = field(default_factory=list)
     reason: list[str] = field(default_factory=list)
@@ -50,9 +79,26 @@ class Dialogue:
     def current_emotion(self) -> int:
         return self.emotion[-1] if self.emotion else self.emotion_start
 
-    def to_row(self, iteration: int, shard: int) -> dict[str, Any]:
+    def sequence(self) -> tuple[list[int], list[int], list[float]]:
+        """nothink: (input_ids, loss_mask, logprobs) of the whole dialogue. The context
+        grew by appending, so each turn's prompt extends the previous turn's sequence."""
+        if not self.turns:
+            return list(self.context), [0] * len(self.context), [0.0] * len(self.context)
+        ids: list[int] = []
+        mask: list[int] = []
+        logprobs: list[float] = []
+        for t in self.turns:
+            gap = t.prompt[len(ids) :]
+            ids += gap + list(t.sampled.token_ids)
+            mask += [0] * len(gap) + [1] * len(t.sampled.token_ids)
+            logprobs += [0.0] * len(gap) + list(t.sampled.logprobs)
+        return ids, mask, logprobs
+
+    def to_rows(self, iteration: int, shard: int,
+                format_penalty: float = 0.0) -> list[dict[str, Any]]:
+        """The dialogue's training samples: one row (nothink) or one per turn (think)."""
         final = self.current_emotion
-        return {
+        base = {
             "iteration": iteration,
             "shard": shard,
             "dialogue": self.dialogue,
@@ -61,9 +107,6 @@ class Dialogue:
             "group_id": self.group_id,
             "seed": self.seed,
             "messages": [{"role": m.role, "content": m.content} for m in self.messages],
-            "input_ids": self.input_ids,
-            "loss_mask": self.loss_mask,
-            "logprobs": self.logprobs,
             "emotion_start": self.emotion_start,
             "emotion": self.emotion,
             "delta": self.delta,
@@ -75,6 +118,21 @@ class Dialogue:
             "reward": reward(final),
             "seconds": self.seconds,
         }
+        if not self.think:
+            ids, mask, logprobs = self.sequence()
+            return [base | {"input_ids": ids, "loss_mask": mask, "logprobs": logprobs}]
+        rows = []
+        for k, t in enumerate(self.turns):
+            n, m = len(t.prompt), len(t.sampled.token_ids)
+            rows.append(base | {
+                "sample": k,
+                "input_ids": t.prompt + list(t.sampled.token_ids),
+                "loss_mask": [0] * n + [1] * m,
+                "logprobs": [0.0] * n + list(t.sampled.logprobs),
+                "reward": base["reward"] if t.well_formed else format_penalty,
+                "seconds": self.seconds / len(self.turns),
+            })
+        return rows
 
 
 @dataclass(frozen=True)
@@ -87,91 +145,129 @@ class DialogueSpec:
     seed: int
 
 
-def run_dialogues(
-    specs: list[DialogueSpec],
-    engine: Engine,
-    simulator: Simulator,
-    protocol: ProtocolSettings,
-    sampling: SamplingSettings,
-    system_prompt: str,
-    batch_size: int,
-    seed: int,
-    label: str = "rollout",
-) -> list[Dialogue]:
-    """Run every dialogue to its end; returns them in the order of `specs`."""
-    chat = ChatTokens(engine.tokenizer, system_prompt)
-    dialogues = [
-        Dialogue(
-            persona=s.persona,
-            dialogue=s.dialogue,
-            group_id=s.group_id,
-            seed=s.seed,
-            emotion_start=protocol.initial_emotion,
-            messages=[Message("user", s.persona.opening_line)],
-            input_ids=chat.start(s.persona.opening_line),
-        )
-        for s in specs
-    ]
-    for d in dialogues:
-        d.loss_mask = [0] * len(d.input_ids)
-        d.logprobs = [0.0] * len(d.input_ids)
-    turn = 0
-    while True:
-        live = [d for d in dialogues if d.outcome is None]
-        if not live:
-            break
-        turn += 1
-        for start in range(0, len(live), batch_size):
-            _advance(live[start : start + batch_size], turn, start // batch_size, engine,
-                     simulator, protocol, sampling, chat, seed)
-        done = sum(d.outcome is not None for d in dialogues)
-        print(f"{label}: turn {turn}: {done}/{len(dialogues)} dialogues finished",
-              file=sys.stderr, flush=True)
-    return dialogues
+@dataclass(frozen=True)
+class Reaction:
+    """The simulator's answer to one reply: step one, the protocol's verdict, step two."""
+
+    feeling: Feeling
+    step: Step
+    utterance: Utterance
 
 
-def _advance(
-    batch: list[Dialogue],
-    turn: int,
-    chunk: int,
-    engine: Engine,
-    simulator: Simulator,
-    protocol: ProtocolSettings,
-    sampling: SamplingSettings,
-    chat: ChatTokens,
-    seed: int,
-) -> None:
-    """One assistant reply and one simulator reaction for each dialogue of `batch`."""
-    t0 = time.perf_counter()
-    samples = engine.generate([d.input_ids for d in batch], sampling,
-                              seed=derive_seed(seed, "generate", turn, chunk))
-    tokenizer = engine.tokenizer
-    for d, s in zip(batch, samples, strict=True):
-        d.input_ids += s.token_ids
-        d.loss_mask += [1] * len(s.token_ids)
-        d.logprobs += s.logprobs
-        text_ids = s.token_ids[:-1] if s.finished else s.token_ids
-        reply = tokenizer.decode(text_ids, skip_special_tokens=True).strip()
-        d.messages.append(Message("assistant", reply))
-    requests = [
-        SimRequest(d.persona, tuple(d.messages), d.current_emotion, turn,
-                   derive_seed(d.seed, "simulator", turn))
-        for d in batch
-    ]
+def react(simulator: Simulator, protocol: ProtocolSettings,
+          requests: Sequence[SimRequest]) -> list[Reaction]:
+    """Feel, apply the protocol, speak: one batched call per step for all `requests`."""
     feelings = simulator.feel(requests)
-    steps = []
-    for d, f in zip(batch, feelings, strict=True):
-        st = step(protocol, d.current_emotion, f.delta, turn, farewell=False)
-        steps.append(st)
+    steps = [step(protocol, r.emotion, f.delta, r.turn, farewell=False)
+             for r, f in zip(requests, feelings, strict=True)]
+    utterances = simulator.speak(requests, [s.emotion for s in steps],
+                                 [s.outcome for s in steps])
+    return [Reaction(f, s, u) for f, s, u in zip(feelings, steps, utterances, strict=True)]
+
+
+class SimulatorPool:
+    """Simulator turns for dialogues that get there at different times.
+
+    A request starts at once on an idle simulator instance (in a worker thread, so the
+    event loop keeps feeding the engine); requests arriving while all instances are busy
+    wait and go together as one batch to the next instance that frees up (backends batch
+    or send a batch's calls concurrently). Each instance serves one batch at a time, so a
+    backend needs no thread safety; several instances of an HTTP backend let batches
+    overlap.
+    """
+
+    def __init__(self, simulators: Sequence[Simulator], protocol: ProtocolSettings,
+                 window_s: float = 0.002) -> None:
+        self.protocol = protocol
+        self.window_s = window_s
+        self._idle = list(simulators)
+        self._pending: list[tuple[SimRequest, asyncio.Future[Reaction]]] = []
+        self._scheduled = False
+        self._serving: set[asyncio.Task[None]] = set()  # the loop keeps weak refs only
+        self._executor = ThreadPoolExecutor(max_workers=len(self._idle),
+                                            thread_name_prefix="simulator")
+
+    async def react(self, request: SimRequest) -> Reaction:
+        future: asyncio.Future[Reaction] = asyncio.get_running_loop().create_future()
+        self._pending.append((request, future))
+        self._schedule()
+        return await future
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    def _schedule(self) -> None:
+        # A short window lets requests that arrive together (one batch of replies) leave
+        # in one batch.
+        if not self._scheduled and self._pending and self._idle:
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(self.window_s, self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        while self._pending and self._idle:
+            share = -(-len(self._pending) // len(self._idle))  # spread over idle instances
+            batch, self._pending = self._pending[:share], self._pending[share:]
+            task = asyncio.ensure_future(self._serve(self._idle.pop(), batch))
+            self._serving.add(task)
+            task.add_done_callback(self._serving.discard)
+
+    async def _serve(self, sim: Simulator,
+                     batch: list[tuple[SimRequest, asyncio.Future[Reaction]]]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            reactions = await loop.run_in_executor(
+                self._executor, react, sim, self.protocol, [r for r, _ in batch])
+            for (_, future), reaction in zip(batch, reactions, strict=True):
+                future.set_result(reaction)
+        except Exception as exc:  # a backend that raises fails its dialogues (and the run)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        finally:
+            self._idle.append(sim)
+            self._schedule()
+
+
+class Turns:
+    """The per-turn bookkeeping shared by every schedule (and the benchmark's re-creation
+    of the original loop): what the policy sampled in, what the simulator said out."""
+
+    def __init__(self, dialogues: list[Dialogue], engine: Engine, chat: ChatTokens,
+                 sampling: SamplingSettings, label: str) -> None:
+        self.dialogues = dialogues
+        self.engine = engine
+        self.chat = chat
+        self.sampling = sampling
+        self.label = label
+        self.finished = 0
+
+    def fits(self, d: Dialogue) -> bool:
+        """False (and the dialogue ends with outcome error) if its context is full."""
+        try:
+            self.engine.check_fits(d.context, self.sampling)
+            return True
+        except ContextFull as exc:
+            self.end(d, "error", f"context full ({exc})")
+            return False
+
+    def take_reply(self, d: Dialogue, s: Sampled, turn: int) -> SimRequest:
+        """Record the sample; the simulator sees the visible reply only."""
+        text_ids = s.token_ids[:-1] if s.finished else s.token_ids
+        text = self.engine.tokenizer.decode(text_ids, skip_special_tokens=True)
+        visible, ok = split_think(text) if d.think else (text.strip(), True)
+        d.turns.append(TurnSample(list(d.context), s, ok))
+        d.messages.append(Message("assistant", visible))
+        return SimRequest(d.persona, tuple(d.messages), d.current_emotion, turn,
+                          derive_seed(d.seed, "simulator", turn))
+
+    def apply(self, d: Dialogue, r: Reaction) -> None:
+        """The protocol's verdict; if the dialogue goes on, the next context."""
+        f, st, u = r.feeling, r.step, r.utterance
         d.emotion.append(st.emotion)
         d.delta.append(st.delta)
         d.reason.append(f.reason)
         d.parse_error.append(f.parse_error)
-    utterances = simulator.speak(requests, [s.emotion for s in steps],
-                                 [s.outcome for s in steps])
-    seconds = (time.perf_counter() - t0) / len(batch)
-    for d, s, st, u, f in zip(batch, samples, steps, utterances, feelings, strict=True):
-        d.seconds += seconds
         # The persona's farewell comes from step two, after the protocol's verdict; a
         # verdict of its own (success, failure, turn limit) takes precedence.
         outcome = st.outcome or ("goodbye" if u.farewell else None)
@@ -179,14 +275,151 @@ def _advance(
             outcome = "error"
         d.messages.append(Message("user", u.text))
         if outcome is not None:
-            d.outcome = outcome
-            continue
+            self.end(d, outcome)
+            return
         history = [{"role": m.role, "content": m.content} for m in d.messages[:-1]]
-        tail = tokenizer.decode(s.token_ids[-1:]) if s.finished else ""
-        ids = chat.continuation(history, u.text, tail)
-        d.input_ids += ids
-        d.loss_mask += [0] * len(ids)
-        d.logprobs += [0.0] * len(ids)
+        last = d.turns[-1]
+        if d.think:  # the thinking leaves the context: only the visible reply stays
+            d.context = last.prompt + self.chat.after_reply(history, u.text)
+        else:  # the sampled ids stay exactly as sampled
+            s = last.sampled
+            tail = self.engine.tokenizer.decode(s.token_ids[-1:]) if s.finished else ""
+            d.context = (last.prompt + list(s.token_ids)
+                         + self.chat.continuation(history, u.text, tail))
+
+    def end(self, d: Dialogue, outcome: str, why: str = "") -> None:
+        d.outcome = outcome
+        self.finished += 1
+        if why:
+            print(f"{self.label}: dialogue {d.dialogue} ends with {outcome}: {why}",
+                  file=sys.stderr, flush=True)
+
+
+def start_dialogues(specs: list[DialogueSpec], chat: ChatTokens, protocol: ProtocolSettings,
+                    think: bool = False) -> list[Dialogue]:
+    """Each dialogue opened by its persona's first line, waiting for the first reply."""
+    return [
+        Dialogue(
+            persona=s.persona,
+            dialogue=s.dialogue,
+            group_id=s.group_id,
+            seed=s.seed,
+            emotion_start=protocol.initial_emotion,
+            messages=[Message("user", s.persona.opening_line)],
+            context=chat.start(s.persona.opening_line),
+            think=think,
+        )
+        for s in specs
+    ]
+
+
+def run_dialogues(
+    specs: list[DialogueSpec],
+    engine: Engine,
+    simulator: Simulator | Sequence[Simulator],
+    protocol: ProtocolSettings,
+    sampling: SamplingSettings,
+    system_prompt: str,
+    batch_size: int,
+    label: str = "rollout",
+    *,
+    think: bool = False,
+    schedule: str = "batched",
+) -> list[Dialogue]:
+    """Run every dialogue to its end; returns them in the order of `specs`.
+
+    `simulator`: one backend, or several instances of one (each serves one batch at a
+    time; more instances, more simulator batches in flight). `schedule`: see the module
+    docstring; `async` needs an engine that serves concurrent requests.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if schedule == "async" and not engine.concurrent:
+        raise ValueError(f"schedule async needs a concurrent engine; "
+                         f"{type(engine).__name__} is not (use schedule batched)")
+    chat = ChatTokens(engine.tokenizer, system_prompt)
+    dialogues = start_dialogues(specs, chat, protocol, think)
+    sims = [simulator] if isinstance(simulator, Simulator) else list(simulator)
+    run = Turns(dialogues, engine, chat, sampling, label)
+    driver = _run_async if schedule == "async" else _run_batched
+    asyncio.run(driver(run, sims, protocol, batch_size))
+    return dialogues
+
+
+async def _run_async(run: Turns, sims: list[Simulator], protocol: ProtocolSettings,
+                     batch_size: int) -> None:
+    """Every dialogue its own task: generate -> simulator -> next turn, at its own pace.
+
+    At most `batch_size` dialogues generate at once; the others wait for a slot (first
+    come, first served). With more dialogues than that, the engine keeps working on some
+    while the others wait on their simulator, instead of all of them generating, then all
+    of them waiting (dialogues that start together stay in step otherwise).
+    """
+    pool = SimulatorPool(sims, protocol)
+    slots = asyncio.Semaphore(batch_size)
+    n = len(run.dialogues)
+
+    async def live(d: Dialogue) -> None:
+        t0 = time.perf_counter()
+        turn = 0
+        while d.outcome is None and run.fits(d):
+            turn += 1
+            async with slots:
+                s = await run.engine.agenerate(d.context, run.sampling,
+                                               derive_seed(d.seed, "generate", turn))
+            run.apply(d, await pool.react(run.take_reply(d, s, turn)))
+        d.seconds = time.perf_counter() - t0
+        print(f"{run.label}: turn {turn}: {run.finished}/{n} dialogues finished",
+              file=sys.stderr, flush=True)
+
+    try:
+        await asyncio.gather(*(live(d) for d in run.dialogues))
+    finally:
+        pool.close()
+
+
+async def _run_batched(run: Turns, sims: list[Simulator], protocol: ProtocolSettings,
+                       batch_size: int) -> None:
+    """Fixed batches in a fixed order: the engine generates batch b+1 (in a thread) while
+    the simulator answers batch b; a batch goes again once its own answers are in."""
+    pool = SimulatorPool(sims, protocol)
+    batches = [run.dialogues[i : i + batch_size]
+               for i in range(0, len(run.dialogues), batch_size)]
+    waiting: dict[int, asyncio.Future[Any]] = {}
+    n = len(run.dialogues)
+
+    async def simulate(batch: list[Dialogue], requests: list[SimRequest], turn: int,
+                       t0: float) -> None:
+        reactions = await asyncio.gather(*(pool.react(r) for r in requests))
+        seconds = (time.perf_counter() - t0) / len(batch)
+        for d, r in zip(batch, reactions, strict=True):
+            d.seconds += seconds
+            run.apply(d, r)
+        print(f"{run.label}: turn {turn}: {run.finished}/{n} dialogues finished",
+              file=sys.stderr, flush=True)
+
+    try:
+        turn = 0
+        while any(d.outcome is None for d in run.dialogues):
+            turn += 1
+            for b, batch in enumerate(batches):
+                if b in waiting:
+                    await waiting.pop(b)
+                live = [d for d in batch if d.outcome is None and run.fits(d)]
+                if not live:
+                    continue
+                t0 = time.perf_counter()
+                samples = await asyncio.to_thread(
+                    run.engine.generate, [d.context for d in live], run.sampling,
+                    [derive_seed(d.seed, "generate", turn) for d in live])
+                requests = [run.take_reply(d, s, turn)
+                            for d, s in zip(live, samples, strict=True)]
+                waiting[b] = asyncio.ensure_future(simulate(live, requests, turn, t0))
+        await asyncio.gather(*waiting.values())
+    finally:
+        for task in waiting.values():
+            task.cancel()
+        pool.close()
 
 
 def sample_personas(train: list[Persona], n: int, seed: int, iteration: int) -> list[Persona]:
@@ -220,41 +453,71 @@ def shard_specs(
     return specs
 
 
+def simulator_instances(sim_cfg: Any, dialogues: int) -> list[Simulator]:
+    """The simulator backend for one stage. An HTTP backend gets several instances, so
+    simulator calls of dialogues that arrive at different times overlap; in-process
+    backends get one (they batch)."""
+    from rlver.simulator import make_simulator
+
+    count = 1
+    if sim_cfg.backend == "llm_http":
+        count = max(1, min(dialogues, int(sim_cfg.max_concurrency)))
+    return [make_simulator(sim_cfg) for _ in range(count)]
+
+
+def close_all(objects: Sequence[Any]) -> None:
+    for obj in objects:
+        close: Optional[Callable[[], None]] = getattr(obj, "close", None)
+        if close is not None:
+            close()
+
+
 def rollout_shard(
     config_path: str, iteration: int, shard: int, policy_dir: str, personas_path: str,
-    out_path: str,
+    out_path: str, engine: Optional[Engine] = None,
 ) -> None:
-    """Stage `rollout`: write one shard of iteration `iteration`'s training dialogues."""
+    """Stage `rollout`: write one shard of iteration `iteration`'s training dialogues.
+
+    `engine`: an engine already holding the policy at `policy_dir` (tests, benchmarks);
+    by default one is started for this shard and closed after it."""
     from rlver import config as config_mod
     from rlver.engine import make_engine
     from rlver.io import weights_sha256
     from rlver.personas import read_personas
     from rlver.schema import write_trajectories
-    from rlver.simulator import make_simulator
 
     cfg = config_mod.load(config_path)
-    if not 0 <= shard < cfg.rollout.shards:
-        raise ValueError(f"shard {shard} outside 0..{cfg.rollout.shards - 1}")
-    personas = sample_personas(read_personas(personas_path), cfg.rollout.personas_per_iteration,
+    ro = cfg.rollout
+    if not 0 <= shard < ro.shards:
+        raise ValueError(f"shard {shard} outside 0..{ro.shards - 1}")
+    personas = sample_personas(read_personas(personas_path), ro.personas_per_iteration,
                                cfg.seed, iteration)
-    specs = shard_specs(personas, cfg.rollout.samples_per_persona, cfg.rollout.shards, shard,
-                        cfg.seed, iteration)
-    engine = make_engine(cfg.rollout.engine, policy_dir, cfg.model.dtype)
+    specs = shard_specs(personas, ro.samples_per_persona, ro.shards, shard, cfg.seed, iteration)
     sim = cfg.simulator
-    dialogues = run_dialogues(
-        specs,
-        engine,
-        make_simulator(sim),
-        ProtocolSettings(sim.initial_emotion, sim.max_delta, sim.max_turns, sim.failure_below),
-        SamplingSettings(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p),
-        cfg.template.system_prompt,
-        cfg.rollout.batch_size,
-        seed=derive_seed(cfg.seed, iteration, "shard", shard),
-        label=f"rollout iter {iteration} shard {shard}",
-    )
-    rows = [d.to_row(iteration, shard) for d in dialogues]
+    own = engine is None
+    if engine is None:
+        engine = make_engine(ro.engine, policy_dir, cfg.model.dtype, dict(ro.vllm_args))
+    simulators = simulator_instances(sim, len(specs))
+    try:
+        dialogues = run_dialogues(
+            specs,
+            engine,
+            simulators,
+            ProtocolSettings(sim.initial_emotion, sim.max_delta, sim.max_turns,
+                             sim.failure_below),
+            SamplingSettings(ro.max_new_tokens, ro.temperature, ro.top_p),
+            cfg.template.system_prompt,
+            ro.batch_size,
+            label=f"rollout iter {iteration} shard {shard}",
+            think=cfg.template.name == "think",
+            schedule=ro.schedule,
+        )
+    finally:
+        close_all([*simulators, engine] if own else simulators)
+    rows = [r for d in dialogues
+            for r in d.to_rows(iteration, shard, cfg.algorithm.format_penalty_reward)]
     write_trajectories(out_path, rows, config_hash=config_mod.config_hash(cfg),
                        policy_sha256=weights_sha256(policy_dir), kind="rollout")
     mean = sum(r["reward"] for r in rows) / len(rows)
-    print(f"rollout: wrote {len(rows)} dialogues to {out_path} (mean reward {mean:.3f})",
-          file=sys.stderr)
+    print(f"rollout: wrote {len(rows)} samples of {len(dialogues)} dialogues to {out_path} "
+          f"(mean reward {mean:.3f})", file=sys.stderr)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 #: The converted embedded model, kept between test sessions (an ignored cache folder).
 MODEL_CACHE = ROOT / ".cache" / "test-model" / "smollm2-135m-instruct"
+BIN = Path(sys.executable).parent
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -66,3 +70,50 @@ def make_tiny_run(tmp_path: Path, base_model: Path):
 @pytest.fixture()
 def tiny_run(make_tiny_run):
     return make_tiny_run()
+
+
+@pytest.fixture(scope="session")
+def rows(tmp_path_factory, base_model) -> list[dict]:
+    """Iteration 0's rollout rows of the tiny config (2 shards of 2 multi-turn dialogues,
+    real rollouts of the base model), with rewards spread inside each group so that every
+    advantage is non-zero: the input of the update tests that run whole jobs."""
+    from rlver import config
+    from rlver.personas import build_persona_sets
+    from rlver.rollout import rollout_shard
+    from rlver.schema import read_trajectories
+
+    root = tmp_path_factory.mktemp("rows")
+    cfg = config.compose("smoke", TINY, run="tiny")
+    config.freeze(cfg, root / "config.yaml")
+    build_persona_sets(cfg.personas, root / "train.parquet", root / "test.parquet")
+    out = []
+    for shard in (0, 1):
+        path = root / f"shard_{shard}.parquet"
+        rollout_shard(str(root / "config.yaml"), 0, shard, str(base_model),
+                      str(root / "train.parquet"), str(path))
+        out += read_trajectories(path)[0].to_pylist()
+    for i, row in enumerate(out):
+        row["reward"] = 0.2 + 0.6 * (i % 2)
+    return out
+
+
+def snakemake(workdir: Path, run: str | None, overrides: list[str], args: tuple[str, ...] = (),
+              config: tuple[str, ...] = (), timeout: float = 900
+              ) -> subprocess.CompletedProcess[str]:
+    """The workflow in `workdir` with profiles/local; `config`: more --config items
+    (experiment=..., scale=...). Errors of the Snakefile are printed on stdout: both
+    streams end up in `stderr`."""
+    run_item = [] if run is None else [f"run={run}"]
+    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--profile", str(ROOT / "profiles" / "local"), *args,
+           "--config", *run_item, *config, "overrides=" + " ".join(overrides)]
+    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    res.stderr += res.stdout
+    return res
+
+
+def job_counts(log: str) -> dict[str, int]:
+    """Snakemake's 'Job stats' table as {rule: count}."""
+    table = log.split("Job stats:")[1].split("total")[0]
+    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}

@@ -74,3 +74,64 @@ def test_approx_kl_zero_when_equal_and_positive_otherwise():
     same = torch.tensor([-1.0, -2.0, -0.5])
     assert algorithms.approx_kl(same, same, mask).item() == pytest.approx(0.0)
     assert algorithms.approx_kl(same + 0.1, same, mask).item() > 0
+
+
+def test_last_token_rewards_by_hand():
+    mask = torch.tensor([[0, 1, 1, 0, 1], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
+    out = algorithms.last_token_rewards(torch.tensor([1.0, 0.3, 0.7]), mask)
+    want = torch.tensor([[0, 0, 0, 0, 1.0], [0, 0.3, 0, 0, 0], [0, 0, 0, 0, 0]])
+    assert torch.equal(out, want)
+
+
+def test_gae_by_hand_skips_simulator_tokens():
+    # tokens: prompt, reply 1 (2 tokens), a simulator token, reply 2 (1 token)
+    mask = torch.tensor([[0, 1, 1, 0, 1]])
+    values = torch.tensor([[9.0, 0.5, 0.6, 9.0, 0.8]])  # 9.0: never read (off the mask)
+    rewards = algorithms.last_token_rewards(torch.tensor([1.0]), mask)
+    adv, ret = algorithms.gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    # t=4: delta = 1 - 0.8 = 0.2                          A = 0.2
+    # t=2: delta = 0.9*0.8 - 0.6 = 0.12                   A = 0.12 + 0.72*0.2 = 0.264
+    # t=1: delta = 0.9*0.6 - 0.5 = 0.04                   A = 0.04 + 0.72*0.264 = 0.23008
+    assert adv[0].tolist() == pytest.approx([0, 0.23008, 0.264, 0, 0.2], abs=1e-6)
+    assert ret[0].tolist() == pytest.approx([0, 0.73008, 0.864, 0, 1.0], abs=1e-6)
+    # the paper's gamma = lambda = 1: A_t = R - V_t, return = R on every assistant token
+    adv, ret = algorithms.gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    assert adv[0].tolist() == pytest.approx([0, 0.5, 0.4, 0, 0.2], abs=1e-6)
+    assert ret[0].tolist() == pytest.approx([0, 1, 1, 0, 1], abs=1e-6)
+
+
+def test_whiten_over_masked_entries():
+    out = algorithms.whiten(torch.tensor([1.0, 2.0, 3.0, 100.0]), torch.tensor([1, 1, 1, 0]))
+    s = math.sqrt(2 / 3)
+    assert out.tolist() == pytest.approx([-1 / s, 0, 1 / s, 0], rel=1e-5)
+
+
+def test_clipped_value_loss_by_hand():
+    old, ret = torch.full((3,), 0.5), torch.tensor([1.0, 1.0, 1.0])
+    loss, clipped = algorithms.clipped_value_loss(torch.tensor([0.9, 0.6, 0.2]), old, ret, 0.2)
+    # V=0.9: Vc=0.7, max(0.01, 0.09)/2; V=0.6: Vc=0.6, 0.16/2; V=0.2: Vc=0.3, max(.64, .49)/2
+    assert loss.tolist() == pytest.approx([0.045, 0.08, 0.32], rel=1e-5)
+    assert clipped.tolist() == [1.0, 0.0, 0.0]
+
+
+def test_kl_estimators_by_hand():
+    logp, ref = torch.log(torch.tensor([0.5])), torch.log(torch.tensor([0.25]))
+    assert algorithms.kl_penalty(logp, ref, "k1").item() == pytest.approx(math.log(2))
+    assert algorithms.kl_penalty(logp, ref, "k3").item() == pytest.approx(0.5 - 1 + math.log(2))
+    assert algorithms.kl_penalty(ref, logp, "k1").item() < 0 < algorithms.kl_penalty(
+        ref, logp, "k3").item()
+    with pytest.raises(ValueError):
+        algorithms.kl_penalty(logp, ref, "k2")
+
+
+def test_health_metrics_by_hand():
+    ret, val = torch.tensor([1.0, 0.0, 1.0, 0.0, 5.0]), torch.tensor([0.9, 0.1, 0.8, 0.2, 0.0])
+    mask = torch.tensor([1, 1, 1, 1, 0])
+    # R - V = (0.1, -0.1, 0.2, -0.2): var 0.025; var R = 0.25
+    assert algorithms.explained_variance(val, ret, mask) == pytest.approx(0.9, rel=1e-5)
+    assert math.isnan(algorithms.explained_variance(val, torch.ones(5), mask))
+    assert algorithms.grad_norm([torch.tensor([3.0, 0.0]), torch.tensor([[4.0]])]) == 5.0
+    # 100 steps, 5% warm-up = 5 steps: lr/5, 2lr/5, ... lr, then constant
+    lrs = [algorithms.warmup_lr(s, 100, 1.0, 0.05) for s in (0, 1, 4, 50)]
+    assert lrs == pytest.approx([0.2, 0.4, 1.0, 1.0])
+    assert algorithms.warmup_lr(0, 100, 1e-6, 0.0) == 1e-6

@@ -1,20 +1,71 @@
-"""Rollouts on the real embedded model: token-exact log-probs, reproducible shards."""
+"""Rollouts: token-exact log-probs on the real embedded model (hf engine), reproducible
+shards, think-then-say rows, and the no-barrier schedules (with fake engines and
+simulators whose timing the tests control)."""
 
 from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from rlver import algorithms
+from rlver.chat import ChatTokens, split_think
+from rlver.engine import Engine, Sampled, SamplingSettings
 from rlver.models import load_policy
-from rlver.rollout import rollout_shard
+from rlver.personas import generate
+from rlver.rollout import DialogueSpec, rollout_shard, run_dialogues
 from rlver.schema import TIMING_COLUMNS, read_trajectories
+from rlver.simulator import Feeling, SimRequest, Simulator, Utterance
+from rlver.simulator.protocol import ProtocolSettings
 
 
 def _shard(run, personas, shard: int, out):
     rollout_shard(str(run / "config.yaml"), 0, shard, str(run / "iter_0000" / "policy"),
                   str(personas / "train.parquet"), str(out))
+
+
+def assert_logprobs_match(run, rows: list[dict[str, Any]], atol: float = 2e-3) -> None:
+    """Stored log-probs of sampled tokens = the policy's recomputed ones; 0 elsewhere."""
+    model, _ = load_policy(run / "iter_0000" / "policy")
+    checked = 0
+    for row in rows:
+        ids = torch.tensor([row["input_ids"]])
+        mask = torch.tensor(row["loss_mask"]).bool()
+        with torch.no_grad():
+            recomputed = algorithms.token_logprobs(model(ids).logits, ids)[0]
+        stored = torch.tensor(row["logprobs"])
+        assert mask.sum() > 0 and (stored[~mask] == 0).all()
+        assert torch.allclose(recomputed[mask], stored[mask], atol=atol), (
+            (recomputed[mask] - stored[mask]).abs().max()
+        )
+        checked += int(mask.sum())
+    assert checked > 10
+
+
+def assert_think_rows(rows: list[dict[str, Any]], penalty: float) -> None:
+    """One row per assistant turn; later contexts and the simulator never see thinking."""
+    by_dialogue: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_dialogue.setdefault(r["dialogue"], []).append(r)
+    for turns in by_dialogue.values():
+        assert [r["sample"] for r in turns] == list(range(turns[0]["num_turns"]))
+        for r in turns:
+            mask = r["loss_mask"]
+            start = mask.index(1)
+            assert all(mask[start:]) and not any(mask[:start])  # one span: this turn only
+            assert r["reward"] in (pytest.approx(max(0.0, r["final_emotion"] / 100)), penalty)
+            assert r["messages"] == turns[0]["messages"]
+            assert all("<think>" not in m["content"] and "</think>" not in m["content"]
+                       for m in r["messages"])
+        # turn k+1's context extends turn k's context, not turn k's sampled ids
+        for a, b in zip(turns, turns[1:], strict=False):
+            prompt_a = a["input_ids"][: a["loss_mask"].index(1)]
+            assert b["input_ids"][: len(prompt_a)] == prompt_a
 
 
 def test_stored_logprobs_match_the_policy(tiny_run, tmp_path):
@@ -23,27 +74,16 @@ def test_stored_logprobs_match_the_policy(tiny_run, tmp_path):
     _shard(run, personas, 0, out)
     table, meta = read_trajectories(out)
     assert meta["kind"] == "rollout" and table.num_rows == 2  # 1 persona x 2 samples
-    model, _ = load_policy(run / "iter_0000" / "policy")
-    checked = 0
-    for row in table.to_pylist():
-        ids = torch.tensor([row["input_ids"]])
-        mask = torch.tensor(row["loss_mask"]).bool()
-        with torch.no_grad():
-            recomputed = algorithms.token_logprobs(model(ids).logits, ids)[0]
-        stored = torch.tensor(row["logprobs"])
-        assert mask.sum() > 0 and (stored[~mask] == 0).all()
-        assert torch.allclose(recomputed[mask], stored[mask], atol=2e-3), (
-            (recomputed[mask] - stored[mask]).abs().max()
-        )
-        checked += int(mask.sum())
-    assert checked > 10
+    assert_logprobs_match(run, table.to_pylist())
 
 
 def test_rows_follow_the_protocol(tiny_run, tmp_path):
     run, personas = tiny_run
     out = tmp_path / "s.parquet"
     _shard(run, personas, 1, out)
-    for row in read_trajectories(out)[0].to_pylist():
+    rows = read_trajectories(out)[0].to_pylist()
+    assert len({r["group_id"] for r in rows}) == 1  # samples_per_persona=2 share a group
+    for row in rows:
         assert 1 <= row["num_turns"] <= 2  # simulator.max_turns=2, never one more
         assert len(row["emotion"]) == len(row["reason"]) == row["num_turns"]
         assert all(r.strip() for r in row["reason"])
@@ -66,3 +106,186 @@ def test_rerun_of_a_shard_is_identical(tiny_run, tmp_path):
     keep = [c for c in ta.column_names if c not in TIMING_COLUMNS]
     assert ta.select(keep).equals(tb.select(keep))
     assert ta.schema.metadata == tb.schema.metadata
+
+
+def test_think_rows_hf(make_tiny_run, tmp_path):
+    run, personas = make_tiny_run("template=think", "rollout.max_new_tokens=24",
+                                  "algorithm.format_penalty_reward=-0.5")
+    out = tmp_path / "think.parquet"
+    _shard(run, personas, 0, out)
+    rows = read_trajectories(out)[0].to_pylist()
+    assert len(rows) == sum(r["num_turns"] for r in rows if r["sample"] == 0)
+    assert_think_rows(rows, penalty=-0.5)
+    assert_logprobs_match(run, rows)
+
+
+def test_split_think():
+    assert split_think("<think>She is hurt.</think>\n\nThat sounds hard.") == (
+        "That sounds hard.", True)
+    assert split_think("<think>unclosed thought") == ("", False)
+    assert split_think("<think></think>Hi") == ("Hi", False)  # empty thinking
+    assert split_think("<think>a</think>") == ("", False)  # no reply
+    assert split_think("Hello there") == ("Hello there", False)  # no thinking
+    assert split_think("<think>a</think>b<think>c</think>d")[1] is False
+
+
+def test_after_reply_keeps_only_the_visible_reply(base_model):
+    _, tokenizer = load_policy(base_model)
+    chat = ChatTokens(tokenizer, "Be kind.")
+    history = [{"role": "user", "content": "I lost my job."},
+               {"role": "assistant", "content": "I'm sorry."}]
+    ids = chat.start("I lost my job.") + chat.after_reply(history, "Thanks.")
+    messages = [{"role": "system", "content": "Be kind."}, *history,
+                {"role": "user", "content": "Thanks."}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert tokenizer.decode(ids) == text
+
+
+# --- schedules, with fakes -----------------------------------------------------------------
+
+
+class _Tok:
+    """Just enough tokenizer for ChatTokens and decoding: one id per character."""
+
+    eos_token_id = 0
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+        text = "".join(f"<{m['role']}>{m['content']}</>" for m in messages)
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(chr(i) for i in ids if i)
+
+
+class FakeEngine(Engine):
+    """Replies "ok" + stop after `gen_s`; logs (start, end, prompt length) per call."""
+
+    def __init__(self, gen_s: float, concurrent: bool) -> None:
+        self.tokenizer = _Tok()
+        self.max_context = 10**6
+        self.concurrent = concurrent
+        self.gen_s = gen_s
+        self.calls: list[tuple[float, float, int]] = []
+
+    def _reply(self) -> Sampled:
+        return Sampled((ord("o"), ord("k"), 0), (-0.1, -0.2, -0.3), finished=True)
+
+    def generate(self, prompts, settings, seeds):
+        t0 = time.perf_counter()
+        time.sleep(self.gen_s)
+        self.calls.append((t0, time.perf_counter(), len(prompts)))
+        return [self._reply() for _ in prompts]
+
+    async def agenerate(self, prompt, settings, seed):
+        t0 = time.perf_counter()
+        await asyncio.sleep(self.gen_s)
+        self.calls.append((t0, time.perf_counter(), 1))
+        return self._reply()
+
+
+class SlowSim(Simulator):
+    """+5 per reply; dialogues whose seed is in `slow` take `slow_s` per call, others
+    `fast_s`."""
+
+    def __init__(self, fast_s: float, slow_s: float = 0.0, slow: Sequence[str] = ()) -> None:
+        self.fast_s, self.slow_s, self.slow = fast_s, slow_s, set(slow)
+
+    def _wait(self, requests: Sequence[SimRequest]) -> None:
+        slow = any(r.persona.persona_id in self.slow for r in requests)
+        time.sleep(self.slow_s if slow else self.fast_s)
+
+    def feel(self, requests):
+        self._wait(requests)
+        return [Feeling(5, "fine") for _ in requests]
+
+    def speak(self, requests, emotions, outcomes: Sequence[Optional[str]]):
+        self._wait(requests)
+        return [Utterance("go on") for _ in requests]
+
+
+def _specs(n: int) -> list[DialogueSpec]:
+    return [DialogueSpec(p, k, f"g{k}", k) for k, p in enumerate(generate(n, 0, "t"))]
+
+
+def _run(engine, sims, n=4, turns=3, batch_size=2, schedule="async"):
+    protocol = ProtocolSettings(initial_emotion=30, max_delta=None, max_turns=turns,
+                                failure_below=1)
+    return run_dialogues(_specs(n), engine, sims, protocol, SamplingSettings(4), "sys",
+                         batch_size, schedule=schedule)
+
+
+def test_async_slow_simulator_call_holds_back_only_its_own_dialogue():
+    specs = _specs(4)
+    slow_id = specs[0].persona.persona_id
+    sims = [SlowSim(0.01, 0.6, [slow_id]) for _ in range(4)]
+    engine = FakeEngine(0.01, concurrent=True)
+    t0 = time.perf_counter()
+    dialogues = _run(engine, sims, n=4, turns=3)
+    assert all(d.outcome == "max_turns" and len(d.emotion) == 3 for d in dialogues)
+    # 3 turns x 2 calls x 0.6 s for the slow dialogue; the others are done long before
+    assert time.perf_counter() - t0 < 3.6 + 1.0
+    seconds = {d.persona.persona_id: d.seconds for d in dialogues}
+    assert all(s < 1.0 for k, s in seconds.items() if k != slow_id), seconds
+    assert seconds[slow_id] > 3.0
+
+
+def test_batched_engine_works_while_the_simulator_answers():
+    """With two batches, batch 2 generates while batch 1's simulator answers: the engine
+    never waits for a whole turn of simulator calls."""
+    engine = FakeEngine(0.2, concurrent=False)
+    sim = SlowSim(0.1)  # feel + speak = 0.2 s per batch
+    t0 = time.perf_counter()
+    dialogues = _run(engine, [sim, SlowSim(0.1)], n=4, turns=3, batch_size=2,
+                     schedule="batched")
+    wall = time.perf_counter() - t0
+    assert all(len(d.emotion) == 3 for d in dialogues)
+    assert [c[2] for c in engine.calls] == [2] * 6
+    # barrier per turn: 3 x (0.2 + 0.2 + 0.2) = 1.8 s; pipelined: about 6 x 0.2 + 0.2
+    assert wall < 1.7, wall
+    gaps = [b[0] - a[1] for a, b in zip(engine.calls, engine.calls[1:], strict=False)]
+    assert max(gaps) < 0.1, gaps
+
+
+def test_async_needs_a_concurrent_engine():
+    with pytest.raises(ValueError, match="concurrent engine"):
+        _run(FakeEngine(0.0, concurrent=False), [SlowSim(0.0)], schedule="async")
+
+
+class ThinkEngine(FakeEngine):
+    """Batch row 0 thinks well ("<think>hmm</think>hi"), row 1 leaves its block open."""
+
+    def generate(self, prompts, settings, seeds):
+        texts = ["<think>hmm</think>hi", "<think>oops"]
+        return [Sampled(tuple(map(ord, texts[i % 2])) + (0,), (-0.5,) * (len(texts[i % 2]) + 1),
+                        finished=True) for i in range(len(prompts))]
+
+
+def test_think_rows_format_penalty_and_hidden_thinking():
+    engine = ThinkEngine(0.0, concurrent=False)
+    protocol = ProtocolSettings(initial_emotion=30, max_delta=None, max_turns=3,
+                                failure_below=1)
+    dialogues = run_dialogues(_specs(2), engine, SlowSim(0.0), protocol, SamplingSettings(20),
+                              "sys", 2, think=True, schedule="batched")
+    good, bad = (d.to_rows(0, 0, format_penalty=-1.0) for d in dialogues)
+    assert [r["sample"] for r in good] == [0, 1, 2] and len(bad) == 3
+    assert all(r["reward"] == pytest.approx(0.45) for r in good)  # 30 + 3 x 5
+    assert all(r["reward"] == -1.0 for r in bad)
+    assert [m["content"] for m in good[0]["messages"] if m["role"] == "assistant"] == ["hi"] * 3
+    assert [m["content"] for m in bad[0]["messages"] if m["role"] == "assistant"] == [""] * 3
+    last = engine.tokenizer.decode(good[2]["input_ids"])
+    assert last.count("<assistant>hi</>") == 2 and last.count("hmm") == 1  # this turn's only
+    assert_think_rows(good + bad, penalty=-1.0)
+
+
+def test_config_groups_and_schedule_check():
+    from rlver import config
+    from rlver.errors import RlverInputError
+
+    cfg = config.compose("smoke", ["rollout=vllm", "template=think"])
+    assert (cfg.rollout.engine, cfg.rollout.schedule, cfg.template.name) == (
+        "vllm", "async", "think")
+    with pytest.raises(RlverInputError, match="rollout.schedule"):
+        config.compose("smoke", ["rollout.schedule=async"])  # hf cannot serve it

@@ -11,18 +11,19 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from rlver.models import link_tree
+from rlver.update import submit_update
 
-from .conftest import ROOT, TINY
+from .conftest import BIN, ROOT, TINY
+from .test_update_dist import make_spec
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
+
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 SLURM = [*TINY, "iterations=1", "cluster=slurm", "cluster.partition=gpu",
          "cluster.gpus_per_node=0", "cluster.cpus_per_task=1", "cluster.mem_gb=3",
@@ -99,3 +100,46 @@ def test_killed_snakemake_resumes_without_redoing_finished_stages(workdir):
     assert (run / "report" / "index.html").exists()
     redone = [str(p) for p, t in before.items() if p.exists() and p.stat().st_mtime_ns != t]
     assert not redone, f"finished stages redone: {redone}"
+
+
+def squeue_field(job_id: str, field: str) -> str:
+    """One field of a job in squeue (the test cluster has no accounting: no sacct)."""
+    res = subprocess.run(["squeue", "-h", "-j", job_id, "-o", field], capture_output=True,
+                         text=True, check=False)
+    return res.stdout.strip()
+
+
+def test_update_at_its_time_limit_is_requeued_and_completes(workdir, base_model, rows):
+    """The update job hits a Slurm time limit mid-way: Slurm's warning signal reaches it,
+    it checkpoints at the next step and submitit requeues it; the requeued job resumes
+    from the checkpoint and completes with every step done.
+
+    The limit is forced: once step 1 is logged, `scontrol update TimeLimit` lowers it to
+    what the job has used plus 2 minutes, inside cluster.signal_delay_s (150 s), so the
+    signal comes at Slurm's next time-limit check; the requeued job gets its limit back.
+    """
+    spec = make_spec(workdir / "requeue", base_model, rows, "requeue", *SLURM[len(TINY):],
+                     "algorithm.ppo_epochs=8", "algorithm.mini_batches=4",
+                     "cluster.timeout_min=20", "cluster.signal_delay_s=150")
+    job = submit_update(spec)
+    deadline = time.monotonic() + 900
+    while "step 1/32" not in (job.stderr() or ""):
+        assert not job.done(), f"the job ended before step 1:\n{job.stderr()}"
+        assert time.monotonic() < deadline, "no step 1 in 15 min"
+        time.sleep(1)
+    used = squeue_field(job.job_id, "%M")  # [hh:]mm:ss
+    minutes = sum(int(x) * 60**k for k, x in enumerate(reversed(used.split(":")))) // 60
+    subprocess.run(["scontrol", "update", f"JobId={job.job_id}", f"TimeLimit={minutes + 2}"],
+                   check=True)
+    # Back to the full limit once the job is requeued (pending), so it is not cut again.
+    while squeue_field(job.job_id, "%T") not in ("PENDING", "REQUEUED", ""):
+        assert time.monotonic() < deadline, "the job was never requeued"
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "TimeLimit=20"], check=False)
+    metrics = job.results()[0]
+    log = job.stderr()
+    assert "Caught signal SIGUSR2" in log and "resumed at step" in log, log[-3000:]
+    assert len(metrics["resumed_at_steps"]) >= 1
+    assert metrics["optimizer_steps"] == 32
+    assert (Path(spec.out_policy_dir) / "model.safetensors").exists()
+    assert not (Path(spec.update_dir) / "resume").exists()

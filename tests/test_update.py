@@ -1,4 +1,5 @@
-"""The GRPO update through submitit's local executor and DeepSpeed, on the real model."""
+"""The update through submitit's local executor and DeepSpeed, on the real model; the
+plan of optimizer steps and micro-batches; the algorithm's config checks."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlver import algorithms
+from rlver import algorithms, config
 from rlver.errors import RlverInputError
 from rlver.models import load_policy
 from rlver.rollout import rollout_shard
 from rlver.schema import read_trajectories, write_trajectories
-from rlver.update import UpdateSpec, check_inputs, run_update
+from rlver.update import UpdateSpec, check_inputs, make_plan, pack, run_update
+
+from .conftest import TINY
 
 
 def grpo_loss(policy_dir, rows, clip=0.2) -> float:
@@ -39,7 +42,7 @@ def rollouts(make_tiny_run):
     """Iteration 0's two shards, with rewards spread inside each group so that the GRPO
     advantages are non-zero whatever the simulator said. A large learning rate for one
     step puts the effect of the update well above float noise."""
-    run, personas = make_tiny_run("algorithm.lr=1e-4")
+    run, personas = make_tiny_run("algorithm.lr=1e-4", "algorithm.keep_state_iterations=0")
     paths = []
     for shard in (0, 1):
         path = run / "iter_0000" / "rollouts" / f"shard_{shard:03d}.parquet"
@@ -73,8 +76,19 @@ def test_update_changes_weights_and_lowers_the_loss(rollouts, tmp_path):
     assert after < before - 1e-3, (before, after)
 
 
-def test_update_refuses_rollouts_of_another_policy(rollouts, base_model, tmp_path):
-    run, paths = rollouts
+def test_update_refuses_rollouts_of_another_policy(tiny_run, base_model, tmp_path):
+    run, _ = tiny_run
+    cfg = config.load(run / "config.yaml")
+    row = {"iteration": 0, "shard": 0, "dialogue": 0, "sample": 0, "persona_id": "p",
+           "group_id": "g", "seed": 1, "messages": [], "input_ids": [1, 2], "loss_mask": [0, 1],
+           "logprobs": [0.0, -0.5], "emotion_start": 30, "emotion": [35], "delta": [5],
+           "reason": ["+5"], "parse_error": [False], "num_turns": 1, "outcome": "max_turns",
+           "final_emotion": 35, "reward": 0.35, "seconds": 0.1}
+    paths = (str(tmp_path / "shard.parquet"),)
+    from rlver.io import weights_sha256
+
+    write_trajectories(paths[0], [row], config_hash=config.config_hash(cfg),
+                       policy_sha256=weights_sha256(base_model), kind="rollout")
     other = tmp_path / "other"
     other.mkdir()
     for f in base_model.iterdir():
@@ -84,7 +98,56 @@ def test_update_refuses_rollouts_of_another_policy(rollouts, base_model, tmp_pat
     from safetensors.torch import save_file
 
     save_file(w, other / "model.safetensors")
+    check_inputs(UpdateSpec(str(run / "config.yaml"), 0, str(base_model), paths,
+                            str(tmp_path / "new"), str(tmp_path / "upd")))
     spec = UpdateSpec(str(run / "config.yaml"), 0, str(other), paths,
                       str(tmp_path / "new"), str(tmp_path / "upd"))
     with pytest.raises(RlverInputError, match="policy_sha256"):
         check_inputs(spec)
+
+
+def test_micro_batches_keep_to_the_token_budget():
+    lengths = [100, 40, 90, 30, 10, 300]
+    micro = pack(list(range(6)), lengths, max_rows=3, max_tokens=200)
+    # longest first; 300 is over the budget and alone; 2 x 100 fits, 3 x 90 would not
+    assert micro == [[5], [0, 2], [1, 3, 4]]
+    assert all(len(m) * max(lengths[r] for r in m) <= 200 for m in micro[1:])
+    assert pack(list(range(6)), lengths, max_rows=2, max_tokens=0) == [[5, 0], [2, 1], [3, 4]]
+
+
+def test_two_ranks_share_the_micro_batches_of_one_rank():
+    alg = config.compose("smoke", [*TINY, "algorithm.ppo_epochs=2", "algorithm.mini_batches=2",
+                                   "algorithm.micro_batch_size=1"]).algorithm
+    lengths, actions = [50, 60, 70, 80, 90], [5, 6, 7, 8, 9]
+    one = make_plan(lengths, actions, alg, 0, 3, rank=0, world=1)
+    two = [make_plan(lengths, actions, alg, 0, 3, rank=r, world=2) for r in (0, 1)]
+    assert len(one) == len(two[0]) == len(two[1]) == 4  # 2 epochs x 2 mini-batches
+    for k, step in enumerate(one):
+        rows = sorted(r for mb in step.micro for r in mb.rows)
+        shared = [mb for rank in two for mb in rank[k].micro if mb.weight]
+        assert sorted(r for mb in shared for r in mb.rows) == rows  # same rows, once each
+        assert len(two[0][k].micro) == len(two[1][k].micro)  # a filler evens out 5 rows
+        assert step.tokens == two[0][k].tokens == sum(actions[r] for r in rows)
+    # each epoch sees every row once, in a seeded order
+    assert sorted(r for step in one[:2] for mb in step.micro for r in mb.rows) == list(range(5))
+    assert one == make_plan(lengths, actions, alg, 0, 3, rank=0, world=1)
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("algorithm.name=a2c", "algorithm.name"),
+    ("algorithm.kl_estimator=k2", "algorithm.kl_estimator"),
+    ("algorithm.mini_batches=0", "algorithm.mini_batches"),
+    ("algorithm.gae_lambda=1.5", "algorithm.gae_lambda"),
+])
+def test_bad_algorithm_values_are_named(override, key):
+    with pytest.raises(RlverInputError, match=key):
+        config.compose("smoke", [override])
+
+
+def test_ppo_needs_its_critic_carried():
+    with pytest.raises(RlverInputError, match="keep_state_iterations"):
+        config.compose("smoke", ["algorithm=ppo", "algorithm.keep_state_iterations=0"])
+    ppo = config.compose("smoke", ["algorithm=ppo"]).algorithm
+    assert (ppo.critic_lr, ppo.critic_warmup_ratio, ppo.value_clip, ppo.gamma, ppo.gae_lambda,
+            ppo.entropy_coef, ppo.kl_coef, ppo.ppo_epochs) == (5e-6, 0.05, 0.5, 1.0, 1.0,
+                                                               0.001, 0.0, 1)

