@@ -91,6 +91,16 @@ def cmd_report(a: argparse.Namespace) -> None:
     build_report(Path(a.run_dir), Path(a.out))
 
 
+def cmd_table(a: argparse.Namespace) -> None:
+    from rlver.table import build_table, to_markdown, write_table
+
+    rows = build_table(a.run_dirs, last_only=a.last)
+    if a.out:
+        md, csv_path = write_table(rows, a.out)
+        print(f"table: wrote {md} and {csv_path}", file=sys.stderr)
+    print(to_markdown(rows), end="")
+
+
 def cmd_score(a: argparse.Namespace) -> None:
     from rlver.benchmark_logs import format_scores, score_file
 
@@ -120,9 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("compose", cmd_compose, "compose config/ for an experiment; print or freeze it")
     s.add_argument("--experiment", default="smoke")
-    s.add_argument("--run", default=None, help="run name (default: the experiment's name)")
+    s.add_argument("--run", default=None,
+                   help="run name (default: the experiment's name; <experiment>-cpu at scale=cpu)")
     s.add_argument("--out", default=None, help="freeze to this file (refuses a changed config)")
-    s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. rollout.shards=4")
+    s.add_argument("overrides", nargs="*",
+                   help="Hydra overrides, e.g. rollout.shards=4 or scale=cpu")
 
     s = add("prepare-model", cmd_prepare_model, "write the base model as an HF directory")
     s.add_argument("--source", required=True,
@@ -167,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("report", cmd_report, "HTML report and figures of a run")
     s.add_argument("--run-dir", required=True)
     s.add_argument("--out", required=True)
+
+    s = add("table", cmd_table,
+            "paper-style table (score, success, failure) of runs, with the paper's numbers")
+    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="results/<run> directories")
+    s.add_argument("--out", default=None, metavar="PREFIX",
+                   help="also write PREFIX.md and PREFIX.csv")
+    s.add_argument("--last", action="store_true",
+                   help="only the base model (iteration 0) and the last evaluated iteration")
 
     s = add("score", cmd_score, "benchmark score, success and failure of dialogue logs")
     s.add_argument("logs", nargs="+", help="SAGE .jsonl logs or eval dialogues.parquet files")

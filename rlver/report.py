@@ -1,4 +1,5 @@
-"""The run report: one self-contained HTML page plus PNG figures, from whatever exists.
+"""The run report: one self-contained HTML page plus PNG figures and the paper-style table
+(table.md, table.csv; rlver.table), from whatever exists.
 
 The report reads a run directory as it stands (a run may be half-way through, with no
 update or evaluation yet) and writes nothing but `out_dir`, built in a temporary
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 import re
 import statistics
@@ -23,8 +23,9 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from rlver import config as rconfig
+from rlver import table as rtable
 from rlver.errors import RlverInputError
-from rlver.io import atomic_path
+from rlver.io import atomic_path, read_json_object
 from rlver.schema import OUTCOMES, read_metadata
 
 #: Columns the report needs from rollout files; token columns are skipped (large).
@@ -46,6 +47,7 @@ _EVAL_COLUMNS = [
 ]
 #: Config values shown at the top of the page (dotted keys).
 _KEY_CONFIG = [
+    "scale",
     "iterations",
     "model.name",
     "model.dtype",
@@ -111,13 +113,17 @@ def build_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     evaluated = [it for it in iterations if it.eval_dialogues_path is not None]
     last_eval = evaluated[-1] if evaluated else None
     eval_rows = _read_eval_rows(last_eval.eval_dialogues_path) if last_eval else []
+    own_rows = rtable.run_rows(run_dir)
+    table_rows = own_rows + rtable.paper_rows(run_dir)
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         _plot_all(iterations, last_eval, eval_rows, tmp)
         images = {name: (tmp / name).read_bytes() for name in _FIGURES}
+        rtable.write_table(table_rows, tmp / "table")
         page = _render_page(
-            cfg_dict, rconfig.config_hash(cfg), iterations, last_eval, eval_rows, images
+            cfg_dict, rconfig.config_hash(cfg), iterations, last_eval, eval_rows, images,
+            _paper_table(table_rows, bool(own_rows)),
         )
         (tmp / "index.html").write_text(page, encoding="utf-8")
     index = out_dir / "index.html"
@@ -155,15 +161,7 @@ def _scan(run_dir: Path) -> list[_Iteration]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RlverInputError(
-            f"{path}: not readable JSON ({exc}). Fix: delete it and rerun the stage that writes it."
-        ) from exc
-    if not isinstance(obj, dict):
-        raise RlverInputError(f"{path}: expected a JSON object. Fix: rerun the stage.")
-    return obj
+    return read_json_object(path, "delete it and rerun the stage that writes it.")
 
 
 def _read_columns(path: Path, columns: list[str]) -> list[dict[str, Any]]:
@@ -426,6 +424,21 @@ def _rate(count: Any, rate: Any) -> str:
     return _e(f"{count} ({100.0 * float(rate):.0f}%)")
 
 
+def _paper_table(rows: list[rtable.Row], evaluated: bool) -> str:
+    """The run's rows of `rlver table` and the paper's for its setting (also table.md/.csv)."""
+    intro = (
+        "Benchmark score, success and failure of each evaluated iteration (0: the base "
+        "model), then the paper's published numbers for this setting, for reference."
+        if evaluated
+        else "No evaluation yet; the paper's published numbers for this setting:"
+    )
+    cells = [[_e(c) for c in r.cells()] for r in rows]
+    return (
+        f"<p>{_e(intro)} Also as <a href=\"table.md\">table.md</a> and "
+        f'<a href="table.csv">table.csv</a>.</p>' + _table(rtable.HEADER, cells)
+    )
+
+
 def _outcome_table(iterations: list[_Iteration]) -> str:
     rows = []
     for it in iterations:
@@ -525,6 +538,7 @@ def _render_page(
     last_eval: _Iteration | None,
     eval_rows: list[dict[str, Any]],
     images: dict[str, bytes],
+    paper_table: str,
 ) -> str:
     run = cfg.get("run", "")
     keys = [[_e(k), _e(_lookup(cfg, k))] for k in _KEY_CONFIG]
@@ -544,6 +558,8 @@ def _render_page(
             _table(["key", "value"], keys),
             "<h2>Iterations</h2>",
             _iteration_table(iterations) if iterations else "<p>No iterations yet.</p>",
+            "<h2>Paper-style table</h2>",
+            paper_table,
             "<h2>Learning curve</h2>",
             _img("learning_curve.png", images["learning_curve.png"], "learning curve"),
             "<h2>Outcomes</h2>",

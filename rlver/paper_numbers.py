@@ -1,0 +1,61 @@
+"""The paper's published results, shown next to a run's own numbers for reference.
+
+Transcribed from RLVER (Wang et al., arXiv 2507.03112) as quoted in the project's
+reference notes (paper.md): Table 1, the Sentient benchmark's score / success / failure
+(its chit-chat columns are left out: we have no chit-chat benchmark), and Table 3, the
+PPO simulator ablation, which publishes scores only. Settings use our config names:
+algorithm.name, template.name and the training simulator.difficulty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+#: The paper's base model.
+BASE_MODEL = "Qwen2.5-7B-Instruct"
+
+
+@dataclass(frozen=True)
+class PaperResult:
+    """One published number set. algorithm/template/difficulty None: the base model."""
+
+    table: str
+    algorithm: Optional[str]
+    template: Optional[str]
+    difficulty: Optional[str]
+    #: `Sentient` (the vanilla benchmark) or `Sentient-challenging`.
+    benchmark: str
+    score: float
+    success_pct: Optional[int] = None
+    failure_pct: Optional[int] = None
+
+
+RESULTS: tuple[PaperResult, ...] = (
+    # Table 1: Sentient benchmark (100 test personas, simulator DeepSeek-V3). The RL rows
+    # were trained with the vanilla simulator (their scores are Table 3's vanilla rows).
+    PaperResult("Table 1", None, None, None, "Sentient", 13.3, 2, 76),
+    PaperResult("Table 1", "ppo", "nothink", "vanilla", "Sentient", 61.7, 24, 23),
+    PaperResult("Table 1", "ppo", "think", "vanilla", "Sentient", 79.2, 42, 9),
+    PaperResult("Table 1", "grpo", "nothink", "vanilla", "Sentient", 68.3, 26, 10),
+    PaperResult("Table 1", "grpo", "think", "vanilla", "Sentient", 72.0, 34, 10),
+    # Table 3: PPO, Sentient / Sentient-challenging scores by training simulator. The
+    # vanilla rows' Sentient scores are Table 1's and are not repeated.
+    PaperResult("Table 3", "ppo", "nothink", "vanilla", "Sentient-challenging", 47.7),
+    PaperResult("Table 3", "ppo", "think", "vanilla", "Sentient-challenging", 59.6),
+    PaperResult("Table 3", "ppo", "nothink", "challenging", "Sentient", 19.8),
+    PaperResult("Table 3", "ppo", "nothink", "challenging", "Sentient-challenging", 25.9),
+    PaperResult("Table 3", "ppo", "think", "challenging", "Sentient", 66.4),
+    PaperResult("Table 3", "ppo", "think", "challenging", "Sentient-challenging", 44.7),
+)
+
+
+def for_setting(algorithm: str, template: str, difficulty: str) -> list[PaperResult]:
+    """The base model's results and those trained as (algorithm, template, difficulty),
+    in the paper's order; only the base model's when the paper has no such row."""
+    return [
+        r
+        for r in RESULTS
+        if r.algorithm is None
+        or (r.algorithm, r.template, r.difficulty) == (algorithm, template, difficulty)
+    ]

