@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint clean-results
+.PHONY: setup run test lint results clean-results
 
 setup: $(VENV)/.setup-done
 
@@ -36,6 +36,20 @@ run: setup
 
 test: setup
 	$(BIN)/pytest -ra
+
+# docs/results.md: the cpu_learning experiment for 3 seeds (about an hour each on 2
+# cores), then its page, generated from the runs' files. A finished seed is not redone.
+SEEDS := 0 1 2
+results: setup
+	for seed in $(SEEDS); do \
+	  $(BIN)/snakemake --profile profiles/local --config experiment=cpu_learning \
+	    run=cpu_learning_s$$seed overrides=seed=$$seed || exit 1; \
+	done
+	$(BIN)/rlver results-doc $(foreach s,$(SEEDS),results/cpu_learning_s$(s)) \
+	  --out docs/results.md --title "cpu_learning: GRPO learning on one CPU" \
+	  --command "make results" \
+	  $(foreach s,$(SEEDS),--command ".venv/bin/snakemake --profile profiles/local --config experiment=cpu_learning run=cpu_learning_s$(s) overrides=seed=$(s)") \
+	  --command ".venv/bin/rlver results-doc $(foreach s,$(SEEDS),results/cpu_learning_s$(s)) --out docs/results.md"
 
 lint: setup
 	$(BIN)/ruff check rlver tests

@@ -91,6 +91,13 @@ def cmd_report(a: argparse.Namespace) -> None:
     build_report(Path(a.run_dir), Path(a.out))
 
 
+def cmd_results_doc(a: argparse.Namespace) -> None:
+    from rlver.results_doc import write_results_doc
+
+    page, figure = write_results_doc(a.run_dirs, a.out, a.title, a.command)
+    print(f"results-doc: wrote {page} and {figure}", file=sys.stderr)
+
+
 def cmd_table(a: argparse.Namespace) -> None:
     from rlver.table import build_table, to_markdown, write_table
 
@@ -187,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write PREFIX.md and PREFIX.csv")
     s.add_argument("--last", action="store_true",
                    help="only the base model (iteration 0) and the last evaluated iteration")
+
+    s = add("results-doc", cmd_results_doc,
+            "a results page (learning curves of several runs and their table)")
+    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="results/<run> directories")
+    s.add_argument("--out", required=True, help="the Markdown page, e.g. docs/results.md")
+    s.add_argument("--title", default="Results")
+    s.add_argument("--command", action="append", default=[],
+                   help="a command that regenerates the runs and the page (repeatable)")
 
     s = add("score", cmd_score, "benchmark score, success and failure of dialogue logs")
     s.add_argument("logs", nargs="+", help="SAGE .jsonl logs or eval dialogues.parquet files")

@@ -1,0 +1,50 @@
+"""`rlver results-doc`: the results page of several runs, from their files only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rlver import cli
+from rlver.errors import RlverInputError
+from rlver.io import write_json
+
+from .test_table import _make_run
+
+
+def _runs(tmp_path: Path) -> list[Path]:
+    """Two seeds' runs: evaluations at iterations 0 and 2, updates at 0 and 1."""
+    runs = []
+    for k, finals in enumerate([{0: [10, 20, 30, 40], 2: [40, 50, 60, 70]},
+                                {0: [0, 20, 20, 20], 2: [20, 30, 40, 50]}]):
+        run = _make_run(tmp_path / f"s{k}", "paper_grpo_nothink_vanilla", finals)
+        for i, reward in enumerate([0.2 + k / 10, 0.4 + k / 10]):
+            write_json(run / f"iter_{i:04d}" / "update" / "metrics.json",
+                       {"iteration": i, "reward_mean": reward})
+        runs.append(run)
+    return runs
+
+
+def test_page_has_the_curves_the_summary_and_the_table(tmp_path: Path) -> None:
+    runs = _runs(tmp_path)
+    out = tmp_path / "docs" / "results.md"
+    assert cli.main(["results-doc", *map(str, runs), "--out", str(out), "--title", "T",
+                     "--command", "make results"]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert page.startswith("# T\n") and "make results" in page
+    # seed 0: 25.0 -> 55.0 (+30.0); seed 1: 15.0 -> 35.0 (+20.0); mean +25.0
+    assert "| 25.0 | 2 | 55.0 | +30.0 |" in page and "| 15.0 | 2 | 35.0 | +20.0 |" in page
+    assert "Mean change over 2 runs: +25.0 points" in page
+    assert "![benchmark score and training reward by iteration](results_curves.png)" in page
+    assert (out.parent / "results_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| source | run | iteration |" in page  # the table of `rlver table`
+
+
+def test_a_run_without_evaluations_is_refused(tmp_path: Path) -> None:
+    run = _make_run(tmp_path, "paper_grpo_nothink_vanilla", finals={})
+    with pytest.raises(RlverInputError, match="no iter_\\*/eval/metrics.json"):
+        from rlver.results_doc import write_results_doc
+
+        write_results_doc([run], tmp_path / "r.md", "T", [])
+    assert not (tmp_path / "r.md").exists()
