@@ -35,7 +35,7 @@ run: setup
 	$(BIN)/snakemake --profile profiles/local
 
 test: setup
-	$(BIN)/pytest -ra
+	$(BIN)/pytest -ra --durations=30
 
 # docs/results.md: the cpu_learning experiment for 3 seeds (about an hour each on 2
 # cores), then its page, generated from the runs' files. A finished seed is not redone.
