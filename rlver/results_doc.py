@@ -32,13 +32,13 @@ class Curve:
 def read_curve(run_dir: str | os.PathLike[str]) -> Curve:
     """A run's curve; refuses a run without evaluations (the page would say nothing)."""
     run_dir = Path(run_dir)
-    cfg = rtable._load_config(run_dir)
+    cfg = rtable.load_run_config(run_dir)
     scores, rewards, stamps = [], [], [(run_dir / "config.yaml").stat().st_mtime]
     for d in sorted(run_dir.glob("iter_*")):
         i = int(d.name.removeprefix("iter_"))
         ev = d / "eval" / "metrics.json"
         if ev.is_file():
-            scores.append((i, float(rtable._read_metrics(ev)["score"])))
+            scores.append((i, float(rtable.read_eval_metrics(ev)["score"])))
             stamps.append(ev.stat().st_mtime)
         up = d / "update" / "metrics.json"
         if up.is_file():

@@ -71,7 +71,7 @@ def run_rows(run_dir: str | os.PathLike[str], last_only: bool = False) -> list[R
     """A run's evaluated iterations in order (none yet: empty). `last_only` keeps the
     base model's row and the last evaluated iteration."""
     run_dir = Path(run_dir)
-    cfg = _load_config(run_dir)
+    cfg = load_run_config(run_dir)
     evals = _read_evals(run_dir)
     if last_only and evals:
         evals = [e for e in evals if e[0] == 0 or e is evals[-1]]
@@ -87,7 +87,7 @@ def run_rows(run_dir: str | os.PathLike[str], last_only: bool = False) -> list[R
 
 def paper_rows(run_dir: str | os.PathLike[str]) -> list[Row]:
     """The paper's published rows for the run's setting (the base model's at least)."""
-    cfg = _load_config(Path(run_dir))
+    cfg = load_run_config(Path(run_dir))
     return [
         Row(f"paper {r.table}", "", None, paper_numbers.BASE_MODEL,
             "base" if r.algorithm is None
@@ -149,7 +149,7 @@ def write_table(rows: list[Row], prefix: str | os.PathLike[str]) -> tuple[Path, 
 # --------------------------------------------------------------------------- reading
 
 
-def _load_config(run_dir: Path) -> Any:
+def load_run_config(run_dir: Path) -> Any:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise RlverInputError(
@@ -166,11 +166,11 @@ def _read_evals(run_dir: Path) -> list[tuple[int, dict[str, Any]]]:
         m = _ITER_DIR.fullmatch(d.name)
         path = d / "eval" / "metrics.json"
         if m and path.is_file():
-            found.append((int(m.group(1)), _read_metrics(path)))
+            found.append((int(m.group(1)), read_eval_metrics(path)))
     return sorted(found, key=lambda e: e[0])
 
 
-def _read_metrics(path: Path) -> dict[str, Any]:
+def read_eval_metrics(path: Path) -> dict[str, Any]:
     obj = read_json_object(path, "delete it and rerun that evaluation.")
     bad = [k for k in ("n", "score", "success", "failure")
            if not isinstance(obj.get(k), (int, float))]
