@@ -47,7 +47,7 @@ results: setup
 	done
 	$(BIN)/rlver results-doc $(foreach s,$(SEEDS),results/cpu_learning_s$(s)) \
 	  --out docs/results.md --title "cpu_learning: GRPO learning on one CPU" \
-	  --command "make results" \
+	  --command "make results" --goal 10 \
 	  $(foreach s,$(SEEDS),--command ".venv/bin/snakemake --profile profiles/local --config experiment=cpu_learning run=cpu_learning_s$(s) overrides=seed=$(s)") \
 	  --command ".venv/bin/rlver results-doc $(foreach s,$(SEEDS),results/cpu_learning_s$(s)) --out docs/results.md"
 

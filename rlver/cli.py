@@ -94,7 +94,7 @@ def cmd_report(a: argparse.Namespace) -> None:
 def cmd_results_doc(a: argparse.Namespace) -> None:
     from rlver.results_doc import write_results_doc
 
-    page, figure = write_results_doc(a.run_dirs, a.out, a.title, a.command)
+    page, figure = write_results_doc(a.run_dirs, a.out, a.title, a.command, a.goal)
     print(f"results-doc: wrote {page} and {figure}", file=sys.stderr)
 
 
@@ -202,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--title", default="Results")
     s.add_argument("--command", action="append", default=[],
                    help="a command that regenerates the runs and the page (repeatable)")
+    s.add_argument("--goal", type=float, default=None, metavar="POINTS",
+                   help="the rise in benchmark score from iteration 0 to the last evaluated "
+                        "iteration that each run should reach; the page says which runs do")
 
     s = add("score", cmd_score, "benchmark score, success and failure of dialogue logs")
     s.add_argument("logs", nargs="+", help="SAGE .jsonl logs or eval dialogues.parquet files")

@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from rlver import config as rconfig
+from rlver import plots
 from rlver import table as rtable
 from rlver.errors import RlverInputError
 from rlver.io import atomic_path, read_json_object
@@ -204,36 +205,6 @@ def _train_reward(it: _Iteration) -> float | None:
 # --------------------------------------------------------------------------- figures
 
 
-def _pyplot() -> Any:
-    """pyplot on the Agg backend with default style: headless and reproducible."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> None:
-    """Save without the version stamp so reruns give identical bytes; always close."""
-    plt = _pyplot()
-    try:
-        fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
-    finally:
-        plt.close(fig)
-
-
-def _figure(size: tuple[float, float], ncols: int = 1) -> tuple[Any, Any]:
-    """Constrained layout keeps labels and outside legends inside the fixed size."""
-    return _pyplot().subplots(1, ncols, figsize=size, squeeze=False, layout="constrained")
-
-
-def _integer_axis(axis: Any) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    axis.set_major_locator(MaxNLocator(integer=True))
-
-
 def _plot_all(
     iterations: list[_Iteration],
     last_eval: _Iteration | None,
@@ -241,7 +212,7 @@ def _plot_all(
     out: Path,
 ) -> None:
     """All figures under matplotlib's default style, whatever the user's matplotlibrc says."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     with plt.style.context("default"), plt.rc_context({"svg.hashsalt": "rlver"}):
         _plot_learning_curve(iterations, out / "learning_curve.png")
         _plot_outcomes(iterations, out / "outcomes.png")
@@ -255,7 +226,7 @@ def _no_data(ax: Any, text: str) -> None:
 
 
 def _plot_learning_curve(iterations: list[_Iteration], path: Path) -> None:
-    fig, axes = _figure((7.0, 4.0))
+    fig, axes = plots.figure((7.0, 4.0))
     ax = axes[0][0]
     train = [(it.index, _train_reward(it)) for it in iterations]
     train = [(i, 100.0 * r) for i, r in train if r is not None]
@@ -278,11 +249,11 @@ def _plot_learning_curve(iterations: list[_Iteration], path: Path) -> None:
     ax.set_ylabel("emotion (0-100)")
     ax.set_title("Learning curve")
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    plots.save(fig, path)
 
 
 def _plot_outcomes(iterations: list[_Iteration], path: Path) -> None:
-    fig, axes = _figure((10.0, 4.0), ncols=2)
+    fig, axes = plots.figure((10.0, 4.0), ncols=2)
     series = [
         (
             "train (rollouts)",
@@ -305,14 +276,14 @@ def _plot_outcomes(iterations: list[_Iteration], path: Path) -> None:
             ax.set_xticks(xs)
         else:
             _no_data(ax, "no data yet")
-        _integer_axis(ax.yaxis)
+        plots.integer_axis(ax.yaxis)
         ax.set_title(f"Outcomes, {title}")
         ax.set_xlabel("iteration")
         ax.set_ylabel("dialogues")
     handles = [h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]]
     if handles:
         fig.legend(handles=handles[: len(OUTCOMES)], loc="outside right upper")
-    _save(fig, path)
+    plots.save(fig, path)
 
 
 def _trajectory(row: dict[str, Any]) -> list[int]:
@@ -320,7 +291,7 @@ def _trajectory(row: dict[str, Any]) -> list[int]:
 
 
 def _plot_emotions(rows: list[dict[str, Any]], iteration: int | None, path: Path) -> None:
-    fig, axes = _figure((7.0, 4.0))
+    fig, axes = plots.figure((7.0, 4.0))
     ax = axes[0][0]
     if rows:
         trajs = [_trajectory(r) for r in rows]
@@ -336,11 +307,11 @@ def _plot_emotions(rows: list[dict[str, Any]], iteration: int | None, path: Path
         _no_data(ax, "no evaluation yet")
         ax.set_title("Emotion per turn")
     ax.set_ylim(0, 100)
-    _integer_axis(ax.xaxis)
+    plots.integer_axis(ax.xaxis)
     ax.set_xlabel("assistant reply (0 = start)")
     ax.set_ylabel("emotion")
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    plots.save(fig, path)
 
 
 # --------------------------------------------------------------------------- HTML

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlver import plots
 from rlver import table as rtable
 from rlver.errors import RlverInputError
 from rlver.io import atomic_path, read_json_object, write_text
@@ -51,8 +52,11 @@ def read_curve(run_dir: str | os.PathLike[str]) -> Curve:
 
 
 def write_results_doc(run_dirs: list[str | os.PathLike[str]], out: str | os.PathLike[str],
-                      title: str, commands: list[str]) -> tuple[Path, Path]:
-    """The page (`out`) and its figure; both written atomically."""
+                      title: str, commands: list[str],
+                      goal: float | None = None) -> tuple[Path, Path]:
+    """The page (`out`) and its figure; both written atomically. With `goal` (points),
+    the summary says which runs rise by at least that much, so a page can never claim a
+    result its numbers do not show."""
     curves = [read_curve(d) for d in run_dirs]
     out = Path(out)
     figure = out.with_name(f"{out.stem}_curves.png")
@@ -81,6 +85,7 @@ def write_results_doc(run_dirs: list[str | os.PathLike[str]], out: str | os.Path
         f"Mean change over {len(curves)} runs: {sum(deltas) / len(deltas):+.1f} points. Wall "
         "time: from the run's frozen config to its last evaluation (file times).",
         "",
+        *_goal_lines(curves, deltas, goal),
         "## Learning curves",
         "",
         f"![benchmark score and training reward by iteration]({figure.name})",
@@ -97,12 +102,19 @@ def write_results_doc(run_dirs: list[str | os.PathLike[str]], out: str | os.Path
     return out, figure
 
 
-def _plot(curves: list[Curve], path: Path) -> None:
-    from rlver.report import _figure, _integer_axis, _pyplot, _save
+def _goal_lines(curves: list[Curve], deltas: list[float], goal: float | None) -> list[str]:
+    if goal is None:
+        return []
+    met = [c.run for c, d in zip(curves, deltas, strict=True) if d >= goal]
+    verdict = "met" if len(met) == len(curves) else "NOT met"
+    return [f"**Goal: a rise of at least {goal:+g} points in every run: {verdict}** "
+            f"({len(met)} of {len(curves)} runs{': ' + ', '.join(met) if met else ''}).", ""]
 
-    plt = _pyplot()
+
+def _plot(curves: list[Curve], path: Path) -> None:
+    plt = plots.pyplot()
     with plt.style.context("default"):
-        fig, axes = _figure((10.0, 4.0), ncols=2)
+        fig, axes = plots.figure((10.0, 4.0), ncols=2)
         left, right = axes[0]
         for c in curves:
             left.plot(*zip(*c.scores, strict=True), marker="o",
@@ -113,7 +125,7 @@ def _plot(curves: list[Curve], path: Path) -> None:
         right.set(xlabel="iteration", ylabel="mean reward", title="training rollouts")
         for axis in (left, right):
             axis.grid(alpha=0.3)
-            _integer_axis(axis.xaxis)
+            plots.integer_axis(axis.xaxis)
         left.legend(fontsize=8)
         with atomic_path(path) as tmp:
-            _save(fig, tmp)
+            plots.save(fig, tmp)

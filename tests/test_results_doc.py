@@ -39,6 +39,18 @@ def test_page_has_the_curves_the_summary_and_the_table(tmp_path: Path) -> None:
     assert "![benchmark score and training reward by iteration](results_curves.png)" in page
     assert (out.parent / "results_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "| source | run | iteration |" in page  # the table of `rlver table`
+    assert "Goal" not in page  # no goal given, no verdict
+
+
+@pytest.mark.parametrize(("goal", "verdict"), [
+    ("20", "met** (2 of 2 runs: "), ("25", "NOT met** (1 of 2 runs: "),
+    ("40", "NOT met** (0 of 2 runs)."),
+])
+def test_goal_verdict_follows_the_numbers(tmp_path: Path, goal: str, verdict: str) -> None:
+    out = tmp_path / "results.md"
+    assert cli.main(["results-doc", *map(str, _runs(tmp_path)), "--out", str(out),
+                     "--goal", goal]) == 0
+    assert f"rise of at least +{goal} points in every run: {verdict}" in out.read_text()
 
 
 def test_a_run_without_evaluations_is_refused(tmp_path: Path) -> None:
