@@ -20,7 +20,7 @@ from rlver.update import UpdateSpec, run_update
 
 pytestmark = pytest.mark.slow
 
-NAMES = ["Maya", "Oskar", "Priya", "Tomas", "Lena", "Kofi", "Ines", "Ravi"]
+NAMES = ["Maya", "Oskar", "Priya", "Tomas", "Lena", "Kofi"]
 OPENING = "Hi, I'm {}. I had a rough day."
 ITERATIONS = 2
 COMMON = [f"iterations={ITERATIONS}", "algorithm.warmup_ratio=0", "algorithm.mini_batches=2",
