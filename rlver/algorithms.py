@@ -17,21 +17,36 @@ import torch
 # ----------------------------------------------------------------------------- advantages
 
 
-def group_advantages(rewards: torch.Tensor, groups: Sequence[str], eps: float) -> torch.Tensor:
-    """GRPO: each reward minus its group's mean, divided by the group's std (+eps).
+#: How GRPO scales centred rewards (see group_advantages).
+ADV_STD = ("group", "batch", "none")
 
-    The population std (divide by n) is used; a group whose rewards are all equal
-    (including a group of one) gets advantage 0: it carries no preference signal.
+
+def group_advantages(rewards: torch.Tensor, groups: Sequence[str], eps: float,
+                     std: str = "group") -> torch.Tensor:
+    """GRPO: each reward minus its group's mean, divided by a std (+eps).
+
+    `std="group"` (the paper's GRPO): the group's own std, so every group with any spread
+    pulls equally hard. `"batch"`: the std of all centred rewards of the update, so a
+    group whose samples barely differ (near-ties at a low temperature) pulls little and
+    one with a real difference pulls hard, with the overall scale unchanged. `"none"`:
+    centred only (Dr. GRPO). Population stds (divide by n); a group whose rewards are all
+    equal (including a group of one) gets advantage 0: it carries no preference signal.
     """
+    if std not in ADV_STD:
+        raise ValueError(f"std must be one of {ADV_STD}, got {std!r}")
     adv = torch.zeros_like(rewards)
     index: dict[str, list[int]] = {}
     for i, g in enumerate(groups):
         index.setdefault(g, []).append(i)
     for members in index.values():
         r = rewards[members]
-        std = r.std(unbiased=False)
-        if std > 0:
-            adv[members] = (r - r.mean()) / (std + eps)
+        spread = r.std(unbiased=False)
+        if spread > 0:
+            adv[members] = (r - r.mean()) / (spread + eps if std == "group" else 1.0)
+    if std == "batch":
+        spread = adv.std(unbiased=False)
+        if spread > 0:
+            adv = adv / (spread + eps)
     return adv
 
 

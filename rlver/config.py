@@ -189,6 +189,9 @@ class AlgorithmConfig:
     precision: str = "fp32"
     #: Advantage of a group whose rewards are all equal is 0; eps keeps the division safe.
     adv_eps: float = 1e-6
+    #: GRPO: divide centred rewards by the std of their `group` (the paper), of the whole
+    #: `batch` (groups weighted by how much their samples differ), or `none` (Dr. GRPO).
+    adv_std: str = "group"
     #: Penalty reward for a malformed think block (think template).
     format_penalty_reward: float = 0.0
     #: Trainer state (optimizer moments, PPO critic) carried from update i to update i+1,
@@ -432,6 +435,8 @@ def validate(cfg: DictConfig) -> None:
         ("evaluation.max_turns", cfg.evaluation.max_turns >= 1, "at least 1"),
         ("evaluation.every", cfg.evaluation.every >= 1, "at least 1"),
         ("algorithm.name", cfg.algorithm.name in {"grpo", "ppo"}, "one of: grpo, ppo"),
+        ("algorithm.adv_std", cfg.algorithm.adv_std in {"group", "batch", "none"},
+         "one of: group, batch, none"),
         ("algorithm.kl_estimator", cfg.algorithm.kl_estimator in {"k1", "k3"}, "k1 or k3"),
         ("algorithm.ppo_epochs", cfg.algorithm.ppo_epochs >= 1, "at least 1"),
         ("algorithm.mini_batches", cfg.algorithm.mini_batches >= 1, "at least 1"),

@@ -515,7 +515,8 @@ def advantages(rows: list[dict[str, Any]], terms: Terms, alg: Any) -> Terms:
         out[i] = {"old_logp": torch.tensor(r["logprobs"], dtype=torch.float32)[pos]}
         out[i] |= {k: terms[i][k] for k in ("ref_logp", "old_values") if k in terms.get(i, {})}
     if alg.name == "grpo":
-        adv = A.group_advantages(rewards, [r["group_id"] for r in rows], alg.adv_eps)
+        adv = A.group_advantages(rewards, [r["group_id"] for r in rows], alg.adv_eps,
+                                 alg.adv_std)
         for i, pos in enumerate(positions):
             out[i]["adv"] = torch.full((len(pos),), adv[i].item())
         return out

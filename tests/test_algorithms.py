@@ -25,6 +25,23 @@ def test_group_advantages_four_samples():
     assert adv.tolist() == pytest.approx([-0.3 / std, -0.1 / std, 0.1 / std, 0.3 / std], rel=1e-5)
 
 
+def test_group_advantages_batch_and_none_weight_groups_by_their_spread():
+    rewards = torch.tensor([0.6, 0.2, 0.41, 0.39])  # a: spread 0.4, b: a near-tie
+    groups = ["a", "a", "b", "b"]
+    # group std: both groups +-1, the near-tie pulls as hard as the real difference
+    assert algorithms.group_advantages(rewards, groups, 0.0).tolist() == pytest.approx(
+        [1.0, -1.0, 1.0, -1.0], rel=1e-4)
+    # none: centred only
+    assert algorithms.group_advantages(rewards, groups, 0.0, "none").tolist() == pytest.approx(
+        [0.2, -0.2, 0.01, -0.01], rel=1e-4)
+    # batch: centred, over the std of all centred values, sqrt((0.04 + 0.0001) / 2)
+    s = math.sqrt((0.04 + 0.0001) / 2)
+    assert algorithms.group_advantages(rewards, groups, 0.0, "batch").tolist() == pytest.approx(
+        [0.2 / s, -0.2 / s, 0.01 / s, -0.01 / s], rel=1e-5)
+    with pytest.raises(ValueError, match="std must be one of"):
+        algorithms.group_advantages(rewards, groups, 0.0, "rank")
+
+
 def test_clipped_surrogate_by_hand():
     old = torch.zeros(4)
     logp = torch.log(torch.tensor([1.5, 0.5, 1.1, 0.7]))
