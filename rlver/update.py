@@ -29,6 +29,7 @@ split over ranks and micro-batches.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -143,11 +144,12 @@ JOB_FILE = "job.json"
 
 
 def _cancel_earlier_job(update_dir: Path, wait_s: float = 300.0) -> None:
-    """Cancel a Slurm job of this update that is still running, and wait until it is gone.
+    """Stop a job of this update that is still running, and wait until it is gone.
 
-    Killing Snakemake kills the process that waits on the update, not the Slurm job it
-    submitted; without this, the rerun's job and the orphan would write the same folders.
-    (Local jobs are the waiting process's children and die with it.)
+    Killing Snakemake kills the process that waits on the update, not the job it
+    submitted: a Slurm job runs on, and so does a local one (submitit's local controller
+    and its tasks are left to init and ignore SIGTERM, as Slurm jobs do). Without this,
+    the rerun's job and the orphan would write the same folders.
     """
     import subprocess
 
@@ -155,28 +157,62 @@ def _cancel_earlier_job(update_dir: Path, wait_s: float = 300.0) -> None:
     if not path.is_file():
         return
     info = json.loads(path.read_text())
-    if info.get("launcher") != "slurm":
-        return
     job_id = str(info["job_id"])
+    if info.get("launcher") == "slurm":
+        def alive() -> bool:
+            res = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"],
+                                 capture_output=True, text=True, check=False)
+            return res.returncode == 0 and res.stdout.strip() not in (
+                "", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT")
 
-    def alive() -> bool:
-        res = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
-                             text=True, check=False)
-        return res.returncode == 0 and res.stdout.strip() not in ("", "COMPLETED", "CANCELLED",
-                                                                   "FAILED", "TIMEOUT")
+        def stop() -> None:
+            subprocess.run(["scancel", job_id], check=False)
+    else:
+        folder = str(update_dir / "submitit")
+        pids = local_job_processes(int(job_id), folder)
+
+        def alive() -> bool:
+            return any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+        def stop() -> None:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     if not alive():
         return
-    print(f"update: cancelling job {job_id}, an earlier submission of this update that is "
+    print(f"update: stopping job {job_id}, an earlier submission of this update that is "
           "still running (its Snakemake was killed)", file=sys.stderr, flush=True)
-    subprocess.run(["scancel", job_id], check=False)
+    stop()
     deadline = time.monotonic() + wait_s
     while alive():
         if time.monotonic() > deadline:
             raise RuntimeError(f"update: job {job_id} (an earlier submission of this update) "
-                               f"is still running {wait_s:.0f} s after scancel. Fix: cancel "
-                               f"it by hand (scancel {job_id}) and rerun.")
-        time.sleep(2)
+                               f"is still running {wait_s:.0f} s after it was stopped. Fix: "
+                               "stop it by hand (scancel, or kill its processes) and rerun.")
+        time.sleep(1)
+
+
+def local_job_processes(controller: int, folder: str) -> list[int]:
+    """The controller of a submitit local job (its job id is the controller's pid) and its
+    tasks, if that pid is still this job's controller (pids are reused); else []."""
+    def cmdline(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return ""
+
+    if "submitit.local._local" not in cmdline(controller) or folder not in cmdline(controller):
+        return []
+    pids = [controller]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == controller:
+            pids.append(int(stat.parent.name))
+    return pids
 
 
 def run_update(spec: UpdateSpec) -> dict[str, Any]:

@@ -4,6 +4,9 @@ plan of optimizer steps and micro-batches; the algorithm's config checks."""
 from __future__ import annotations
 
 import json
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +17,9 @@ from rlver.errors import RlverInputError
 from rlver.models import load_policy
 from rlver.rollout import rollout_shard
 from rlver.schema import read_trajectories, write_trajectories
-from rlver.update import UpdateSpec, check_inputs, make_plan, pack, run_update
+from rlver.update import UpdateSpec, check_inputs, local_job_processes, make_plan, pack, run_update
 
-from .conftest import TINY
+from .conftest import BIN, TINY
 
 
 def grpo_loss(policy_dir, rows, clip=0.2) -> float:
@@ -58,12 +61,37 @@ def rollouts(make_tiny_run):
     return run, tuple(paths)
 
 
-def test_update_changes_weights_and_lowers_the_loss(rollouts, tmp_path):
+def _orphan_a_local_job(spec: UpdateSpec) -> list[int]:
+    """Start `rlver update` and SIGKILL it once its submitit job is running, as when
+    Snakemake is killed: the job's processes (local controller and task) live on."""
+    job_file = Path(spec.update_dir) / "job.json"
+    runner = subprocess.Popen(
+        [str(BIN / "rlver"), "update", "--config", spec.config_path, "--iteration",
+         str(spec.iteration), "--policy", spec.policy_dir, "--rollouts", *spec.rollout_paths,
+         "--out-policy", spec.out_policy_dir, "--update-dir", spec.update_dir])
+    deadline = time.monotonic() + 120
+    while not job_file.is_file() and runner.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    runner.kill()
+    runner.wait()
+    pids = local_job_processes(int(json.loads(job_file.read_text())["job_id"]),
+                                str(Path(spec.update_dir) / "submitit"))
+    assert len(pids) == 2, pids  # controller and its task, orphaned
+    return pids
+
+
+def test_update_stops_an_orphaned_job_then_changes_weights_and_lowers_the_loss(
+        rollouts, capfd):
     run, paths = rollouts
     old, new = run / "iter_0000" / "policy", run / "iter_0001" / "policy"
     spec = UpdateSpec(str(run / "config.yaml"), 0, str(old), paths, str(new),
                       str(run / "iter_0000" / "update"))
-    metrics = run_update(spec)
+    orphans = _orphan_a_local_job(spec)
+    time.sleep(2)
+    assert all(Path(f"/proc/{pid}").exists() for pid in orphans)  # SIGKILL left them
+    metrics = run_update(spec)  # the rerun
+    assert "an earlier submission of this update that is still running" in capfd.readouterr().err
+    assert not any(Path(f"/proc/{pid}").exists() for pid in orphans)
     assert metrics["num_samples"] == 4 and metrics["grad_norm"] > 0
     assert json.loads((run / "iter_0000/update/metrics.json").read_text()) == metrics
     assert list((run / "iter_0000/update/tensorboard").glob("events.out.tfevents.*"))
