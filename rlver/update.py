@@ -172,7 +172,7 @@ def _cancel_earlier_job(update_dir: Path, wait_s: float = 300.0) -> None:
         pids = local_job_processes(int(job_id), folder)
 
         def alive() -> bool:
-            return any(Path(f"/proc/{pid}").exists() for pid in pids)
+            return any(_running(pid) for pid in pids)
 
         def stop() -> None:
             for pid in pids:
@@ -191,6 +191,14 @@ def _cancel_earlier_job(update_dir: Path, wait_s: float = 300.0) -> None:
                                f"is still running {wait_s:.0f} s after it was stopped. Fix: "
                                "stop it by hand (scancel, or kill its processes) and rerun.")
         time.sleep(1)
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (a container's init may never reap one)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def local_job_processes(controller: int, folder: str) -> list[int]:
