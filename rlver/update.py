@@ -175,6 +175,11 @@ def _cancel_earlier_job(update_dir: Path, wait_s: float = 300.0) -> None:
             return any(_running(pid) for pid in pids)
 
         def stop() -> None:
+            # Frozen first, so the controller cannot start a task between the look at its
+            # children and the kill.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pids[0], signal.SIGSTOP)
+            pids[:] = local_job_processes(int(job_id), folder) or pids
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

@@ -17,7 +17,15 @@ from rlver.errors import RlverInputError
 from rlver.models import load_policy
 from rlver.rollout import rollout_shard
 from rlver.schema import read_trajectories, write_trajectories
-from rlver.update import UpdateSpec, check_inputs, local_job_processes, make_plan, pack, run_update
+from rlver.update import (
+    UpdateSpec,
+    _running,
+    check_inputs,
+    local_job_processes,
+    make_plan,
+    pack,
+    run_update,
+)
 
 from .conftest import BIN, TINY
 
@@ -74,10 +82,11 @@ def _orphan_a_local_job(spec: UpdateSpec) -> list[int]:
         time.sleep(0.2)
     runner.kill()
     runner.wait()
-    pids = local_job_processes(int(json.loads(job_file.read_text())["job_id"]),
-                                str(Path(spec.update_dir) / "submitit"))
-    assert len(pids) == 2, pids  # controller and its task, orphaned
-    return pids
+    job_id = int(json.loads(job_file.read_text())["job_id"])
+    while len(pids := local_job_processes(job_id, str(Path(spec.update_dir) / "submitit"))) < 2:
+        assert time.monotonic() < deadline, pids  # the controller starts its task
+        time.sleep(0.2)
+    return pids  # the controller and its task, orphaned
 
 
 def test_update_stops_an_orphaned_job_then_changes_weights_and_lowers_the_loss(
@@ -88,10 +97,10 @@ def test_update_stops_an_orphaned_job_then_changes_weights_and_lowers_the_loss(
                       str(run / "iter_0000" / "update"))
     orphans = _orphan_a_local_job(spec)
     time.sleep(2)
-    assert all(Path(f"/proc/{pid}").exists() for pid in orphans)  # SIGKILL left them
+    assert all(_running(pid) for pid in orphans)  # SIGKILL of the runner left them
     metrics = run_update(spec)  # the rerun
     assert "an earlier submission of this update that is still running" in capfd.readouterr().err
-    assert not any(Path(f"/proc/{pid}").exists() for pid in orphans)
+    assert not any(_running(pid) for pid in orphans)
     assert metrics["num_samples"] == 4 and metrics["grad_norm"] > 0
     assert json.loads((run / "iter_0000/update/metrics.json").read_text()) == metrics
     assert list((run / "iter_0000/update/tensorboard").glob("events.out.tfevents.*"))
