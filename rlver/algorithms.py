@@ -50,6 +50,71 @@ def group_advantages(rewards: torch.Tensor, groups: Sequence[str], eps: float,
     return adv
 
 
+#: What a reply's advantage credits it with (see turn_returns).
+CREDIT = ("final", "turn")
+
+
+def turn_spans(positions: Sequence[int]) -> list[list[int]]:
+    """Split a dialogue's sorted assistant-token positions into its replies: runs of
+    consecutive positions (between two replies there is always a user message)."""
+    spans: list[list[int]] = []
+    for p in positions:
+        if spans and p == spans[-1][-1] + 1:
+            spans[-1].append(p)
+        else:
+            spans.append([p])
+    return spans
+
+
+def turn_returns(emotion_start: int, emotion: Sequence[int], replies: int) -> list[float]:
+    """Reward-to-go of each reply: (final emotion - emotion before the reply) / 100.
+
+    The final emotion is the paper's reward, but a reply cannot change what the user felt
+    before it: crediting reply t with only the emotion change from t on keeps the earlier
+    turns' noise out of its advantage (the same policy-gradient estimate, lower variance).
+    For reply 0 this is the reward minus the persona's starting emotion, a constant within
+    a group. A reply without a recorded reaction (a dialogue cut by an error) gets 0.
+    """
+    if not emotion:
+        return [0.0] * replies
+    final = emotion[-1]
+    before = [emotion_start, *emotion]
+    return [(final - before[t]) / 100.0 if t < len(emotion) else 0.0 for t in range(replies)]
+
+
+def turn_rewards(emotion_start: int, emotion: Sequence[int], replies: int) -> list[float]:
+    """Each reply's own emotion change / 100 (PPO with `credit=turn`: placed on the reply's
+    last token, so that GAE's returns are turn_returns)."""
+    before = [emotion_start, *emotion]
+    return [(before[t + 1] - before[t]) / 100.0 if t < len(emotion) else 0.0
+            for t in range(replies)]
+
+
+def turn_group_advantages(returns: Sequence[Sequence[float]], groups: Sequence[str],
+                          eps: float, std: str = "group") -> list[list[float]]:
+    """GRPO with turn credit: reply t of each dialogue is compared with reply t of the
+    other dialogues of its group (same persona, same turn), as group_advantages does for
+    whole dialogues; a turn only one dialogue of the group reached gets 0."""
+    flat = [r for rs in returns for r in rs]
+    keys = [f"{g}\x00{t}" for g, rs in zip(groups, returns, strict=True) for t in range(len(rs))]
+    adv = group_advantages(torch.tensor(flat, dtype=torch.float32), keys, eps, std).tolist()
+    out, at = [], 0
+    for rs in returns:
+        out.append(adv[at:at + len(rs)])
+        at += len(rs)
+    return out
+
+
+def turn_end_rewards(rewards: Sequence[Sequence[float]],
+                     spans: Sequence[Sequence[Sequence[int]]], width: int) -> torch.Tensor:
+    """Token-level rewards: each reply's reward on its last token, 0 elsewhere (B x width)."""
+    out = torch.zeros((len(rewards), width), dtype=torch.float32)
+    for i, (rs, ss) in enumerate(zip(rewards, spans, strict=True)):
+        for r, span in zip(rs, ss, strict=True):
+            out[i, span[-1]] += r
+    return out
+
+
 def last_token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Token-level rewards: each sequence's reward on its last assistant token, 0 elsewhere."""
     out = torch.zeros(mask.shape, dtype=torch.float32)

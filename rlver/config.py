@@ -192,6 +192,11 @@ class AlgorithmConfig:
     #: GRPO: divide centred rewards by the std of their `group` (the paper), of the whole
     #: `batch` (groups weighted by how much their samples differ), or `none` (Dr. GRPO).
     adv_std: str = "group"
+    #: What a reply is credited with: `final` (the paper: every reply of a dialogue gets
+    #: the dialogue's final-emotion reward) or `turn` (reward-to-go: reply t gets the
+    #: emotion change from t to the end, compared with reply t of its group for GRPO, and
+    #: each reply's own change on its last token for PPO). `turn` needs template nothink.
+    credit: str = "final"
     #: Penalty reward for a malformed think block (think template).
     format_penalty_reward: float = 0.0
     #: Trainer state (optimizer moments, PPO critic) carried from update i to update i+1,
@@ -437,6 +442,13 @@ def validate(cfg: DictConfig) -> None:
         ("algorithm.name", cfg.algorithm.name in {"grpo", "ppo"}, "one of: grpo, ppo"),
         ("algorithm.adv_std", cfg.algorithm.adv_std in {"group", "batch", "none"},
          "one of: group, batch, none"),
+        ("algorithm.credit", cfg.algorithm.credit in {"final", "turn"}, "final or turn"),
+        (
+            "algorithm.credit",
+            cfg.algorithm.credit != "turn" or cfg.template.name == "nothink",
+            "final when template.name is think (a think sample is one reply already; "
+            "a malformed one gets the format penalty)",
+        ),
         ("algorithm.kl_estimator", cfg.algorithm.kl_estimator in {"k1", "k3"}, "k1 or k3"),
         ("algorithm.ppo_epochs", cfg.algorithm.ppo_epochs >= 1, "at least 1"),
         ("algorithm.mini_batches", cfg.algorithm.mini_batches >= 1, "at least 1"),

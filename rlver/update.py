@@ -563,11 +563,21 @@ def advantages(rows: list[dict[str, Any]], terms: Terms, alg: Any) -> Terms:
     for i, (r, pos) in enumerate(zip(rows, positions, strict=True)):
         out[i] = {"old_logp": torch.tensor(r["logprobs"], dtype=torch.float32)[pos]}
         out[i] |= {k: terms[i][k] for k in ("ref_logp", "old_values") if k in terms.get(i, {})}
+    # credit=turn (nothink only, checked by config.validate): per reply, not per dialogue.
+    spans = [A.turn_spans(pos) for pos in positions] if alg.credit == "turn" else None
     if alg.name == "grpo":
-        adv = A.group_advantages(rewards, [r["group_id"] for r in rows], alg.adv_eps,
-                                 alg.adv_std)
-        for i, pos in enumerate(positions):
-            out[i]["adv"] = torch.full((len(pos),), adv[i].item())
+        groups = [r["group_id"] for r in rows]
+        if spans is None:
+            adv = A.group_advantages(rewards, groups, alg.adv_eps, alg.adv_std)
+            for i, pos in enumerate(positions):
+                out[i]["adv"] = torch.full((len(pos),), adv[i].item())
+            return out
+        returns = [A.turn_returns(r["emotion_start"], r["emotion"], len(ss))
+                   for r, ss in zip(rows, spans, strict=True)]
+        turn_adv = A.turn_group_advantages(returns, groups, alg.adv_eps, alg.adv_std)
+        for i, ss in enumerate(spans):
+            out[i]["adv"] = torch.tensor([a for a, s in zip(turn_adv[i], ss, strict=True)
+                                          for _ in s], dtype=torch.float32)
         return out
     width = max(len(r["input_ids"]) for r in rows)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -575,8 +585,13 @@ def advantages(rows: list[dict[str, Any]], terms: Terms, alg: Any) -> Terms:
     for i, pos in enumerate(positions):
         mask[i, pos] = True
         values[i, pos] = terms[i]["old_values"]
-    adv_t, ret_t = A.gae(A.last_token_rewards(rewards, mask), values, mask, alg.gamma,
-                         alg.gae_lambda)
+    if spans is None:
+        token_rewards = A.last_token_rewards(rewards, mask)
+    else:
+        token_rewards = A.turn_end_rewards(
+            [A.turn_rewards(r["emotion_start"], r["emotion"], len(ss))
+             for r, ss in zip(rows, spans, strict=True)], spans, width)
+    adv_t, ret_t = A.gae(token_rewards, values, mask, alg.gamma, alg.gae_lambda)
     if alg.norm_adv:
         adv_t = A.whiten(adv_t, mask)
     for i, pos in enumerate(positions):

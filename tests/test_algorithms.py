@@ -100,6 +100,38 @@ def test_last_token_rewards_by_hand():
     assert torch.equal(out, want)
 
 
+def test_turn_spans_returns_and_rewards_by_hand():
+    assert algorithms.turn_spans([1, 2, 3, 7, 8, 12]) == [[1, 2, 3], [7, 8], [12]]
+    assert algorithms.turn_spans([]) == []
+    # start 50, after each reply 40, 55, 45: final 45
+    assert algorithms.turn_returns(50, [40, 55, 45], 3) == pytest.approx([-0.05, 0.05, -0.10])
+    # a fourth reply without a reaction (an error cut the dialogue) gets 0
+    assert algorithms.turn_returns(50, [40, 55, 45], 4)[3] == 0.0
+    assert algorithms.turn_returns(50, [], 2) == [0.0, 0.0]
+    assert algorithms.turn_rewards(50, [40, 55, 45], 3) == pytest.approx([-0.10, 0.15, -0.10])
+
+
+def test_turn_group_advantages_compare_the_same_turn_within_a_group():
+    # group g: two dialogues of two replies; group h: one dialogue (no comparison: 0)
+    adv = algorithms.turn_group_advantages([[0.1, 0.2], [0.3, 0.0], [0.5]], ["g", "g", "h"],
+                                           eps=0.0)
+    assert adv == [pytest.approx([-1.0, 1.0]), pytest.approx([1.0, -1.0]), [0.0]]
+    # a turn only one dialogue of its group reached carries no comparison either
+    adv = algorithms.turn_group_advantages([[0.1, 0.2], [0.3]], ["g", "g"], eps=0.0)
+    assert adv == [pytest.approx([-1.0, 0.0]), pytest.approx([1.0])]
+
+
+def test_turn_end_rewards_give_gae_the_reward_to_go():
+    spans = [[[1], [3, 4], [6]]]
+    rewards = algorithms.turn_end_rewards([algorithms.turn_rewards(50, [40, 55, 45], 3)],
+                                          spans, 7)
+    assert rewards[0].tolist() == pytest.approx([0, -0.10, 0, 0, 0.15, 0, -0.10])
+    mask = torch.tensor([[0, 1, 0, 1, 1, 0, 1]])
+    _, ret = algorithms.gae(rewards, torch.zeros(1, 7), mask, gamma=1.0, lam=1.0)
+    # with gamma = lambda = 1 each reply's return is its turn_returns value
+    assert ret[0, [1, 3, 6]].tolist() == pytest.approx([-0.05, 0.05, -0.10])
+
+
 def test_gae_by_hand_skips_simulator_tokens():
     # tokens: prompt, reply 1 (2 tokens), a simulator token, reply 2 (1 token)
     mask = torch.tensor([[0, 1, 1, 0, 1]])

@@ -20,6 +20,7 @@ from rlver.schema import read_trajectories, write_trajectories
 from rlver.update import (
     UpdateSpec,
     _running,
+    advantages,
     check_inputs,
     local_job_processes,
     make_plan,
@@ -170,11 +171,42 @@ def test_two_ranks_share_the_micro_batches_of_one_rank():
     assert one == make_plan(lengths, actions, alg, 0, 3, rank=0, world=1)
 
 
+def test_turn_credit_gives_each_reply_its_own_advantage():
+    # two dialogues of one group, replies at tokens 1-2 and 5; user start 50
+    mask = [0, 1, 1, 0, 0, 1]
+    rows = [{"group_id": "g", "input_ids": list(range(6)), "loss_mask": mask,
+             "logprobs": [0.0] * 6, "emotion_start": 50,
+             "emotion": e, "reward": e[-1] / 100} for e in ([60, 40], [40, 30])]
+    alg = config.compose("smoke").algorithm
+    alg.adv_eps = 0.0
+    final = advantages(rows, {}, alg)
+    assert [final[i]["adv"].tolist() for i in (0, 1)] == [
+        pytest.approx([1.0] * 3), pytest.approx([-1.0] * 3)]
+    alg.credit = "turn"
+    # reply 1: returns -0.1 vs -0.2 -> +1, -1; reply 2: -0.2 vs -0.1 -> -1, +1
+    turn = advantages(rows, {}, alg)
+    assert [turn[i]["adv"].tolist() for i in (0, 1)] == [
+        pytest.approx([1.0, 1.0, -1.0]), pytest.approx([-1.0, -1.0, 1.0])]
+    # PPO: each reply's own change on its last token, so the returns are rewards-to-go
+    ppo = config.compose("smoke", ["algorithm=ppo", "algorithm.credit=turn"]).algorithm
+    terms = {i: {"old_values": torch.zeros(3)} for i in (0, 1)}
+    out = advantages(rows, terms, ppo)
+    assert out[0]["returns"].tolist() == pytest.approx([-0.1, -0.1, -0.2])
+    assert out[1]["returns"].tolist() == pytest.approx([-0.2, -0.2, -0.1])
+
+
+def test_turn_credit_is_refused_with_think():
+    with pytest.raises(RlverInputError, match="algorithm.credit"):
+        config.compose("smoke", ["algorithm.credit=turn", "template.name=think"])
+    assert config.compose("smoke", ["algorithm.credit=turn"]).algorithm.credit == "turn"
+
+
 @pytest.mark.parametrize(("override", "key"), [
     ("algorithm.name=a2c", "algorithm.name"),
     ("algorithm.kl_estimator=k2", "algorithm.kl_estimator"),
     ("algorithm.mini_batches=0", "algorithm.mini_batches"),
     ("algorithm.gae_lambda=1.5", "algorithm.gae_lambda"),
+    ("algorithm.credit=dialogue", "algorithm.credit"),
 ])
 def test_bad_algorithm_values_are_named(override, key):
     with pytest.raises(RlverInputError, match=key):
