@@ -196,6 +196,24 @@ def _cancel_earlier_job(update_dir: Path, wait_s: float = 300.0) -> None:
                                f"is still running {wait_s:.0f} s after it was stopped. Fix: "
                                "stop it by hand (scancel, or kill its processes) and rerun.")
         time.sleep(1)
+    if info.get("launcher") != "slurm":  # a Slurm job's node may keep its own cache
+        _clear_extension_locks(since=path.stat().st_mtime)
+
+
+def _clear_extension_locks(since: float) -> None:
+    """Remove torch extension build locks created since `since` (the killed job's
+    submission). Loading a DeepSpeed op takes `<TORCH_EXTENSIONS_DIR>/<op>/lock` for a
+    moment even when the op is built; a task killed in that moment leaves the lock behind,
+    and every later load, the rerun's included, waits on it forever."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    for lock in [*root.glob("*/lock"), *root.glob("*/*/lock")]:
+        with contextlib.suppress(OSError):
+            if lock.stat().st_mtime >= since:
+                lock.unlink()
+                print(f"update: removed {lock}, left by the stopped job", file=sys.stderr,
+                      flush=True)
 
 
 def _running(pid: int) -> bool:
