@@ -50,10 +50,6 @@ def group_advantages(rewards: torch.Tensor, groups: Sequence[str], eps: float,
     return adv
 
 
-#: What a reply's advantage credits it with (see turn_returns).
-CREDIT = ("final", "turn")
-
-
 def turn_spans(positions: Sequence[int]) -> list[list[int]]:
     """Split a dialogue's sorted assistant-token positions into its replies: runs of
     consecutive positions (between two replies there is always a user message)."""
