@@ -62,28 +62,30 @@ def turn_spans(positions: Sequence[int]) -> list[list[int]]:
     return spans
 
 
+def turn_rewards(emotion_start: int, emotion: Sequence[int], replies: int) -> list[float]:
+    """Each reply's own emotion change / 100 (PPO with `credit=turn`: placed on the reply's
+    last token, so that GAE's returns are turn_returns). A reply without a recorded
+    reaction (a dialogue cut by an error) gets 0."""
+    before = [emotion_start, *emotion]
+    return [(before[t + 1] - before[t]) / 100.0 if t < len(emotion) else 0.0
+            for t in range(replies)]
+
+
 def turn_returns(emotion_start: int, emotion: Sequence[int], replies: int) -> list[float]:
-    """Reward-to-go of each reply: (final emotion - emotion before the reply) / 100.
+    """Reward-to-go of each reply: the sum of its own and later turn_rewards, i.e.
+    (final emotion - emotion before the reply) / 100.
 
     The final emotion is the paper's reward, but a reply cannot change what the user felt
     before it: crediting reply t with only the emotion change from t on keeps the earlier
     turns' noise out of its advantage (the same policy-gradient estimate, lower variance).
     For reply 0 this is the reward minus the persona's starting emotion, a constant within
-    a group. A reply without a recorded reaction (a dialogue cut by an error) gets 0.
+    a group.
     """
-    if not emotion:
-        return [0.0] * replies
-    final = emotion[-1]
-    before = [emotion_start, *emotion]
-    return [(final - before[t]) / 100.0 if t < len(emotion) else 0.0 for t in range(replies)]
-
-
-def turn_rewards(emotion_start: int, emotion: Sequence[int], replies: int) -> list[float]:
-    """Each reply's own emotion change / 100 (PPO with `credit=turn`: placed on the reply's
-    last token, so that GAE's returns are turn_returns)."""
-    before = [emotion_start, *emotion]
-    return [(before[t + 1] - before[t]) / 100.0 if t < len(emotion) else 0.0
-            for t in range(replies)]
+    out, to_go = [], 0.0
+    for r in reversed(turn_rewards(emotion_start, emotion, replies)):
+        to_go += r
+        out.append(to_go)
+    return out[::-1]
 
 
 def turn_group_advantages(returns: Sequence[Sequence[float]], groups: Sequence[str],
