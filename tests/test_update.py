@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from rlver.rollout import rollout_shard
 from rlver.schema import read_trajectories, write_trajectories
 from rlver.update import (
     UpdateSpec,
+    _clear_extension_locks,
     _running,
     advantages,
     check_inputs,
@@ -101,11 +103,16 @@ def test_update_stops_an_orphaned_job_then_changes_weights_and_lowers_the_loss(
     time.sleep(2)
     assert all(_running(pid) for pid in orphans)  # SIGKILL of the runner left them
     # A task killed while it loads a DeepSpeed op leaves the op's build lock behind (seen
-    # here once, by timing): put one there, as that moment's kill would.
-    lock = Path(os.environ["TORCH_EXTENSIONS_DIR"]) / "deepspeed_shm_comm" / "lock"
+    # here once, by timing): put one there, as that moment's kill would. Its op folder is
+    # made up, so that a real op's lock, taken at this moment by a test in the other
+    # worker, is not touched.
+    lock = Path(os.environ["TORCH_EXTENSIONS_DIR"]) / f"rlver_test_op_{os.getpid()}" / "lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.touch()
-    metrics = run_update(spec)  # the rerun
+    try:
+        metrics = run_update(spec)  # the rerun
+    finally:
+        shutil.rmtree(lock.parent, ignore_errors=True)
     err = capfd.readouterr().err
     assert "an earlier submission of this update that is still running" in err
     assert "left by the stopped job" in err and not lock.exists()
@@ -120,6 +127,25 @@ def test_update_stops_an_orphaned_job_then_changes_weights_and_lowers_the_loss(
     before, after = grpo_loss(old, rows), grpo_loss(new, rows)
     assert metrics["loss"] == pytest.approx(before, abs=1e-3)
     assert after < before - 1e-3, (before, after)
+
+
+def test_only_locks_nobody_holds_are_cleared(tmp_path, monkeypatch, capfd):
+    """A build lock that a living process holds open (torch's FileBaton keeps it open
+    while it builds or loads the op) belongs to another job; a stale one goes."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    held, stale, old = (tmp_path / op / "lock" for op in ("held_op", "stale_op", "old_op"))
+    for lock in (old, held, stale):
+        lock.parent.mkdir()
+    old.touch()
+    os.utime(old, (1.0, 1.0))  # before the stopped job was submitted: not its lock
+    fd = os.open(held, os.O_CREAT | os.O_EXCL)  # as FileBaton.try_acquire does
+    stale.touch()
+    try:
+        _clear_extension_locks(since=time.time() - 60)
+    finally:
+        os.close(fd)
+    assert held.exists() and old.exists() and not stale.exists()
+    assert str(stale) in capfd.readouterr().err
 
 
 def test_update_refuses_rollouts_of_another_policy(tiny_run, base_model, tmp_path):
