@@ -209,11 +209,15 @@ def _clear_extension_locks(since: float) -> None:
     from torch.utils.cpp_extension import get_default_build_root
 
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
-    locks = [*root.glob("*/lock"), *root.glob("*/*/lock")]
-    held = _held_open(locks)
-    for lock in locks:
+    recent = []
+    for lock in [*root.glob("*/lock"), *root.glob("*/*/lock")]:
         with contextlib.suppress(OSError):
-            if lock.stat().st_mtime >= since and str(lock.resolve()) not in held:
+            if lock.stat().st_mtime >= since:
+                recent.append(lock)
+    held = _held_open(recent)  # a scan of /proc, only when there is something to check
+    for lock in recent:
+        with contextlib.suppress(OSError):
+            if str(lock.resolve()) not in held:
                 lock.unlink()
                 print(f"update: removed {lock}, left by the stopped job", file=sys.stderr,
                       flush=True)
