@@ -8,7 +8,8 @@ Two backends behind one interface, chosen by `rollout.engine`, with the same out
   the moment its simulator answers (`agenerate`); each request is seeded on its own, so a
   dialogue's tokens do not depend on what else is in the batch.
 - `hf`: transformers `generate`, batched with left padding; the fallback that runs
-  anywhere. It cannot serve overlapping requests: the rollout drives it in fixed batches.
+  anywhere (on the first CUDA device when there is one, else the CPU). It cannot serve
+  overlapping requests: the rollout drives it in fixed batches.
 
 Log-probs are those of the distribution the trainer recomputes, log_softmax(logits / T),
 so stored and recomputed values agree. With top_p < 1 they differ by engine: `hf` stores
@@ -136,6 +137,8 @@ class HFEngine(Engine):
         for i, p in enumerate(prompts):
             input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             attention[i, width - len(p) :] = 1
+        device = self.model.device
+        input_ids, attention = input_ids.to(device), attention.to(device)
         torch.manual_seed(derive_seed("hf-batch", *seeds))
         sampling: dict[str, Any] = (
             {"do_sample": False}
@@ -337,6 +340,10 @@ def make_engine(name: str, policy_dir: str, dtype: str,
     from rlver.models import load_policy
 
     model, tokenizer = load_policy(policy_dir, dtype)
+    import torch
+
+    if torch.cuda.is_available():  # the job's GPU (Slurm sets CUDA_VISIBLE_DEVICES)
+        model.to(torch.device("cuda", torch.cuda.current_device()))
     return HFEngine(model, tokenizer, stop_token_ids=stop_tokens(tokenizer,
                                                                  model.generation_config))
 

@@ -112,16 +112,29 @@ def submit_update(spec: UpdateSpec) -> Any:
     cl = cfg.cluster
     executor = submitit.AutoExecutor(folder=Path(spec.update_dir) / "submitit",
                                      cluster=cl.launcher, slurm_max_num_timeout=cl.max_requeues)
+    executor.update_parameters(**job_parameters(cfg, spec.iteration))
+    _cancel_earlier_job(Path(spec.update_dir))
+    job = executor.submit(UpdateJob(), spec)
+    write_json(Path(spec.update_dir) / JOB_FILE, {"job_id": job.job_id, "launcher": cl.launcher})
+    print(f"update iter {spec.iteration}: submitted job {job.job_id} ({cl.launcher}); "
+          f"logs: {job.paths.stdout.parent}", file=sys.stderr, flush=True)
+    return job
+
+
+def job_parameters(cfg: Any, iteration: int) -> dict[str, Any]:
+    """submitit's parameters for the update job, from `cluster.*`."""
+    cl = cfg.cluster
     params: dict[str, Any] = {
         "timeout_min": cl.timeout_min,
         "nodes": cl.nodes,
         "tasks_per_node": cl.tasks_per_node,
-        "name": f"rlver-update-{cfg.run}-{spec.iteration:04d}",
+        # local: the GPUs the job sees (CUDA_VISIBLE_DEVICES=0..n-1; 0 runs on the CPU).
+        "gpus_per_node": cl.gpus_per_node,
+        "name": f"rlver-update-{cfg.run}-{iteration:04d}",
     }
     if cl.launcher == "slurm":
         params |= {
             "cpus_per_task": cl.cpus_per_task,
-            "gpus_per_node": cl.gpus_per_node,
             "slurm_partition": cl.partition or None,
             "slurm_account": cl.account or None,
             "slurm_qos": cl.qos or None,
@@ -130,13 +143,7 @@ def submit_update(spec: UpdateSpec) -> Any:
         }
         if cl.mem_gb:
             params["mem_gb"] = cl.mem_gb
-    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    _cancel_earlier_job(Path(spec.update_dir))
-    job = executor.submit(UpdateJob(), spec)
-    write_json(Path(spec.update_dir) / JOB_FILE, {"job_id": job.job_id, "launcher": cl.launcher})
-    print(f"update iter {spec.iteration}: submitted job {job.job_id} ({cl.launcher}); "
-          f"logs: {job.paths.stdout.parent}", file=sys.stderr, flush=True)
-    return job
+    return {k: v for k, v in params.items() if v is not None}
 
 
 #: The id of the update's latest Slurm job, next to its submitit folder.
@@ -733,7 +740,7 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
         sums, norms = optimizer_step(engines, batches, len(step.micro), world / max(1, step.tokens),
                                      alg, cfg.rollout.temperature)
         progress.tokens_seen += sum(lengths[r] for mb in step.micro if mb.weight for r in mb.rows)
-        torch.distributed.all_reduce(sums)
+        _all_reduce(sums)
         tok = max(1.0, sums[-1].item())
         record = {key: sums[i].item() / tok for i, key in enumerate(STAT_KEYS)}
         record = {"loss": record.pop("pg_loss")} | record | lrs | {
@@ -777,9 +784,19 @@ def _log(rank: int, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
+def _all_reduce(t: torch.Tensor, op: Any = None) -> torch.Tensor:
+    """all_reduce a CPU tensor in place on any backend (nccl reduces CUDA tensors only)."""
+    op = torch.distributed.ReduceOp.SUM if op is None else op
+    if torch.distributed.get_backend() != "nccl":
+        torch.distributed.all_reduce(t, op=op)
+        return t
+    on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
+    torch.distributed.all_reduce(on_gpu, op=op)
+    return t.copy_(on_gpu.cpu())
+
+
 def _any_rank(flag: bool) -> bool:
-    t = torch.tensor([1.0 if flag else 0.0])
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    t = _all_reduce(torch.tensor([1.0 if flag else 0.0]), torch.distributed.ReduceOp.MAX)
     return bool(t.item() > 0)
 
 

@@ -254,3 +254,18 @@ def test_ppo_needs_its_critic_carried():
     assert (ppo.critic_lr, ppo.critic_warmup_ratio, ppo.value_clip, ppo.gamma, ppo.gae_lambda,
             ppo.entropy_coef, ppo.kl_coef, ppo.ppo_epochs) == (5e-6, 0.05, 0.5, 1.0, 1.0,
                                                                0.001, 0.0, 1)
+
+
+def test_job_parameters_give_the_local_job_its_gpus():
+    """cluster.gpus_per_node reaches submitit on both launchers (locally it sets
+    CUDA_VISIBLE_DEVICES; it used to be dropped, so a GPU workstation trained on CPU)."""
+    from rlver import config
+    from rlver.update import job_parameters
+
+    local = job_parameters(config.compose("smoke", []), 3)
+    assert local["gpus_per_node"] == 0 and local["name"] == "rlver-update-smoke-0003"
+    assert "slurm_partition" not in local
+    assert job_parameters(config.compose("smoke", ["cluster.gpus_per_node=1"]), 0)[
+        "gpus_per_node"] == 1
+    slurm = job_parameters(config.compose("smoke", ["cluster=slurm"]), 0)
+    assert slurm["gpus_per_node"] == 1 and slurm["slurm_partition"] == "gpu"
