@@ -123,6 +123,13 @@ class RolloutConfig:
     max_new_tokens: int = 128
     temperature: float = 1.0
     top_p: float = 1.0
+    #: Members of each group decoded greedily instead of sampled (the first ones of the
+    #: group), scored and trained with the rest: the benchmark decodes greedily, and a
+    #: greedy reply's faults (repeating an earlier reply) are rarer in samples, so without
+    #: a greedy member a group seldom shows them. 0 (default): all sampled. Needs GRPO
+    #: groups (less than samples_per_persona) and the hf engine (vLLM reports greedy
+    #: log-probs before temperature, not the ones the trainer recomputes).
+    greedy_per_group: int = 0
 
 
 @dataclass
@@ -415,6 +422,17 @@ def validate(cfg: DictConfig) -> None:
         ("rollout.batch_size", cfg.rollout.batch_size >= 1, "at least 1"),
         ("rollout.max_new_tokens", cfg.rollout.max_new_tokens >= 1, "at least 1"),
         ("rollout.samples_per_persona", cfg.rollout.samples_per_persona >= 1, "at least 1"),
+        (
+            "rollout.greedy_per_group",
+            0 <= cfg.rollout.greedy_per_group < max(cfg.rollout.samples_per_persona, 1),
+            "0, or less than rollout.samples_per_persona (a group needs a sampled member)",
+        ),
+        (
+            "rollout.greedy_per_group",
+            cfg.rollout.greedy_per_group == 0 or cfg.rollout.engine == "hf",
+            "0 with rollout.engine=vllm (vLLM's greedy log-probs are taken before the "
+            "temperature the trainer divides by)",
+        ),
         (
             "rollout.personas_per_iteration",
             cfg.rollout.personas_per_iteration >= cfg.rollout.shards,

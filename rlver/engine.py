@@ -158,8 +158,9 @@ class HFEngine(Engine):
                 **sampling,
             )
         new = out.sequences[:, width:]
-        temperature = 1.0 if settings.greedy else settings.temperature
-        logits = torch.stack(out.logits, dim=1).float() / temperature
+        # Greedy rows too: the log-probs at the settings' temperature (1.0 for the
+        # benchmark; the run's for a greedy group member, which the trainer recomputes).
+        logits = torch.stack(out.logits, dim=1).float() / settings.temperature
         logp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
         results = []
         for row_ids, row_logp in zip(new.tolist(), logp.tolist(), strict=True):

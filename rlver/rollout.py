@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from rlver.chat import ChatTokens, split_think
@@ -67,6 +67,8 @@ class Dialogue:
     #: What the policy sees next turn. nothink: the whole sequence, sampled ids included.
     context: list[int]
     think: bool = False
+    #: Decoded greedily (rollout.greedy_per_group), with log-probs at the run's temperature.
+    greedy: bool = False
     turns: list[TurnSample] = field(default_factory=list)
     emotion: list[int] = field(default_factory=list)
     delta: list[int] = field(default_factory=list)
@@ -143,6 +145,7 @@ class DialogueSpec:
     dialogue: int
     group_id: str
     seed: int
+    greedy: bool = False
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,9 @@ class Turns:
         self.label = label
         self.finished = 0
 
+    def sampling_for(self, d: Dialogue) -> SamplingSettings:
+        return replace(self.sampling, greedy=True) if d.greedy else self.sampling
+
     def fits(self, d: Dialogue) -> bool:
         """False (and the dialogue ends with outcome error) if its context is full."""
         try:
@@ -308,6 +314,7 @@ def start_dialogues(specs: list[DialogueSpec], chat: ChatTokens, protocol: Proto
             messages=[Message("user", s.persona.opening_line)],
             context=chat.start(s.persona.opening_line),
             think=think,
+            greedy=s.greedy,
         )
         for s in specs
     ]
@@ -365,7 +372,7 @@ async def _run_async(run: Turns, sims: list[Simulator], protocol: ProtocolSettin
         while d.outcome is None and run.fits(d):
             turn += 1
             async with slots:
-                s = await run.engine.agenerate(d.context, run.sampling,
+                s = await run.engine.agenerate(d.context, run.sampling_for(d),
                                                derive_seed(d.seed, "generate", turn))
             run.apply(d, await pool.react(run.take_reply(d, s, turn)))
         d.seconds = time.perf_counter() - t0
@@ -409,9 +416,15 @@ async def _run_batched(run: Turns, sims: list[Simulator], protocol: ProtocolSett
                 if not live:
                     continue
                 t0 = time.perf_counter()
-                samples = await asyncio.to_thread(
-                    run.engine.generate, [d.context for d in live], run.sampling,
-                    [derive_seed(d.seed, "generate", turn) for d in live])
+                # Greedy members (rollout.greedy_per_group) go in a call of their own.
+                live = [d for d in live if d.greedy] + [d for d in live if not d.greedy]
+                samples = []
+                for part in ([d for d in live if d.greedy], [d for d in live if not d.greedy]):
+                    if part:
+                        samples += await asyncio.to_thread(
+                            run.engine.generate, [d.context for d in part],
+                            run.sampling_for(part[0]),
+                            [derive_seed(d.seed, "generate", turn) for d in part])
                 requests = [run.take_reply(d, s, turn)
                             for d, s in zip(live, samples, strict=True)]
                 waiting[b] = asyncio.ensure_future(simulate(live, requests, turn, t0))
@@ -434,10 +447,10 @@ def sample_personas(train: list[Persona], n: int, seed: int, iteration: int) -> 
 
 def shard_specs(
     personas: list[Persona], samples_per_persona: int, shards: int, shard: int, seed: int,
-    iteration: int,
+    iteration: int, greedy_per_group: int = 0,
 ) -> list[DialogueSpec]:
     """The dialogues of one shard: persona k goes to shard k % shards, with all its samples
-    (a GRPO group never spans shards)."""
+    (a GRPO group never spans shards); the first `greedy_per_group` of a group are greedy."""
     specs = []
     for k, persona in enumerate(personas):
         if k % shards != shard:
@@ -449,6 +462,7 @@ def shard_specs(
                 dialogue=index,
                 group_id=f"{iteration:04d}-{k:04d}-{persona.persona_id}",
                 seed=derive_seed(seed, iteration, "dialogue", index),
+                greedy=j < greedy_per_group,
             ))
     return specs
 
@@ -492,7 +506,8 @@ def rollout_shard(
         raise ValueError(f"shard {shard} outside 0..{ro.shards - 1}")
     personas = sample_personas(read_personas(personas_path), ro.personas_per_iteration,
                                cfg.seed, iteration)
-    specs = shard_specs(personas, ro.samples_per_persona, ro.shards, shard, cfg.seed, iteration)
+    specs = shard_specs(personas, ro.samples_per_persona, ro.shards, shard, cfg.seed, iteration,
+                        ro.greedy_per_group)
     sim = cfg.simulator
     own = engine is None
     if engine is None:

@@ -29,7 +29,8 @@ def _shard(run, personas, shard: int, out):
                   str(personas / "train.parquet"), str(out))
 
 
-def assert_logprobs_match(run, rows: list[dict[str, Any]], atol: float = 2e-3) -> None:
+def assert_logprobs_match(run, rows: list[dict[str, Any]], atol: float = 2e-3,
+                          temperature: float = 1.0) -> None:
     """Stored log-probs of sampled tokens = the policy's recomputed ones; 0 elsewhere."""
     model, _ = load_policy(run / "iter_0000" / "policy")
     checked = 0
@@ -37,7 +38,7 @@ def assert_logprobs_match(run, rows: list[dict[str, Any]], atol: float = 2e-3) -
         ids = torch.tensor([row["input_ids"]])
         mask = torch.tensor(row["loss_mask"]).bool()
         with torch.no_grad():
-            recomputed = algorithms.token_logprobs(model(ids).logits, ids)[0]
+            recomputed = algorithms.token_logprobs(model(ids).logits, ids, temperature)[0]
         stored = torch.tensor(row["logprobs"])
         assert mask.sum() > 0 and (stored[~mask] == 0).all()
         assert torch.allclose(recomputed[mask], stored[mask], atol=atol), (
@@ -106,6 +107,28 @@ def test_rerun_of_a_shard_is_identical(tiny_run, tmp_path):
     keep = [c for c in ta.column_names if c not in TIMING_COLUMNS]
     assert ta.select(keep).equals(tb.select(keep))
     assert ta.schema.metadata == tb.schema.metadata
+
+
+def test_greedy_group_member(make_tiny_run, tmp_path):
+    """rollout.greedy_per_group=1: the group's first dialogue is the policy's argmax at
+    every token, the other is sampled; both store log-probs at the run's temperature."""
+    run, personas = make_tiny_run("rollout.greedy_per_group=1", "rollout.temperature=0.7")
+    out = tmp_path / "greedy.parquet"
+    _shard(run, personas, 0, out)
+    rows = sorted(read_trajectories(out)[0].to_pylist(), key=lambda r: r["dialogue"])
+    assert [r["dialogue"] for r in rows] == [0, 1] and rows[0]["group_id"] == rows[1]["group_id"]
+    assert_logprobs_match(run, rows, temperature=0.7)
+    model, _ = load_policy(run / "iter_0000" / "policy")
+
+    def argmax_share(row: dict[str, Any]) -> float:
+        ids = torch.tensor([row["input_ids"]])
+        with torch.no_grad():
+            best = model(ids).logits[0, :-1].argmax(-1)
+        at = [t for t, m in enumerate(row["loss_mask"]) if m and t > 0]
+        return sum(int(best[t - 1] == ids[0, t]) for t in at) / len(at)
+
+    assert argmax_share(rows[0]) == 1.0
+    assert argmax_share(rows[1]) < 1.0
 
 
 def test_think_rows_hf(make_tiny_run, tmp_path):
@@ -289,3 +312,8 @@ def test_config_groups_and_schedule_check():
         "vllm", "async", "think")
     with pytest.raises(RlverInputError, match="rollout.schedule"):
         config.compose("smoke", ["rollout.schedule=async"])  # hf cannot serve it
+    assert config.compose("smoke", ["rollout.greedy_per_group=3"]).rollout.greedy_per_group == 3
+    with pytest.raises(RlverInputError, match="rollout.greedy_per_group.*sampled member"):
+        config.compose("smoke", ["rollout.greedy_per_group=4"])  # smoke's groups are 4
+    with pytest.raises(RlverInputError, match="rollout.greedy_per_group.*vllm"):
+        config.compose("smoke", ["rollout=vllm", "rollout.greedy_per_group=1"])
