@@ -501,8 +501,23 @@ def validate(cfg: DictConfig) -> None:
         raise RlverInputError("config: " + "; ".join(bad) + ". Fix: override those keys.")
 
 
+#: Keys added to the schema after runs had been frozen without them, with their defaults.
+#: At its default such a key is left out of the frozen file, the hash and the comparison
+#: with a frozen file, so a run frozen before the key existed keeps its hash (its stages'
+#: outputs stay valid) and goes on under the new code; set to anything else, it is in.
+ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_group": 0}
+
+
 def to_container(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    out: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    for dotted, default in ADDED_KEYS.items():
+        *parents, leaf = dotted.split(".")
+        node: Any = out
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == default:
+            del node[leaf]
+    return out
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -84,3 +84,32 @@ def test_snakemake_config_entries_become_overrides():
     assert cfg.rollout.shards == 4 and cfg.seed == 1 and cfg.rollout.batch_size == 8
     assert cfg.template.system_prompt == "Be kind, it's ok"
     assert config.snakemake_overrides({}) == ("smoke", None, [])
+
+
+def test_keys_added_later_keep_older_runs_valid(tmp_path):
+    """A run frozen before a key existed (a file without it) keeps the hash its stages
+    recorded, and its freeze is not refused, while the key is at its default; set to
+    anything else, the key is frozen and hashed."""
+    import hashlib
+    import json
+
+    from omegaconf import OmegaConf
+
+    cfg = config.compose("smoke")
+    before = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in config.ADDED_KEYS:
+        group, leaf = dotted.split(".")
+        del before[group][leaf]  # what the code of the time froze and hashed
+    old = tmp_path / "config.yaml"
+    old.write_text(OmegaConf.to_yaml(OmegaConf.create(before)))
+    blob = json.dumps(before, sort_keys=True, separators=(",", ":"))
+    recorded = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    assert config.config_hash(config.load(old)) == config.config_hash(cfg) == recorded
+    config.freeze(cfg, old)  # not refused
+    assert "greedy_per_group" not in config.to_yaml(cfg)
+
+    greedy = config.compose("smoke", ["rollout.greedy_per_group=1"])
+    assert "greedy_per_group: 1" in config.to_yaml(greedy)
+    assert config.config_hash(greedy) != recorded
+    with pytest.raises(RlverInputError, match="rollout.greedy_per_group"):
+        config.freeze(greedy, old)
