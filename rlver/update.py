@@ -678,6 +678,7 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
     ppo = alg.name == "ppo"
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(max(1, cfg.cluster.cpus_per_task))
+    flush_subnormals()
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     device = torch.device("cpu")
@@ -782,6 +783,14 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
 def _log(rank: int, text: str) -> None:
     if rank == 0:
         print(text, file=sys.stderr, flush=True)
+
+
+def flush_subnormals() -> None:
+    """Flush subnormal floats to zero on the CPU. The backward pass through a
+    low-temperature softmax is full of them, and x86 multiplies them about 3x slower: one
+    micro-batch of 8 x 234 tokens of the embedded model took 25 s backward, 8 s with this
+    (fp32, 2 cores). Values under 1.2e-38 become 0, far below what a gradient step sees."""
+    torch.set_flush_denormal(True)
 
 
 def _all_reduce(t: torch.Tensor, op: Any = None) -> torch.Tensor:
