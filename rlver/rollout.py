@@ -417,9 +417,11 @@ async def _run_batched(run: Turns, sims: list[Simulator], protocol: ProtocolSett
                     continue
                 t0 = time.perf_counter()
                 # Greedy members (rollout.greedy_per_group) go in a call of their own.
-                live = [d for d in live if d.greedy] + [d for d in live if not d.greedy]
+                greedy = [d for d in live if d.greedy]
+                sampled = [d for d in live if not d.greedy]
+                live = greedy + sampled
                 samples = []
-                for part in ([d for d in live if d.greedy], [d for d in live if not d.greedy]):
+                for part in (greedy, sampled):
                     if part:
                         samples += await asyncio.to_thread(
                             run.engine.generate, [d.context for d in part],

@@ -793,9 +793,8 @@ def flush_subnormals() -> None:
     torch.set_flush_denormal(True)
 
 
-def _all_reduce(t: torch.Tensor, op: Any = None) -> torch.Tensor:
+def _all_reduce(t: torch.Tensor, op: Any = torch.distributed.ReduceOp.SUM) -> torch.Tensor:
     """all_reduce a CPU tensor in place on any backend (nccl reduces CUDA tensors only)."""
-    op = torch.distributed.ReduceOp.SUM if op is None else op
     if torch.distributed.get_backend() != "nccl":
         torch.distributed.all_reduce(t, op=op)
         return t
