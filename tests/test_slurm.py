@@ -36,8 +36,23 @@ def cluster():
     if os.geteuid() != 0 and shutil.which("slurmctld") is None:
         pytest.skip("starting the loopback Slurm cluster needs root (apt-get, munged)")
     subprocess.run([str(CLUSTER), "start"], check=True, timeout=600)
+    # Jobs of an earlier test session that was killed would hold the node's CPUs: the
+    # cluster belongs to the tests, so they are cancelled and the node drained of them.
+    user = os.environ.get("USER", "root")
+    subprocess.run(["scancel", "--user", user], check=False)
+    deadline = time.monotonic() + 120
+    while squeue():
+        assert time.monotonic() < deadline, f"leftover jobs were not cancelled:\n{squeue()}"
+        time.sleep(1)
     yield
-    subprocess.run(["scancel", "--user", os.environ.get("USER", "root")], check=False)
+    subprocess.run(["scancel", "--user", user], check=False)
+
+
+def squeue() -> str:
+    """The queue, for the messages of tests that wait on it (empty: no jobs)."""
+    res = subprocess.run(["squeue", "-h", "-o", "%i %j %T %M %R"], capture_output=True,
+                         text=True, check=False)
+    return res.stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +94,12 @@ def test_smoke_on_slurm_survives_a_killed_snakemake(workdir):
     proc = subprocess.Popen(command(workdir, "killed"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
     update_log = run / "logs" / "update" / "iter_0000.log"
-    deadline = time.time() + 900
+    # Well inside pytest's timeout (900 s), so a stuck queue fails with the queue shown.
+    deadline = time.time() + 600
     # The update starts only once Snakemake has seen both rollouts finish.
     while "submitted job" not in (update_log.read_text() if update_log.exists() else ""):
         assert proc.poll() is None, "snakemake ended before it could be killed"
-        assert time.time() < deadline, "the update was not submitted in time"
+        assert time.time() < deadline, f"the update was not submitted in time:\n{squeue()}"
         time.sleep(1)
     os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and the jobs it runs locally
     proc.wait()
@@ -132,10 +148,10 @@ def test_update_at_its_time_limit_is_requeued_and_completes(workdir, base_model,
                      "algorithm.ppo_epochs=8", "algorithm.mini_batches=4",
                      "cluster.timeout_min=20", "cluster.signal_delay_s=150")
     job = submit_update(spec)
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + 600
     while "step 1/32" not in (job.stderr() or ""):
         assert not job.done(), f"the job ended before step 1:\n{job.stderr()}"
-        assert time.monotonic() < deadline, "no step 1 in 15 min"
+        assert time.monotonic() < deadline, f"no step 1 in 10 min:\n{squeue()}"
         time.sleep(1)
     used = squeue_field(job.job_id, "%M")  # [hh:]mm:ss
     minutes = sum(int(x) * 60**k for k, x in enumerate(reversed(used.split(":")))) // 60

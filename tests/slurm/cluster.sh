@@ -25,7 +25,11 @@ install_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
 }
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A zombie (a daemon killed whose parent never reaped it) answers kill -0 but is dead.
+alive() {
+  [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null \
+    && awk '{exit ($3 == "Z")}' "/proc/$(cat "$1")/stat" 2>/dev/null
+}
 
 write_conf() {
   local mem_mb
@@ -81,18 +85,23 @@ start() {
     runuser -u munge -- /usr/sbin/munged
   fi
   write_conf
-  alive "$DIR/slurmctld.pid" || slurmctld -f "$CONF"
-  alive "$DIR/slurmd.pid" || slurmd -f "$CONF" -N "$HOST"
+  # A controller started here is a cold start: the saved state's jobs belong to processes
+  # of an earlier boot or container (a killed test session), which no slurmd will ever
+  # report; recovered as running, they held the node's CPUs and every new job pended
+  # (CI, 2026-11-27). -c starts the test cluster with no jobs.
+  alive "$DIR/slurmctld.pid" || slurmctld -c -f "$CONF"
+  alive "$DIR/slurmd.pid" || slurmd -c -f "$CONF" -N "$HOST"
   for _ in $(seq 60); do
-    if sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
+    # Bounded: a client blocks retrying while no controller answers.
+    if timeout 5 sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
       echo "cluster.sh: Slurm is up ($CONF)" >&2
       return 0
     fi
-    scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true
+    timeout 5 scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true
     sleep 1
   done
   echo "cluster.sh: the node did not become idle; see $DIR/slurmctld.log and slurmd.log" >&2
-  sinfo >&2 || true
+  timeout 5 sinfo >&2 || true
   return 1
 }
 
