@@ -211,6 +211,12 @@ class AlgorithmConfig:
     #: deleted after each update; 2 keeps what an exact rerun of the last update needs;
     #: 0 carries nothing (a fresh optimizer every iteration; GRPO only).
     keep_state_iterations: int = 1
+    #: Which iterations' policies (iter_<i>/policy/, a whole model each) stay on disk:
+    #: `evaluated` (those evaluated, every evaluation.every-th and the final one; the
+    #: others are deleted by Snakemake once their rollouts and update are done) or `all`
+    #: (needed to rerun a stage of an iteration in between without redoing the updates
+    #: from the last kept policy).
+    keep_policies: str = "evaluated"
 
 
 @dataclass
@@ -461,6 +467,8 @@ def validate(cfg: DictConfig) -> None:
         ("algorithm.adv_std", cfg.algorithm.adv_std in {"group", "batch", "none"},
          "one of: group, batch, none"),
         ("algorithm.credit", cfg.algorithm.credit in {"final", "turn"}, "final or turn"),
+        ("algorithm.keep_policies", cfg.algorithm.keep_policies in {"evaluated", "all"},
+         "evaluated or all"),
         (
             "algorithm.credit",
             cfg.algorithm.credit != "turn" or cfg.template.name == "nothink",
@@ -505,7 +513,8 @@ def validate(cfg: DictConfig) -> None:
 #: At its default such a key is left out of the frozen file, the hash and the comparison
 #: with a frozen file, so a run frozen before the key existed keeps its hash (its stages'
 #: outputs stay valid) and goes on under the new code; set to anything else, it is in.
-ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_group": 0}
+ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_group": 0,
+                              "algorithm.keep_policies": "evaluated"}
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

@@ -113,3 +113,10 @@ def test_keys_added_later_keep_older_runs_valid(tmp_path):
     assert config.config_hash(greedy) != recorded
     with pytest.raises(RlverInputError, match="rollout.greedy_per_group"):
         config.freeze(greedy, old)
+
+
+def test_keep_policies_takes_evaluated_or_all():
+    assert config.compose("smoke").algorithm.keep_policies == "evaluated"
+    assert config.compose("smoke", ["algorithm.keep_policies=all"]).algorithm.keep_policies == "all"
+    with pytest.raises(RlverInputError, match="algorithm.keep_policies must be evaluated or all"):
+        config.compose("smoke", ["algorithm.keep_policies=none"])

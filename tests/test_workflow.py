@@ -71,10 +71,28 @@ def test_deleted_shard_redoes_only_what_depends_on_it(finished_run, workdir):
     assert {p: p.stat().st_mtime_ns for p in keep} == before
 
 
-def test_same_seed_gives_identical_rollouts(finished_run, workdir):
-    res = snakemake(workdir, "tiny_again", TINY, args=("--until", "update_0001"))
+@pytest.fixture(scope="module")
+def second_run(finished_run, workdir) -> Path:
+    """The same seed again, evaluated every second iteration (which changes no rollout),
+    through the last update."""
+    res = snakemake(workdir, "tiny_again", [*TINY, "evaluation.every=2"],
+                    args=("--until", "update_0001"))
     assert res.returncode == 0, res.stderr[-3000:]
-    other = workdir / "results" / "tiny_again"
+    return workdir / "results" / "tiny_again"
+
+
+def test_policies_between_evaluations_are_deleted_once_used(second_run):
+    """algorithm.keep_policies=evaluated (the default): iteration 1 is not evaluated, so
+    its policy goes once its rollouts and update are done; 0 and the final 2 stay."""
+    assert (second_run / "iter_0001/rollouts/shard_000.parquet").exists()
+    assert (second_run / "iter_0001/update/metrics.json").exists()
+    assert not (second_run / "iter_0001/policy").exists()
+    for i in (0, 2):
+        assert (second_run / f"iter_{i:04d}/policy/model.safetensors").exists()
+
+
+def test_same_seed_gives_identical_rollouts(finished_run, second_run):
+    other = second_run
     for i in (0, 1):
         for s in (0, 1):
             name = f"iter_{i:04d}/rollouts/shard_{s:03d}.parquet"

@@ -57,6 +57,16 @@ def policy(i):
     return f"{RUN}/iter_{it(i)}/policy"
 
 
+def policy_output(i):
+    """iter_<i>/policy as update_<i-1>'s output: temporary (Snakemake deletes it once the
+    rollouts and the update of iteration i are done) unless it is evaluated or
+    algorithm.keep_policies is `all`. Iteration 0's, the KL reference, is always evaluated."""
+    out = directory(policy(i))
+    if CFG.algorithm.keep_policies == "all" or i in evaluated_iterations():
+        return out
+    return temp(out)
+
+
 def rollout_shards(i):
     return [f"{RUN}/iter_{it(i)}/rollouts/shard_{s:03d}.parquet" for s in range(SHARDS)]
 

@@ -22,7 +22,7 @@ for i in range(ITERATIONS):
             policy=policy(i),
             rollouts=rollout_shards(i),
         output:
-            policy=directory(policy(i + 1)),
+            policy=policy_output(i + 1),
             metrics=f"{RUN}/iter_{it(i)}/update/metrics.json",
         params:
             iteration=i,
