@@ -48,10 +48,11 @@ def cluster():
     subprocess.run(["scancel", "--user", user], check=False)
 
 
-def squeue() -> str:
-    """The queue, for the messages of tests that wait on it (empty: no jobs)."""
-    res = subprocess.run(["squeue", "-h", "-o", "%i %j %T %M %R"], capture_output=True,
-                         text=True, check=False)
+def squeue(*args: str, fmt: str = "%i %j %T %M %R") -> str:
+    """The queue (or what `args` select of it) in `fmt`, without a header; empty: no jobs.
+    The test cluster has no accounting, so no sacct."""
+    res = subprocess.run(["squeue", "-h", *args, "-o", fmt], capture_output=True, text=True,
+                         check=False)
     return res.stdout.strip()
 
 
@@ -128,13 +129,6 @@ def test_smoke_on_slurm_survives_a_killed_snakemake(workdir):
     assert list((run / "iter_0000" / "update" / "submitit").glob("*_submission.sh"))
 
 
-def squeue_field(job_id: str, field: str) -> str:
-    """One field of a job in squeue (the test cluster has no accounting: no sacct)."""
-    res = subprocess.run(["squeue", "-h", "-j", job_id, "-o", field], capture_output=True,
-                         text=True, check=False)
-    return res.stdout.strip()
-
-
 def test_update_at_its_time_limit_is_requeued_and_completes(workdir, base_model, rows):
     """The update job hits a Slurm time limit mid-way: Slurm's warning signal reaches it,
     it checkpoints at the next step and submitit requeues it; the requeued job resumes
@@ -153,12 +147,12 @@ def test_update_at_its_time_limit_is_requeued_and_completes(workdir, base_model,
         assert not job.done(), f"the job ended before step 1:\n{job.stderr()}"
         assert time.monotonic() < deadline, f"no step 1 in 10 min:\n{squeue()}"
         time.sleep(1)
-    used = squeue_field(job.job_id, "%M")  # [hh:]mm:ss
+    used = squeue("-j", job.job_id, fmt="%M")  # [hh:]mm:ss
     minutes = sum(int(x) * 60**k for k, x in enumerate(reversed(used.split(":")))) // 60
     subprocess.run(["scontrol", "update", f"JobId={job.job_id}", f"TimeLimit={minutes + 2}"],
                    check=True)
     # Back to the full limit once the job is requeued (pending), so it is not cut again.
-    while squeue_field(job.job_id, "%T") not in ("PENDING", "REQUEUED", ""):
+    while squeue("-j", job.job_id, fmt="%T") not in ("PENDING", "REQUEUED", ""):
         assert time.monotonic() < deadline, "the job was never requeued"
         time.sleep(0.5)
     subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "TimeLimit=20"], check=False)

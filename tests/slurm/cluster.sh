@@ -27,8 +27,9 @@ install_packages() {
 
 # A zombie (a daemon killed whose parent never reaped it) answers kill -0 but is dead.
 alive() {
-  [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null \
-    && awk '{exit ($3 == "Z")}' "/proc/$(cat "$1")/stat" 2>/dev/null
+  local pid
+  [ -f "$1" ] && pid=$(cat "$1") && kill -0 "$pid" 2>/dev/null \
+    && awk '{exit ($3 == "Z")}' "/proc/$pid/stat" 2>/dev/null
 }
 
 write_conf() {
