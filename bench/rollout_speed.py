@@ -10,22 +10,36 @@ the CPU, decides. Rows:
   (feel, then speak: two LLM calls per dialogue per turn).
 - `ours async`: `run_dialogues(schedule="async")`. No barrier: each dialogue sends its
   next turn when its own simulator call is back; all simulator calls run concurrently.
-- `ours async, no latency`: the same against an endpoint without added latency.
 - `ours batched`: `run_dialogues(schedule="batched")`, the byte-identical-rerun schedule
   (fixed batches; the engine on one batch while the simulator answers the other).
+- `ours async, no latency`: `ours async` against an endpoint without added latency.
 - `single-turn batched`: the engine alone: one batch of the dialogues' opening prompts,
   each generating exactly as many tokens as its dialogue did in all its turns.
 - `vllm`/`hf N x 64 tokens`: each engine alone on the opening prompts (one thread each).
 
-multi_turn_efficiency = tokens/s of `ours async, no latency` / `single-turn batched`: what
-multi-turn costs the engine (the simulator's latency left out; the `_with_latency` line
-keeps it in). Every request is seeded by (dialogue, turn) and the endpoint's answers depend
-on the text only, so all loops sample the same replies: the same work (checked).
+Two measurements, each at its own reply length:
+
+- ratio_vs_official_loop = wall of `official loop` / wall of `ours async`, with replies
+  of `--max-new-tokens` (16): short replies and a slow simulator, so the structure, not
+  this CPU's generation speed, decides.
+- multi_turn_efficiency = tokens/s of `ours async, no latency` / `single-turn batched`,
+  with replies of `--efficiency-tokens` (128, the rollout's default `max_new_tokens`):
+  what multi-turn costs the engine for the tokens a rollout generates. Each turn
+  re-sends the dialogue's history; vLLM's prefix cache serves all but the tail past its
+  last full block, and the new user message is computed: the script prints how many
+  prompt tokens a turn computed. On a CPU, where computing a prompt token costs about
+  half of generating one, that work weighs in proportion to 1 / reply length (see
+  docs/performance.md); `_with_latency` (printed when both lengths are equal) keeps the
+  simulator's latency in.
+
+Every request is seeded by (dialogue, turn) and the endpoint's answers depend on the text
+only, so the loops at one reply length sample the same replies: the same work (checked).
 
     .venv/bin/python bench/rollout_speed.py [--dialogues 32] [--turns 8]
-        [--max-new-tokens 16] [--latency-ms 2000] [--skip official,batched,hf]
+        [--max-new-tokens 16] [--efficiency-tokens 128] [--latency-ms 2000]
+        [--skip official,batched,hf]
 
-The last line is `ratio_vs_official_loop=<wall of official loop / wall of ours async>`.
+The last line is `ratio_vs_official_loop=<x>`.
 """
 
 from __future__ import annotations
@@ -42,6 +56,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the fake endpoint lives with the tests
@@ -65,6 +81,9 @@ from rlver.simulator.prompts import FAREWELL_MARKER  # noqa: E402
 from rlver.simulator.protocol import ProtocolSettings  # noqa: E402
 
 MODEL = ROOT / ".cache" / "test-model" / "smollm2-135m-instruct"
+#: The vllm rollout's default reply length.
+ROLLOUT_MAX_NEW_TOKENS = int(OmegaConf.load(ROOT / "config" / "rollout" / "vllm.yaml")
+                             .max_new_tokens)
 #: The training protocol of the paper: start 30, unclipped, ends at 0, at most 8 turns.
 PROTOCOL = dict(initial_emotion=30, max_delta=None, failure_below=1)
 
@@ -198,9 +217,13 @@ def main() -> None:
     parser.add_argument("--model", default=str(MODEL))
     parser.add_argument("--dialogues", type=int, default=32)
     parser.add_argument("--turns", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=16,
+                        help="reply length of the runs against the official loop")
+    parser.add_argument("--efficiency-tokens", type=int, default=ROLLOUT_MAX_NEW_TOKENS,
+                        help="reply length of the multi-turn efficiency runs "
+                             "(default: the rollout's max_new_tokens)")
     parser.add_argument("--latency-ms", type=float, default=2000.0)
-    parser.add_argument("--async-batch", type=int, default=24,
+    parser.add_argument("--async-batch", type=int, default=32,
                         help="ours async: requests in the engine at once (rollout.batch_size)")
     parser.add_argument("--batch-size", type=int, default=16, help="ours batched")
     parser.add_argument("--engine-tokens", type=int, default=64, help="vllm vs hf, per prompt")
@@ -218,29 +241,34 @@ def main() -> None:
              for k, p in enumerate(generate(args.dialogues, 0, "bench"))]
     protocol = ProtocolSettings(max_turns=args.turns, **PROTOCOL)
     sampling = SamplingSettings(args.max_new_tokens)
+    long_sampling = SamplingSettings(args.efficiency_tokens)
     system = TemplateConfig().system_prompt
-    log(f"{args.dialogues} dialogues x up to {args.turns} turns, {args.max_new_tokens} new "
-        f"tokens per reply, simulator latency {args.latency_ms:g} ms per call; "
+    log(f"{args.dialogues} dialogues x up to {args.turns} turns; replies of "
+        f"{args.max_new_tokens} tokens against the official loop, of {args.efficiency_tokens} "
+        f"for the efficiency; simulator latency {args.latency_ms:g} ms per call; "
         f"{platform.machine()}, {os.cpu_count()} CPUs")
 
     slow_proc, slow_url = start_endpoint(args.latency_ms / 1000)
     fast_proc, fast_url = start_endpoint(0.0)
     t0 = time.perf_counter()
-    # 2 GiB of KV cache: 32 contexts of up to ~1k tokens never preempt each other.
+    # 2 GiB of KV cache: 32 contexts of up to ~1.3k tokens never preempt each other.
     engine = VLLMEngine(args.model, "float32", {"kv_cache_memory_bytes": 2 << 30})
     log(f"vllm engine ready in {time.perf_counter() - t0:.0f} s")
     rows: list[tuple[str, float, int, str]] = []  # name, seconds, tokens, note
 
-    def ours(url: str, label: str) -> tuple[float, list[Dialogue]]:
+    def ours(url: str, settings: SamplingSettings, label: str
+             ) -> tuple[float, list[Dialogue], tuple[int, int]]:
+        """Seconds, dialogues and (prompt tokens sent, reused from the cache)."""
         sims = [http_simulator(url) for _ in range(args.dialogues)]
         engine.reset_prefix_cache()  # every timed run starts cold
+        sent, cached = engine.prompt_tokens, engine.cached_prompt_tokens
         t0 = time.perf_counter()
-        out = run_dialogues(specs, engine, sims, protocol, sampling, system, args.async_batch,
+        out = run_dialogues(specs, engine, sims, protocol, settings, system, args.async_batch,
                             label=label, schedule="async")
         seconds = time.perf_counter() - t0
         for sim in sims:
             sim.close()
-        return seconds, out
+        return seconds, out, (engine.prompt_tokens - sent, engine.cached_prompt_tokens - cached)
 
     try:
         engine.generate([[1, 2, 3]], SamplingSettings(4), [0])  # one-off costs
@@ -250,22 +278,17 @@ def main() -> None:
         # changes from one minute to the next).
         best: dict[str, float] = {}
         for _ in range(args.repeats):
-            seconds, slow = ours(slow_url, "ours async")
+            seconds, slow, _ = ours(slow_url, sampling, "ours async")
             best["slow"] = min(best.get("slow", 1e9), seconds)
-            seconds, fast = ours(fast_url, "ours async, no latency")
+            seconds, fast, prompt_use = ours(fast_url, long_sampling, "ours async, no latency")
             best["fast"] = min(best.get("fast", 1e9), seconds)
             lengths = [sum(len(t.sampled.token_ids) for t in d.turns) for d in fast]
             engine.reset_prefix_cache()
             best["single"] = min(best.get("single", 1e9), single_turn(engine, starts, lengths))
             log(f"best so far: ours async {best['slow']:.1f} s, without latency "
                 f"{best['fast']:.1f} s, single-turn {best['single']:.1f} s")
-        tokens = generated(slow)
-        rows.append(("ours async", best["slow"], tokens,
+        rows.append(("ours async", best["slow"], generated(slow),
                      f"no barrier, {args.async_batch} in the engine at most"))
-        rows.append(("ours async, no latency", best["fast"], generated(fast),
-                     "the same, simulator without added latency"))
-        rows.append(("single-turn batched", best["single"], sum(lengths),
-                     "the same generated tokens in one batch, no simulator"))
         turns_done = sum(len(d.turns) for d in slow)
 
         if "batched" not in skip:
@@ -289,9 +312,15 @@ def main() -> None:
                          "barrier per turn, simulator one call at a time"))
             log(f"official loop {rows[-1][1]:.1f} s")
             sim.close()
-            same = fingerprint(official) == fingerprint(slow) == fingerprint(fast)
+            same = fingerprint(official) == fingerprint(slow)
+            if args.efficiency_tokens == args.max_new_tokens:
+                same = same and fingerprint(fast) == fingerprint(slow)
             log(f"same samples in every loop: {same}")
 
+        rows.append(("ours async, no latency", best["fast"], generated(fast),
+                     f"{args.efficiency_tokens}-token replies, simulator without latency"))
+        rows.append(("single-turn batched", best["single"], sum(lengths),
+                     "the same generated tokens in one batch, no simulator"))
         n = args.engine_tokens
         engine.reset_prefix_cache()
         seconds = single_turn(engine, starts, [n] * len(starts))
@@ -312,13 +341,20 @@ def main() -> None:
     for name, sec, tokens, note in rows:
         print(f"{name:<26} {sec:8.1f} {tokens:7d} {tokens / sec:9.1f}  {note}")
     rate = {name: tokens / sec for name, sec, tokens, _ in rows}
-    print(f"assistant turns: {turns_done} ({turns_done / args.dialogues:.2f} per dialogue)")
+    fast_turns = sum(len(d.turns) for d in fast)
+    sent, reused = prompt_use
+    print(f"assistant turns: {turns_done} ({turns_done / args.dialogues:.2f} per dialogue) "
+          f"with {args.max_new_tokens}-token replies, {fast_turns} with "
+          f"{args.efficiency_tokens}-token replies")
+    print(f"prompt tokens in the efficiency run: {sent} sent, {reused} reused from the prefix "
+          f"cache, {(sent - reused) / fast_turns:.1f} computed per turn")
     engines = [r for r in rate if r.startswith(("vllm ", "hf "))]
     if len(engines) == 2:
         print(f"vllm_vs_hf_tokens_per_s={rate[engines[0]]:.1f}/{rate[engines[1]]:.1f}"
               f"={rate[engines[0]] / rate[engines[1]]:.2f}")
     single = rate["single-turn batched"]
-    print(f"multi_turn_efficiency_with_latency={rate['ours async'] / single:.2f}")
+    if args.efficiency_tokens == args.max_new_tokens:
+        print(f"multi_turn_efficiency_with_latency={rate['ours async'] / single:.2f}")
     print(f"multi_turn_efficiency={rate['ours async, no latency'] / single:.2f}")
     if "official" not in skip:
         print(f"ratio_vs_official_loop={_seconds(rows, 'official loop') / best['slow']:.2f}")

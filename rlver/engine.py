@@ -73,6 +73,10 @@ class Engine(ABC):
     max_context: int
     #: True when `agenerate` serves overlapping requests (continuous batching).
     concurrent: bool = False
+    #: Prompt tokens sent so far, and how many of them the engine reused from its prefix
+    #: cache instead of computing (a multi-turn context resends its whole history).
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
 
     @abstractmethod
     def generate(
@@ -131,6 +135,7 @@ class HFEngine(Engine):
 
         for p in prompts:
             self.check_fits(p, settings)
+        self.prompt_tokens += sum(len(p) for p in prompts)
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -247,7 +252,10 @@ class VLLMEngine(Engine):
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
 
-    def _sampled(self, output: Any) -> Sampled:
+    def _sampled(self, request_output: Any) -> Sampled:
+        self.prompt_tokens += len(request_output.prompt_token_ids)
+        self.cached_prompt_tokens += request_output.num_cached_tokens or 0
+        output = request_output.outputs[0]
         ids = tuple(output.token_ids)
         logprobs = tuple(float(lp[t].logprob) for t, lp in zip(ids, output.logprobs, strict=True))
         finished = bool(ids) and ids[-1] in self.stop_token_ids and output.finish_reason == "stop"
@@ -263,7 +271,7 @@ class VLLMEngine(Engine):
                                            f"rlver-{next(self._ids)}"):
             final = out
         assert final is not None
-        return self._sampled(final.outputs[0])
+        return self._sampled(final)
 
     async def agenerate(self, prompt: list[int], settings: SamplingSettings, seed: int,
                         ignore_eos: bool = False) -> Sampled:
@@ -302,7 +310,7 @@ class VLLMEngine(Engine):
             out = await q.get()
             while not out.finished:
                 out = await q.get()
-            results.append(self._sampled(out.outputs[0]))
+            results.append(self._sampled(out))
         return results
 
     def reset_prefix_cache(self) -> None:

@@ -515,6 +515,7 @@ def rollout_shard(
     if engine is None:
         engine = make_engine(ro.engine, policy_dir, cfg.model.dtype, dict(ro.vllm_args))
     simulators = simulator_instances(sim, len(specs))
+    sent, cached = engine.prompt_tokens, engine.cached_prompt_tokens
     try:
         dialogues = run_dialogues(
             specs,
@@ -529,8 +530,11 @@ def rollout_shard(
             think=cfg.template.name == "think",
             schedule=ro.schedule,
         )
+        sent, cached = engine.prompt_tokens - sent, engine.cached_prompt_tokens - cached
     finally:
         close_all([*simulators, engine] if own else simulators)
+    print(f"rollout: {sent} prompt tokens sent to the engine, {cached} of them "
+          f"({cached / max(sent, 1):.0%}) reused from its prefix cache", file=sys.stderr)
     rows = [r for d in dialogues
             for r in d.to_rows(iteration, shard, cfg.algorithm.format_penalty_reward)]
     write_trajectories(out_path, rows, config_hash=config_mod.config_hash(cfg),

