@@ -16,6 +16,8 @@ the CPU, decides. Rows:
 - `single-turn batched`: the engine alone: one batch of the dialogues' opening prompts,
   each generating exactly as many tokens as its dialogue did in all its turns.
 - `vllm`/`hf N x 64 tokens`: each engine alone on the opening prompts (one thread each).
+- `prompts N x 48 tokens`: vLLM computing N distinct prompts, one new token each: the
+  price of a turn's new prompt tokens.
 
 Two measurements, each at its own reply length:
 
@@ -27,9 +29,9 @@ Two measurements, each at its own reply length:
   what multi-turn costs the engine for the tokens a rollout generates. Each turn
   re-sends the dialogue's history; vLLM's prefix cache serves all but the tail past its
   last full block, and the new user message is computed: the script prints how many
-  prompt tokens a turn computed. On a CPU, where computing a prompt token costs about
-  half of generating one, that work weighs in proportion to 1 / reply length (see
-  docs/performance.md); `_with_latency` (printed when both lengths are equal) keeps the
+  prompt tokens a turn computed. On a CPU that work costs real compute (the `prompts`
+  row), so it weighs in proportion to 1 / reply length (docs/performance.md).
+  `_with_latency` (printed when both lengths are equal) keeps the
   simulator's latency in.
 
 Every request is seeded by (dialogue, turn) and the endpoint's answers depend on the text
@@ -84,6 +86,8 @@ MODEL = ROOT / ".cache" / "test-model" / "smollm2-135m-instruct"
 #: The vllm rollout's default reply length.
 ROLLOUT_MAX_NEW_TOKENS = int(OmegaConf.load(ROOT / "config" / "rollout" / "vllm.yaml")
                              .max_new_tokens)
+#: Prompt length of the prompt-computing row (about what a turn computes).
+PREFILL = 48
 #: The training protocol of the paper: start 30, unclipped, ends at 0, at most 8 turns.
 PROTOCOL = dict(initial_emotion=30, max_delta=None, failure_below=1)
 
@@ -277,16 +281,16 @@ def main() -> None:
         # Side by side, `repeats` times; the best of each counts (a shared machine's load
         # changes from one minute to the next).
         best: dict[str, float] = {}
-        for _ in range(args.repeats):
-            seconds, slow, _ = ours(slow_url, sampling, "ours async")
-            best["slow"] = min(best.get("slow", 1e9), seconds)
-            seconds, fast, prompt_use = ours(fast_url, long_sampling, "ours async, no latency")
-            best["fast"] = min(best.get("fast", 1e9), seconds)
+        for k in range(args.repeats):
+            slow_s, slow, _ = ours(slow_url, sampling, "ours async")
+            fast_s, fast, prompt_use = ours(fast_url, long_sampling, "ours async, no latency")
             lengths = [sum(len(t.sampled.token_ids) for t in d.turns) for d in fast]
             engine.reset_prefix_cache()
-            best["single"] = min(best.get("single", 1e9), single_turn(engine, starts, lengths))
-            log(f"best so far: ours async {best['slow']:.1f} s, without latency "
-                f"{best['fast']:.1f} s, single-turn {best['single']:.1f} s")
+            single_s = single_turn(engine, starts, lengths)
+            for key, seconds in (("slow", slow_s), ("fast", fast_s), ("single", single_s)):
+                best[key] = min(best.get(key, 1e9), seconds)
+            log(f"repeat {k + 1}: ours async {slow_s:.1f} s, without latency {fast_s:.1f} s, "
+                f"single-turn {single_s:.1f} s (efficiency {single_s / fast_s:.3f})")
         rows.append(("ours async", best["slow"], generated(slow),
                      f"no barrier, {args.async_batch} in the engine at most"))
         turns_done = sum(len(d.turns) for d in slow)
@@ -326,6 +330,16 @@ def main() -> None:
         seconds = single_turn(engine, starts, [n] * len(starts))
         rows.append((f"vllm {len(starts)} x {n} tokens", seconds, n * len(starts),
                      "engine only (1 compute thread)"))
+        # What a turn's new prompt tokens cost: distinct prompts (no shared prefix), one
+        # new token each; "tokens" here counts the prompt tokens computed.
+        prompts = [[1, *((1000 + 97 * i + j) % 40000 for j in range(PREFILL - 1))]
+                   for i in range(len(starts))]
+        engine.reset_prefix_cache()
+        t0 = time.perf_counter()
+        engine.generate(prompts, SamplingSettings(1), list(range(len(prompts))),
+                        ignore_eos=True)
+        rows.append((f"prompts {len(prompts)} x {PREFILL} tokens", time.perf_counter() - t0,
+                     PREFILL * len(prompts), "vllm computing prompts (tokens: prompt tokens)"))
     finally:
         engine.close()
         slow_proc.terminate()
