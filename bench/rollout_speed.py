@@ -31,8 +31,7 @@ Two measurements, each at its own reply length:
   last full block, and the new user message is computed: the script prints how many
   prompt tokens a turn computed. On a CPU that work costs real compute (the `prompts`
   row), so it weighs in proportion to 1 / reply length (docs/performance.md).
-  `_with_latency` (printed when both lengths are equal) keeps the
-  simulator's latency in.
+  `_with_latency` (printed when both lengths are equal) keeps the simulator's latency in.
 
 Every request is seeded by (dialogue, turn) and the endpoint's answers depend on the text
 only, so the loops at one reply length sample the same replies: the same work (checked).
@@ -83,9 +82,8 @@ from rlver.simulator.prompts import FAREWELL_MARKER  # noqa: E402
 from rlver.simulator.protocol import ProtocolSettings  # noqa: E402
 
 MODEL = ROOT / ".cache" / "test-model" / "smollm2-135m-instruct"
-#: The vllm rollout's default reply length.
-ROLLOUT_MAX_NEW_TOKENS = int(OmegaConf.load(ROOT / "config" / "rollout" / "vllm.yaml")
-                             .max_new_tokens)
+#: The vllm rollout's config: the efficiency runs use its default reply length.
+ROLLOUT_CONFIG = ROOT / "config" / "rollout" / "vllm.yaml"
 #: Prompt length of the prompt-computing row (about what a turn computes).
 PREFILL = 48
 #: The training protocol of the paper: start 30, unclipped, ends at 0, at most 8 turns.
@@ -223,7 +221,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=16,
                         help="reply length of the runs against the official loop")
-    parser.add_argument("--efficiency-tokens", type=int, default=ROLLOUT_MAX_NEW_TOKENS,
+    parser.add_argument("--efficiency-tokens", type=int,
+                        default=int(OmegaConf.load(ROLLOUT_CONFIG).max_new_tokens),
                         help="reply length of the multi-turn efficiency runs "
                              "(default: the rollout's max_new_tokens)")
     parser.add_argument("--latency-ms", type=float, default=2000.0)

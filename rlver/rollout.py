@@ -515,7 +515,7 @@ def rollout_shard(
     if engine is None:
         engine = make_engine(ro.engine, policy_dir, cfg.model.dtype, dict(ro.vllm_args))
     simulators = simulator_instances(sim, len(specs))
-    sent, cached = engine.prompt_tokens, engine.cached_prompt_tokens
+    sent_before, cached_before = engine.prompt_tokens, engine.cached_prompt_tokens
     try:
         dialogues = run_dialogues(
             specs,
@@ -530,9 +530,9 @@ def rollout_shard(
             think=cfg.template.name == "think",
             schedule=ro.schedule,
         )
-        sent, cached = engine.prompt_tokens - sent, engine.cached_prompt_tokens - cached
     finally:
         close_all([*simulators, engine] if own else simulators)
+    sent, cached = engine.prompt_tokens - sent_before, engine.cached_prompt_tokens - cached_before
     print(f"rollout: {sent} prompt tokens sent to the engine, {cached} of them "
           f"({cached / max(sent, 1):.0%}) reused from its prefix cache", file=sys.stderr)
     rows = [r for d in dialogues
