@@ -5,11 +5,14 @@ the LLM simulator (`LLMSimulator` over HTTP), served on loopback by an endpoint 
 process that answers every call well-formed after a fixed latency, so the structure, not
 the CPU, decides. Rows:
 
-- `official loop`: the original code's structure. Each turn is a barrier: one batched
-  generate for all live dialogues, then the simulator for each dialogue one by one
-  (feel, then speak: two LLM calls per dialogue per turn).
+- `official loop`: the original code's structure. Each turn is a barrier: one batch of
+  requests for all live dialogues (each in its dialogue's engine session, as ours, so
+  both sample the same replies), then the simulator for each dialogue one by one (feel,
+  then speak: two LLM calls per dialogue per turn).
 - `ours async`: `run_dialogues(schedule="async")`. No barrier: each dialogue sends its
   next turn when its own simulator call is back; all simulator calls run concurrently.
+  Each dialogue keeps one engine session (`rollout.sessions`; `--no-sessions`: one new
+  request per turn, and the official loop one batched generate per turn).
 - `ours batched`: `run_dialogues(schedule="batched")`, the byte-identical-rerun schedule
   (fixed batches; the engine on one batch while the simulator answers the other).
 - `ours async, no latency`: `ours async` against an endpoint without added latency.
@@ -26,22 +29,25 @@ Two measurements, each at its own reply length:
   this CPU's generation speed, decides.
 - multi_turn_efficiency = tokens/s of `ours async, no latency` / `single-turn batched`,
   with replies of `--efficiency-tokens` (128, the rollout's default `max_new_tokens`):
-  what multi-turn costs the engine for the tokens a rollout generates. Each turn
-  re-sends the dialogue's history; vLLM's prefix cache serves all but the tail past its
-  last full block, and the new user message is computed: the script prints how many
-  prompt tokens a turn computed. On a CPU that work costs real compute (the `prompts`
-  row), so it weighs in proportion to 1 / reply length (docs/performance.md).
+  what multi-turn costs the engine for the tokens a rollout generates. With sessions a
+  turn sends only its new tokens; without, it re-sends the dialogue's history and
+  vLLM's prefix cache serves all but the tail past its last full block. Either way the
+  new user message is computed: the script prints how many prompt tokens a turn
+  computed. On a CPU that work costs real compute (the `prompts` row), so it weighs in
+  proportion to 1 / reply length (docs/performance.md).
   `_with_latency` (printed when both lengths are equal) keeps the simulator's latency in.
   This machine's speed drifts by as much as the effect, so it is paired: `--repeats`
   pairs of runs back to back, in alternating order, and the median pair's ratio counts
   (the table shows that pair's two runs).
 
-Every request is seeded by (dialogue, turn) and the endpoint's answers depend on the text
-only, so the loops at one reply length sample the same replies: the same work (checked).
+Every dialogue is seeded on its own (a session by its first turn, a plain request by
+(dialogue, turn)) and the endpoint's answers depend on the text only, so the loops at one
+reply length sample the same replies: the same work (checked; `ours batched` makes one
+request per turn, so its replies differ when sessions are on).
 
     .venv/bin/python bench/rollout_speed.py [--dialogues 32] [--turns 8]
         [--max-new-tokens 16] [--efficiency-tokens 128] [--latency-ms 2000]
-        [--repeats 3] [--skip official,batched,hf,latency]
+        [--repeats 3] [--skip official,batched,hf,latency] [--no-sessions]
 
 The last line is `ratio_vs_official_loop=<x>`.
 """
@@ -146,28 +152,39 @@ def http_simulator(url: str) -> LLMSimulator:
 
 def official_loop(specs: list[DialogueSpec], engine: VLLMEngine, sim: Simulator,
                   protocol: ProtocolSettings, sampling: SamplingSettings,
-                  system_prompt: str) -> list[Dialogue]:
-    """The original structure: per turn, one batched generate (a barrier), then the
-    simulator for each dialogue in turn, feel then speak, one call at a time."""
+                  system_prompt: str, sessions: bool) -> list[Dialogue]:
+    """The original structure: per turn, the engine on every live dialogue at once and
+    waited for (a barrier), then the simulator for each dialogue in turn, feel then
+    speak, one call at a time. `sessions`: each dialogue's requests in its own engine
+    session, as `ours async` makes them; else one batched generate per turn."""
     chat = ChatTokens(engine.tokenizer, system_prompt)
     dialogues = start_dialogues(specs, chat, protocol)
     turns = Turns(dialogues, engine, chat, sampling, "official")
+    keys = [object() for _ in dialogues]
+
+    async def barrier(live: list[int], seeds: list[int]) -> list[Any]:
+        return await asyncio.gather(*(
+            engine.agenerate(dialogues[i].context, sampling, seed, session=keys[i])
+            for i, seed in zip(live, seeds, strict=True)))
+
     turn = 0
-    while live := [d for d in dialogues if d.outcome is None]:
+    while live := [i for i, d in enumerate(dialogues) if d.outcome is None]:
         turn += 1
-        samples = engine.generate([d.context for d in live], sampling,
-                                  [derive_seed(d.seed, "generate", turn) for d in live])
-        for d, s in zip(live, samples, strict=True):
-            request = turns.take_reply(d, s, turn)
+        seeds = [derive_seed(dialogues[i].seed, "generate", turn) for i in live]
+        samples = (asyncio.run(barrier(live, seeds)) if sessions else
+                   engine.generate([dialogues[i].context for i in live], sampling, seeds))
+        for i, s in zip(live, samples, strict=True):
+            request = turns.take_reply(dialogues[i], s, turn)
             (reaction,) = react(sim, protocol, [request])
-            turns.apply(d, reaction)
+            turns.apply(dialogues[i], reaction)
+            if dialogues[i].outcome is not None:
+                engine.end_session(keys[i])
     return dialogues
 
 
 def workload(model: str, dialogues: int, turns: int
              ) -> tuple[list[DialogueSpec], ProtocolSettings]:
-    """The benchmark's dialogues and protocol (the model prepared if missing); shared with
-    bench/vllm_sessions.py so both time the same work."""
+    """The benchmark's dialogues and protocol (the model prepared if missing)."""
     if not Path(model, "config.json").exists():
         from rlver.models import prepare_model
 
@@ -252,6 +269,10 @@ def main() -> None:
     parser.add_argument("--skip", default="",
                         help="any of: official,batched,hf,latency (latency: the 2,000 ms "
                              "`ours async` run once, not in every repeat)")
+    parser.add_argument("--sessions", action=argparse.BooleanOptionalAction,
+                        default=bool(OmegaConf.load(ROLLOUT_CONFIG).get("sessions", True)),
+                        help="one engine session per dialogue (rollout.sessions; default: "
+                             "as config/rollout/vllm.yaml)")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     specs, protocol = workload(args.model, args.dialogues, args.turns)
@@ -261,13 +282,15 @@ def main() -> None:
     log(f"{args.dialogues} dialogues x up to {args.turns} turns; replies of "
         f"{args.max_new_tokens} tokens against the official loop, of {args.efficiency_tokens} "
         f"for the efficiency; simulator latency {args.latency_ms:g} ms per call; "
+        f"{'a session per dialogue' if args.sessions else 'a new request per turn'}; "
         f"{platform.machine()}, {os.cpu_count()} CPUs")
 
     slow_proc, slow_url = start_endpoint(args.latency_ms / 1000)
     fast_proc, fast_url = start_endpoint(0.0)
     t0 = time.perf_counter()
-    # 2 GiB of KV cache: 32 contexts of up to ~1.3k tokens never preempt each other.
-    engine = VLLMEngine(args.model, "float32", {"kv_cache_memory_bytes": 2 << 30})
+    # The CPU default of 2 GiB of KV cache: the sessions of 32 contexts of up to ~1.3k
+    # tokens are never closed for room, and never preempt each other.
+    engine = VLLMEngine(args.model, "float32")
     log(f"vllm engine ready in {time.perf_counter() - t0:.0f} s")
     rows: list[tuple[str, float, int, str]] = []  # name, seconds, tokens, note
 
@@ -279,7 +302,7 @@ def main() -> None:
         sent, cached = engine.prompt_tokens, engine.cached_prompt_tokens
         t0 = time.perf_counter()
         out = run_dialogues(specs, engine, sims, protocol, settings, system, args.async_batch,
-                            label=label, schedule="async")
+                            label=label, schedule="async", sessions=args.sessions)
         seconds = time.perf_counter() - t0
         for sim in sims:
             sim.close()
@@ -337,7 +360,8 @@ def main() -> None:
             sim = http_simulator(slow_url)
             engine.reset_prefix_cache()
             t0 = time.perf_counter()
-            official = official_loop(specs, engine, sim, protocol, sampling, system)
+            official = official_loop(specs, engine, sim, protocol, sampling, system,
+                                     args.sessions)
             rows.append(("official loop", time.perf_counter() - t0, generated(official),
                          "barrier per turn, simulator one call at a time"))
             log(f"official loop {rows[-1][1]:.1f} s")
@@ -387,8 +411,9 @@ def main() -> None:
     print(f"assistant turns: {turns_done} ({turns_done / args.dialogues:.2f} per dialogue) "
           f"with {args.max_new_tokens}-token replies, {fast_turns} with "
           f"{args.efficiency_tokens}-token replies")
-    print(f"prompt tokens in the efficiency run: {sent} sent, {reused} reused from the prefix "
-          f"cache, {(sent - reused) / fast_turns:.1f} computed per turn")
+    print(f"prompt tokens in the efficiency run: {sent} sent, {reused} reused "
+          f"({'from the session or ' if args.sessions else ''}from the prefix cache), "
+          f"{(sent - reused) / fast_turns:.1f} computed per turn")
     engines = [r for r in rate if r.startswith(("vllm ", "hf "))]
     if len(engines) == 2:
         print(f"vllm_vs_hf_tokens_per_s={rate[engines[0]]:.1f}/{rate[engines[1]]:.1f}"

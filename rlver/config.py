@@ -107,8 +107,14 @@ class RolloutConfig:
     #: dialogue sends its next turn as soon as its simulator answers; same token ids, but
     #: log-probs may differ in the last bits between reruns (batch-dependent kernels).
     schedule: str = "batched"
+    #: async with template nothink: each dialogue keeps one vLLM session across its turns,
+    #: so a turn computes only its new tokens, never the history again. A session is seeded
+    #: once, by its first turn: a dialogue's samples differ from those of one request per
+    #: turn (false), and stay the same between reruns unless a session had to be closed
+    #: for KV room (the log says so). See rlver.engine.VLLMEngine.
+    sessions: bool = True
     #: Extra vLLM engine arguments, e.g. {gpu_memory_utilization: 0.5, max_model_len:
-    #: 8192, enforce_eager: false}; on CPU the defaults are eager mode and a 1 GiB KV cache.
+    #: 8192, enforce_eager: false}; on CPU the defaults are eager mode and a 2 GiB KV cache.
     vllm_args: dict[str, Any] = field(default_factory=dict)
     #: Personas drawn per iteration (seeded by run seed and iteration).
     personas_per_iteration: int = 32

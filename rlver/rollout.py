@@ -9,7 +9,9 @@ No turn is a barrier. Two schedules (`rollout.schedule`):
 
 - `async` (an engine serving concurrent requests: vllm): every dialogue is its own task.
   The moment its simulator has answered, its next request goes to the engine, while
-  other dialogues are still generating or waiting on their simulator.
+  other dialogues are still generating or waiting on their simulator. With `nothink`
+  (`rollout.sessions`), a dialogue keeps one engine session across its turns: each turn
+  sends only its new tokens (see `VLLMEngine`).
 - `batched` (hf; vllm when reruns must be byte-identical): dialogues go in fixed batches
   of `batch_size`, and the engine generates for one batch while the simulator answers the
   others. The batches and their order are fixed, so a rerun is byte-identical.
@@ -332,12 +334,14 @@ def run_dialogues(
     *,
     think: bool = False,
     schedule: str = "batched",
+    sessions: bool = True,
 ) -> list[Dialogue]:
     """Run every dialogue to its end; returns them in the order of `specs`.
 
     `simulator`: one backend, or several instances of one (each serves one batch at a
     time; more instances, more simulator batches in flight). `schedule`: see the module
-    docstring; `async` needs an engine that serves concurrent requests.
+    docstring; `async` needs an engine that serves concurrent requests. `sessions`
+    (async, nothink): each dialogue's turns share an engine session.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -348,13 +352,15 @@ def run_dialogues(
     dialogues = start_dialogues(specs, chat, protocol, think)
     sims = [simulator] if isinstance(simulator, Simulator) else list(simulator)
     run = Turns(dialogues, engine, chat, sampling, label)
-    driver = _run_async if schedule == "async" else _run_batched
-    asyncio.run(driver(run, sims, protocol, batch_size))
+    if schedule == "async":
+        asyncio.run(_run_async(run, sims, protocol, batch_size, sessions and not think))
+    else:
+        asyncio.run(_run_batched(run, sims, protocol, batch_size))
     return dialogues
 
 
 async def _run_async(run: Turns, sims: list[Simulator], protocol: ProtocolSettings,
-                     batch_size: int) -> None:
+                     batch_size: int, sessions: bool = False) -> None:
     """Every dialogue its own task: generate -> simulator -> next turn, at its own pace.
 
     At most `batch_size` dialogues generate at once; the others wait for a slot (first
@@ -369,12 +375,18 @@ async def _run_async(run: Turns, sims: list[Simulator], protocol: ProtocolSettin
     async def live(d: Dialogue) -> None:
         t0 = time.perf_counter()
         turn = 0
-        while d.outcome is None and run.fits(d):
-            turn += 1
-            async with slots:
-                s = await run.engine.agenerate(d.context, run.sampling_for(d),
-                                               derive_seed(d.seed, "generate", turn))
-            run.apply(d, await pool.react(run.take_reply(d, s, turn)))
+        key = object() if sessions else None  # this dialogue's engine session
+        try:
+            while d.outcome is None and run.fits(d):
+                turn += 1
+                async with slots:
+                    s = await run.engine.agenerate(d.context, run.sampling_for(d),
+                                                   derive_seed(d.seed, "generate", turn),
+                                                   session=key)
+                run.apply(d, await pool.react(run.take_reply(d, s, turn)))
+        finally:
+            if key is not None:
+                run.engine.end_session(key)
         d.seconds = time.perf_counter() - t0
         print(f"{run.label}: turn {turn}: {run.finished}/{n} dialogues finished",
               file=sys.stderr, flush=True)
@@ -529,12 +541,14 @@ def rollout_shard(
             label=f"rollout iter {iteration} shard {shard}",
             think=cfg.template.name == "think",
             schedule=ro.schedule,
+            sessions=ro.sessions,
         )
     finally:
         close_all([*simulators, engine] if own else simulators)
     sent, cached = engine.prompt_tokens - sent_before, engine.cached_prompt_tokens - cached_before
     print(f"rollout: {sent} prompt tokens sent to the engine, {cached} of them "
-          f"({cached / max(sent, 1):.0%}) reused from its prefix cache", file=sys.stderr)
+          f"({cached / max(sent, 1):.0%}) reused from its prefix cache or the dialogue's "
+          f"session", file=sys.stderr)
     rows = [r for d in dialogues
             for r in d.to_rows(iteration, shard, cfg.algorithm.format_penalty_reward)]
     write_trajectories(out_path, rows, config_hash=config_mod.config_hash(cfg),

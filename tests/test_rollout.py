@@ -192,6 +192,8 @@ class FakeEngine(Engine):
         self.concurrent = concurrent
         self.gen_s = gen_s
         self.calls: list[tuple[float, float, int]] = []
+        self.sessions: list[object] = []  # the session key of each agenerate call
+        self.ended: list[object] = []
 
     def _reply(self) -> Sampled:
         return Sampled((ord("o"), ord("k"), 0), (-0.1, -0.2, -0.3), finished=True)
@@ -202,11 +204,15 @@ class FakeEngine(Engine):
         self.calls.append((t0, time.perf_counter(), len(prompts)))
         return [self._reply() for _ in prompts]
 
-    async def agenerate(self, prompt, settings, seed):
+    async def agenerate(self, prompt, settings, seed, *, session=None):
         t0 = time.perf_counter()
         await asyncio.sleep(self.gen_s)
         self.calls.append((t0, time.perf_counter(), 1))
+        self.sessions.append(session)
         return self._reply()
+
+    def end_session(self, session):
+        self.ended.append(session)
 
 
 class SlowSim(Simulator):
@@ -233,11 +239,24 @@ def _specs(n: int) -> list[DialogueSpec]:
     return [DialogueSpec(p, k, f"g{k}", k) for k, p in enumerate(generate(n, 0, "t"))]
 
 
-def _run(engine, sims, n=4, turns=3, batch_size=2, schedule="async"):
+def _run(engine, sims, n=4, turns=3, batch_size=2, schedule="async", **kw):
     protocol = ProtocolSettings(initial_emotion=30, max_delta=None, max_turns=turns,
                                 failure_below=1)
     return run_dialogues(_specs(n), engine, sims, protocol, SamplingSettings(4), "sys",
-                         batch_size, schedule=schedule)
+                         batch_size, schedule=schedule, **kw)
+
+
+def test_async_turns_of_a_dialogue_share_one_session_ended_with_it():
+    engine = FakeEngine(0.0, concurrent=True)
+    _run(engine, [SlowSim(0.0)], n=3, turns=3)
+    keys = set(engine.sessions)
+    assert len(keys) == 3 and None not in keys
+    assert all(engine.sessions.count(k) == 3 for k in keys)  # one key per dialogue
+    assert sorted(map(id, engine.ended)) == sorted(map(id, keys))  # each ended once
+    for kw in ({"sessions": False}, {"think": True}):  # think contexts are not append-only
+        engine = FakeEngine(0.0, concurrent=True)
+        _run(engine, [SlowSim(0.0)], n=2, turns=2, **kw)
+        assert engine.sessions == [None] * 4 and engine.ended == []
 
 
 def test_async_slow_simulator_call_holds_back_only_its_own_dialogue():
