@@ -265,7 +265,7 @@ class VLLMEngine(Engine):
         #: KV blocks the open sessions may hold: all but one longest request's worth, so
         #: a request can always run to its end.
         self.session_budget_blocks = (int(cache.num_gpu_blocks or 0)
-                                      - -(-self.max_context // self.block_size))
+                                      - self._blocks(self.max_context))
         # A paused session keeps a request slot in vLLM's scheduler: half of them at most.
         self.max_sessions = max(1, int(self.llm.vllm_config.scheduler_config.max_num_seqs) // 2)
         self._sessions: dict[Hashable, _Session] = {}
@@ -300,8 +300,11 @@ class VLLMEngine(Engine):
         output = request_output.outputs[0]
         ids = tuple(output.token_ids)
         logprobs = tuple(float(lp[t].logprob) for t, lp in zip(ids, output.logprobs, strict=True))
-        finished = bool(ids) and ids[-1] in self.stop_token_ids and output.finish_reason == "stop"
-        return Sampled(ids, logprobs, finished=finished)
+        return Sampled(ids, logprobs, finished=self._finished(ids, output.finish_reason))
+
+    def _finished(self, ids: Sequence[int], finish_reason: Optional[str]) -> bool:
+        """The reply ended with the end-of-turn token (not cut at max_new_tokens)."""
+        return bool(ids) and ids[-1] in self.stop_token_ids and finish_reason == "stop"
 
     async def _one(self, prompt: list[int], settings: SamplingSettings, seed: int,
                    ignore_eos: bool = False) -> Sampled:
@@ -422,8 +425,7 @@ class VLLMEngine(Engine):
         self.prompt_tokens += len(prompt)
         self.cached_prompt_tokens += len(prompt) - len(new) + s.cached
         s.cached = 0
-        finished = bool(ids) and ids[-1] in self.stop_token_ids and finish_reason == "stop"
-        return Sampled(tuple(ids), tuple(logprobs), finished=finished)
+        return Sampled(tuple(ids), tuple(logprobs), finished=self._finished(ids, finish_reason))
 
     async def _pump(self, s: _Session, params: Any) -> None:
         """The session's one vLLM request: feeds it the queued chunks, and hands each
