@@ -40,6 +40,13 @@ Two measurements, each at its own reply length:
   pairs of runs back to back, in alternating order, and the median pair's ratio counts
   (the table shows that pair's two runs).
 
+`--steps` records vLLM's engine steps (a stat logger, called once per step) and prints,
+for the median pair, where the multi-turn run's extra time went: its steps, the long ones
+(a turn boundary: many dialogues' new user messages computed in one step) and those with
+few sequences running, next to the prompt tokens it computed beyond the single-turn run
+and the mean context length each generated token attended to (the CPU reads the KV cache
+of every context token at every step).
+
 Every dialogue is seeded on its own (a session by its first turn, a plain request by
 (dialogue, turn)) and the endpoint's answers depend on the text only, so the loops at one
 reply length sample the same replies: the same work (checked; `ours batched` makes one
@@ -47,7 +54,7 @@ request per turn, so its replies differ when sessions are on).
 
     .venv/bin/python bench/rollout_speed.py [--dialogues 32] [--turns 8]
         [--max-new-tokens 16] [--efficiency-tokens 128] [--latency-ms 2000]
-        [--repeats 3] [--skip official,batched,hf,latency] [--no-sessions]
+        [--repeats 3] [--skip official,batched,hf,latency] [--no-sessions] [--steps]
 
 The last line is `ratio_vs_official_loop=<x>`.
 """
@@ -57,8 +64,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import itertools
 import json
 import multiprocessing
+import operator
 import os
 import platform
 import sys
@@ -97,6 +106,66 @@ ROLLOUT_CONFIG = ROOT / "config" / "rollout" / "vllm.yaml"
 PREFILL = 48
 #: The training protocol of the paper: start 30, unclipped, ends at 0, at most 8 turns.
 PROTOCOL = dict(initial_emotion=30, max_delta=None, failure_below=1)
+
+
+#: vLLM's engine steps while `--steps` records: (time, sequences running, tokens generated).
+STEPS: list[tuple[float, int, int]] = []
+
+
+def step_logger() -> type:
+    """A vLLM stat logger appending each engine step to STEPS (vLLM builds it itself)."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class StepLog(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any,
+                   mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
+            if iteration_stats is not None:
+                STEPS.append((iteration_stats.iteration_timestamp,
+                              scheduler_stats.num_running_reqs if scheduler_stats else 0,
+                              iteration_stats.num_generation_tokens))
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return StepLog
+
+
+def step_summary(t0: float, first: int, few: int) -> dict[str, float]:
+    """The engine steps since STEPS[first] (a run that began at wall time t0): how many,
+    their mean sequences running, the long ones (over 3x the median step) and those with
+    at most `few` sequences running."""
+    steps = STEPS[first:]
+    times = [t0] + [t for t, _, _ in steps]
+    seconds = [b - a for a, b in itertools.pairwise(times)]
+    running = [n for _, n, _ in steps]
+    if not seconds:
+        return {"steps": 0, "seconds": 0.0, "running": 0.0, "long": 0, "long_s": 0.0,
+                "few_s": 0.0}
+    median = sorted(seconds)[len(seconds) // 2]
+    long_s = [d for d in seconds if d > 3 * median]
+    return {"steps": len(steps), "seconds": sum(seconds),
+            "running": sum(map(operator.mul, seconds, running)) / (sum(seconds) or 1.0),
+            "long": len(long_s), "long_s": sum(long_s),
+            "few_s": sum(d for d, n in zip(seconds, running, strict=True) if n <= few)}
+
+
+def computed(engine: VLLMEngine) -> int:
+    """Prompt tokens the engine has computed so far (sent less reused)."""
+    return engine.prompt_tokens - engine.cached_prompt_tokens
+
+
+def mean_context(dialogues: list[Dialogue]) -> float:
+    """Mean context length a generated token attended to (its prompt and the reply so far)."""
+    tokens = contexts = 0
+    for d in dialogues:
+        for t in d.turns:
+            n = len(t.sampled.token_ids)
+            tokens += n
+            contexts += n * len(t.prompt) + n * (n - 1) // 2
+    return contexts / max(tokens, 1)
 
 
 # --- the simulator endpoint (its own process) ----------------------------------------------
@@ -273,6 +342,9 @@ def main() -> None:
                         default=bool(OmegaConf.load(ROLLOUT_CONFIG).get("sessions", True)),
                         help="one engine session per dialogue (rollout.sessions; default: "
                              "as config/rollout/vllm.yaml)")
+    parser.add_argument("--steps", action="store_true",
+                        help="record vLLM's engine steps and print where the multi-turn "
+                             "run's extra time went (median pair)")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     specs, protocol = workload(args.model, args.dialogues, args.turns)
@@ -290,7 +362,8 @@ def main() -> None:
     t0 = time.perf_counter()
     # The CPU default of 2 GiB of KV cache: the sessions of 32 contexts of up to ~1.3k
     # tokens are never closed for room, and never preempt each other.
-    engine = VLLMEngine(args.model, "float32")
+    engine = VLLMEngine(args.model, "float32",
+                        stat_loggers=[step_logger()] if args.steps else ())
     log(f"vllm engine ready in {time.perf_counter() - t0:.0f} s")
     rows: list[tuple[str, float, int, str]] = []  # name, seconds, tokens, note
 
@@ -319,6 +392,8 @@ def main() -> None:
         # ratios counts. The slow ratio run keeps the best of its repeats.
         slow_times: list[float] = []
         pairs: list[tuple[float, int, float, int]] = []  # multi-turn s, tokens; single-turn
+        steps: list[tuple[dict[str, float], dict[str, float]]] = []  # multi, single; per pair
+        few = args.dialogues // 4
         lengths: list[int] = []
         for k in range(args.repeats):
             if "latency" not in skip or k == 0:
@@ -326,8 +401,14 @@ def main() -> None:
                 slow_times.append(slow_s)
             if k % 2 == 1:  # single-turn first, on the lengths the seeded runs sampled
                 engine.reset_prefix_cache()
+                first, t_single, c0 = len(STEPS), time.time(), computed(engine)
                 single_s, single_n = single_turn(engine, starts, lengths), sum(lengths)
+                single_steps = step_summary(t_single, first, few)
+                single_steps["computed"] = computed(engine) - c0
+            first, t_multi = len(STEPS), time.time()
             fast_s, fast, prompt_use = ours(fast_url, long_sampling, "ours async, no latency")
+            multi_steps = step_summary(t_multi, first, few)
+            multi_steps["computed"] = prompt_use[0] - prompt_use[1]
             fast_lengths = [sum(len(t.sampled.token_ids) for t in d.turns) for d in fast]
             if lengths and fast_lengths != lengths:
                 # A batch-dependent rounding can flip a sample; tokens/s still compares.
@@ -335,8 +416,12 @@ def main() -> None:
             lengths = fast_lengths
             if k % 2 == 0:
                 engine.reset_prefix_cache()
+                first, t_single, c0 = len(STEPS), time.time(), computed(engine)
                 single_s, single_n = single_turn(engine, starts, lengths), sum(lengths)
+                single_steps = step_summary(t_single, first, few)
+                single_steps["computed"] = computed(engine) - c0
             pairs.append((fast_s, generated(fast), single_s, single_n))
+            steps.append((multi_steps, single_steps))
             log(f"repeat {k + 1} ({'multi-turn' if k % 2 == 0 else 'single-turn'} first): "
                 f"ours async {slow_s:.1f} s, without latency {fast_s:.1f} s, single-turn "
                 f"{single_s:.1f} s (efficiency {_efficiency(pairs[-1]):.3f})")
@@ -371,7 +456,9 @@ def main() -> None:
                 same = same and fingerprint(fast) == fingerprint(slow)
             log(f"same samples in every loop: {same}")
 
-        mid = sorted(pairs, key=_efficiency)[(len(pairs) - 1) // 2]
+        median = sorted(range(len(pairs)), key=lambda i: _efficiency(pairs[i]))[
+            (len(pairs) - 1) // 2]
+        mid = pairs[median]
         rows.append(("ours async, no latency", mid[0], mid[1],
                      f"{args.efficiency_tokens}-token replies, simulator without latency"))
         rows.append(("single-turn batched", mid[2], mid[3],
@@ -414,6 +501,9 @@ def main() -> None:
     print(f"prompt tokens in the efficiency run: {sent} sent, {reused} reused "
           f"({'from the session or ' if args.sessions else ''}from the prefix cache), "
           f"{(sent - reused) / fast_turns:.1f} computed per turn")
+    if args.steps:
+        print_steps(steps[median], rate[f"prompts {len(starts)} x {PREFILL} tokens"],
+                    mean_context(fast), [len(p) for p in starts], lengths, few)
     engines = [r for r in rate if r.startswith(("vllm ", "hf "))]
     if len(engines) == 2:
         print(f"vllm_vs_hf_tokens_per_s={rate[engines[0]]:.1f}/{rate[engines[1]]:.1f}"
@@ -426,6 +516,28 @@ def main() -> None:
     print(f"multi_turn_efficiency={rate['ours async, no latency'] / single:.2f}")
     if "official" not in skip:
         print(f"ratio_vs_official_loop={_seconds(rows, 'official loop') / min(slow_times):.2f}")
+
+
+def print_steps(pair: tuple[dict[str, float], dict[str, float]], prompt_rate: float,
+                multi_context: float, start_lengths: list[int], lengths: list[int],
+                few: int) -> None:
+    """Where the median pair's multi-turn run spent its extra time (`--steps`)."""
+    print(f"{'engine steps (median pair)':<26} {'steps':>6} {'seconds':>8} {'seqs/step':>9} "
+          f"{'long steps':>11} {'<=' + str(few) + ' running':>11}")
+    for name, st in zip(("multi-turn", "single-turn"), pair, strict=True):
+        long = f"{st['long']:.0f} ({st['long_s']:.1f} s)"
+        print(f"{name:<26} {st['steps']:6.0f} {st['seconds']:8.1f} {st['running']:9.1f} "
+              f"{long:>11} {st['few_s']:9.1f} s")
+    # A single-turn sequence of n tokens attends to its prompt and i tokens at its step i.
+    single_context = (sum(n * p + n * (n - 1) / 2
+                          for p, n in zip(start_lengths, lengths, strict=True))
+                      / max(sum(lengths), 1))
+    extra_prompt = pair[0]["computed"] - pair[1]["computed"]
+    print(f"multi-turn extra prompt work: {extra_prompt:.0f} prompt tokens computed beyond the "
+          f"single-turn run's, {extra_prompt / prompt_rate:.1f} s at the prompts row's "
+          f"{prompt_rate:.0f} tokens/s; mean context per generated token: multi-turn "
+          f"{multi_context:.0f}, single-turn {single_context:.0f} "
+          f"(+{100 * (multi_context / single_context - 1):.0f}%)")
 
 
 def _efficiency(pair: tuple[float, int, float, int]) -> float:

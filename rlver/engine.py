@@ -220,7 +220,11 @@ class VLLMEngine(Engine):
 
     concurrent = True
 
-    def __init__(self, policy_dir: str, dtype: str, engine_args: Optional[dict] = None) -> None:
+    def __init__(self, policy_dir: str, dtype: str, engine_args: Optional[dict] = None,
+                 stat_loggers: Sequence[Any] = ()) -> None:
+        """`stat_loggers`: vLLM stat-logger factories (subclasses of vLLM's
+        `StatLoggerBase`), called once per engine step; with any, vLLM collects its
+        per-step statistics (off otherwise: they cost the front end time)."""
         from transformers import AutoTokenizer, GenerationConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
@@ -241,7 +245,7 @@ class VLLMEngine(Engine):
             "logprobs_mode": "processed_logprobs",
             "enable_prefix_caching": True,  # turn t+1's prompt extends turn t's
             "generation_config": "vllm",  # sampling comes from our settings only
-            "disable_log_stats": True,
+            "disable_log_stats": not stat_loggers,
         }
         if current_platform.is_cpu():
             args |= VLLM_CPU_DEFAULTS
@@ -257,7 +261,8 @@ class VLLMEngine(Engine):
         self._thread.start()
 
         async def start() -> Any:
-            return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(**args),
+                                             stat_loggers=list(stat_loggers) or None)
 
         self.llm = self._run(start())
         cache = self.llm.vllm_config.cache_config
