@@ -72,6 +72,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout: the 
 
 from rlver.chat import ChatTokens  # noqa: E402
 from rlver.config import SimulatorConfig, TemplateConfig, derive_seed  # noqa: E402
-from rlver.engine import SamplingSettings, VLLMEngine  # noqa: E402
+from rlver.engine import SamplingSettings, VLLMEngine, step_recorder  # noqa: E402
 from rlver.personas import generate  # noqa: E402
 from rlver.rollout import (  # noqa: E402
     Dialogue,
@@ -112,27 +113,6 @@ PROTOCOL = dict(initial_emotion=30, max_delta=None, failure_below=1)
 STEPS: list[tuple[float, int, int]] = []
 
 
-def step_logger() -> type:
-    """A vLLM stat logger appending each engine step to STEPS (vLLM builds it itself)."""
-    from vllm.v1.metrics.loggers import StatLoggerBase
-
-    class StepLog(StatLoggerBase):
-        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-            pass
-
-        def record(self, scheduler_stats: Any, iteration_stats: Any,
-                   mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
-            if iteration_stats is not None:
-                STEPS.append((iteration_stats.iteration_timestamp,
-                              scheduler_stats.num_running_reqs if scheduler_stats else 0,
-                              iteration_stats.num_generation_tokens))
-
-        def log_engine_initialized(self) -> None:
-            pass
-
-    return StepLog
-
-
 def step_summary(t0: float, first: int, few: int) -> dict[str, float]:
     """The engine steps since STEPS[first] (a run that began at wall time t0): how many,
     their mean sequences running, the long ones (over 3x the median step) and those with
@@ -157,14 +137,13 @@ def computed(engine: VLLMEngine) -> int:
     return engine.prompt_tokens - engine.cached_prompt_tokens
 
 
-def mean_context(dialogues: list[Dialogue]) -> float:
-    """Mean context length a generated token attended to (its prompt and the reply so far)."""
+def mean_context(spans: Iterable[tuple[int, int]]) -> float:
+    """Mean context length a generated token attended to, over (prompt length, tokens
+    generated) spans: token i of a span attends to its prompt and the i tokens before it."""
     tokens = contexts = 0
-    for d in dialogues:
-        for t in d.turns:
-            n = len(t.sampled.token_ids)
-            tokens += n
-            contexts += n * len(t.prompt) + n * (n - 1) // 2
+    for prompt, n in spans:
+        tokens += n
+        contexts += n * prompt + n * (n - 1) // 2
     return contexts / max(tokens, 1)
 
 
@@ -363,7 +342,7 @@ def main() -> None:
     # The CPU default of 2 GiB of KV cache: the sessions of 32 contexts of up to ~1.3k
     # tokens are never closed for room, and never preempt each other.
     engine = VLLMEngine(args.model, "float32",
-                        stat_loggers=[step_logger()] if args.steps else ())
+                        stat_loggers=[step_recorder(STEPS)] if args.steps else ())
     log(f"vllm engine ready in {time.perf_counter() - t0:.0f} s")
     rows: list[tuple[str, float, int, str]] = []  # name, seconds, tokens, note
 
@@ -394,17 +373,23 @@ def main() -> None:
         pairs: list[tuple[float, int, float, int]] = []  # multi-turn s, tokens; single-turn
         steps: list[tuple[dict[str, float], dict[str, float]]] = []  # multi, single; per pair
         few = args.dialogues // 4
+
+        def timed_single(lengths: list[int]) -> tuple[float, int, dict[str, float]]:
+            """The single-turn run, cold: seconds, tokens, and its engine steps."""
+            engine.reset_prefix_cache()
+            first, t0, before = len(STEPS), time.time(), computed(engine)
+            seconds = single_turn(engine, starts, lengths)
+            summary = step_summary(t0, first, few)
+            summary["computed"] = computed(engine) - before
+            return seconds, sum(lengths), summary
+
         lengths: list[int] = []
         for k in range(args.repeats):
             if "latency" not in skip or k == 0:
                 slow_s, slow, _ = ours(slow_url, sampling, "ours async")
                 slow_times.append(slow_s)
             if k % 2 == 1:  # single-turn first, on the lengths the seeded runs sampled
-                engine.reset_prefix_cache()
-                first, t_single, c0 = len(STEPS), time.time(), computed(engine)
-                single_s, single_n = single_turn(engine, starts, lengths), sum(lengths)
-                single_steps = step_summary(t_single, first, few)
-                single_steps["computed"] = computed(engine) - c0
+                single_s, single_n, single_steps = timed_single(lengths)
             first, t_multi = len(STEPS), time.time()
             fast_s, fast, prompt_use = ours(fast_url, long_sampling, "ours async, no latency")
             multi_steps = step_summary(t_multi, first, few)
@@ -415,11 +400,7 @@ def main() -> None:
                 log(f"repeat {k + 1}: the multi-turn run sampled other lengths than before")
             lengths = fast_lengths
             if k % 2 == 0:
-                engine.reset_prefix_cache()
-                first, t_single, c0 = len(STEPS), time.time(), computed(engine)
-                single_s, single_n = single_turn(engine, starts, lengths), sum(lengths)
-                single_steps = step_summary(t_single, first, few)
-                single_steps["computed"] = computed(engine) - c0
+                single_s, single_n, single_steps = timed_single(lengths)
             pairs.append((fast_s, generated(fast), single_s, single_n))
             steps.append((multi_steps, single_steps))
             log(f"repeat {k + 1} ({'multi-turn' if k % 2 == 0 else 'single-turn'} first): "
@@ -503,7 +484,9 @@ def main() -> None:
           f"{(sent - reused) / fast_turns:.1f} computed per turn")
     if args.steps:
         print_steps(steps[median], rate[f"prompts {len(starts)} x {PREFILL} tokens"],
-                    mean_context(fast), [len(p) for p in starts], lengths, few)
+                    mean_context((len(t.prompt), len(t.sampled.token_ids))
+                                 for d in fast for t in d.turns),
+                    mean_context(zip(map(len, starts), lengths, strict=True)), few)
     engines = [r for r in rate if r.startswith(("vllm ", "hf "))]
     if len(engines) == 2:
         print(f"vllm_vs_hf_tokens_per_s={rate[engines[0]]:.1f}/{rate[engines[1]]:.1f}"
@@ -519,8 +502,7 @@ def main() -> None:
 
 
 def print_steps(pair: tuple[dict[str, float], dict[str, float]], prompt_rate: float,
-                multi_context: float, start_lengths: list[int], lengths: list[int],
-                few: int) -> None:
+                multi_context: float, single_context: float, few: int) -> None:
     """Where the median pair's multi-turn run spent its extra time (`--steps`)."""
     print(f"{'engine steps (median pair)':<26} {'steps':>6} {'seconds':>8} {'seqs/step':>9} "
           f"{'long steps':>11} {'<=' + str(few) + ' running':>11}")
@@ -528,10 +510,6 @@ def print_steps(pair: tuple[dict[str, float], dict[str, float]], prompt_rate: fl
         long = f"{st['long']:.0f} ({st['long_s']:.1f} s)"
         print(f"{name:<26} {st['steps']:6.0f} {st['seconds']:8.1f} {st['running']:9.1f} "
               f"{long:>11} {st['few_s']:9.1f} s")
-    # A single-turn sequence of n tokens attends to its prompt and i tokens at its step i.
-    single_context = (sum(n * p + n * (n - 1) / 2
-                          for p, n in zip(start_lengths, lengths, strict=True))
-                      / max(sum(lengths), 1))
     extra_prompt = pair[0]["computed"] - pair[1]["computed"]
     print(f"multi-turn extra prompt work: {extra_prompt:.0f} prompt tokens computed beyond the "
           f"single-turn run's, {extra_prompt / prompt_rate:.1f} s at the prompts row's "

@@ -304,8 +304,8 @@ class VLLMEngine(Engine):
         self.cached_prompt_tokens += request_output.num_cached_tokens or 0
         output = request_output.outputs[0]
         ids = tuple(output.token_ids)
-        logprobs = tuple(float(lp[t].logprob) for t, lp in zip(ids, output.logprobs, strict=True))
-        return Sampled(ids, logprobs, finished=self._finished(ids, output.finish_reason))
+        return Sampled(ids, tuple(_logprobs(ids, output.logprobs)),
+                       finished=self._finished(ids, output.finish_reason))
 
     def _finished(self, ids: Sequence[int], finish_reason: Optional[str]) -> bool:
         """The reply ended with the end-of-turn token (not cut at max_new_tokens)."""
@@ -449,8 +449,7 @@ class VLLMEngine(Engine):
                     s.cached, first = out.num_cached_tokens or 0, False
                 o = out.outputs[0]
                 ids += o.token_ids
-                logprobs += [float(lp[t].logprob)
-                             for t, lp in zip(o.token_ids, o.logprobs or [], strict=True)]
+                logprobs += _logprobs(o.token_ids, o.logprobs or [])
                 if o.finish_reason is not None:
                     if s.busy:
                         s.results.put_nowait((ids, logprobs, o.finish_reason))
@@ -511,6 +510,34 @@ class VLLMEngine(Engine):
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
         self._loop.close()
+
+
+def _logprobs(ids: Sequence[int], logprobs: Sequence[Any]) -> list[float]:
+    """The sampled ids' log-probs out of vLLM's per-position {id: Logprob} maps."""
+    return [float(lp[t].logprob) for t, lp in zip(ids, logprobs, strict=True)]
+
+
+def step_recorder(steps: list[tuple[float, int, int]]) -> type:
+    """A vLLM stat-logger factory for `VLLMEngine(stat_loggers=...)` that appends each
+    engine step to `steps` as (time, sequences running, tokens generated): what
+    bench/rollout_speed.py --steps times."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class StepRecorder(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any,
+                   mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
+            if iteration_stats is not None:
+                steps.append((iteration_stats.iteration_timestamp,
+                              scheduler_stats.num_running_reqs if scheduler_stats else 0,
+                              iteration_stats.num_generation_tokens))
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return StepRecorder
 
 
 @dataclass

