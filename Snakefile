@@ -22,6 +22,6 @@ rule all:
     default_target: True
     input:
         REPORT,
-        [f"{RUN}/iter_{it(i)}/update/metrics.json" for i in range(ITERATIONS)],
+        [update_metrics(i) for i in range(ITERATIONS)],
         [p for i in range(ITERATIONS) for p in rollout_shards(i)],
-        [f"{RUN}/iter_{it(i)}/eval/metrics.json" for i in evaluated_iterations()],
+        [eval_metrics(i) for i in evaluated_iterations()],

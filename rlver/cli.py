@@ -71,8 +71,28 @@ def cmd_rollout(a: argparse.Namespace) -> None:
     rollout_shard(a.config, a.iteration, a.shard, a.policy, a.personas, a.out)
 
 
+def cmd_digest(a: argparse.Namespace) -> None:
+    from rlver.digest import differences, digest
+
+    got = digest(a.run_dir)
+    if a.compare is None:
+        print(json.dumps(got, indent=1, sort_keys=True))
+        return
+    try:
+        other = json.loads(Path(a.compare).read_text())
+    except (OSError, ValueError) as exc:
+        raise RlverInputError(f"{a.compare}: not a digest ({exc}). Fix: pass the output "
+                              "of `rlver digest RUN_DIR` saved to a file.") from exc
+    lines = differences(other, got)
+    for line in lines:
+        print(line)
+    print(f"digest: {len(got)} outputs, {len(lines)} differ from {a.compare}", file=sys.stderr)
+    if lines:
+        sys.exit(1)
+
+
 def cmd_update(a: argparse.Namespace) -> None:
-    from rlver.update import UpdateSpec, run_update
+    from rlver.train import UpdateSpec, run_update
 
     run_update(UpdateSpec(a.config, a.iteration, a.policy, tuple(a.rollouts), a.out_policy,
                           a.update_dir))
@@ -209,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("score", cmd_score, "benchmark score, success and failure of dialogue logs")
     s.add_argument("logs", nargs="+", help="SAGE .jsonl logs or eval dialogues.parquet files")
     s.add_argument("--json", action="store_true", help="one JSON object per file")
+
+    s = add("digest", cmd_digest,
+            "hashes of a run's outputs (timings left out), to compare two runs")
+    s.add_argument("run_dir", metavar="RUN_DIR", help="a results/<run> directory")
+    s.add_argument("--compare", default=None, metavar="DIGEST_JSON",
+                   help="print what differs from this saved digest; exit 1 if anything does")
 
     s = add("calibrate", cmd_calibrate,
             "replay logged SAGE dialogues through a simulator; compare emotion changes")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import html
 import os
-import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from rlver import config as rconfig
-from rlver import plots
+from rlver import layout, plots
 from rlver import table as rtable
 from rlver.errors import RlverInputError
 from rlver.io import atomic_path, read_json_object
@@ -77,8 +76,17 @@ _OUTCOME_COLORS = {
     "max_turns": "#7f7f7f",
     "error": "#9467bd",
 }
-_FIGURES = ("learning_curve.png", "outcomes.png", "emotion_trajectories.png")
-_ITER_DIR = re.compile(r"iter_(\d+)")
+_FIGURES = ("learning_curve.png", "outcomes.png", "emotion_trajectories.png",
+            "training_health.png")
+#: The update's health numbers (rlver.train.metrics), by iteration: (column, key, format).
+_HEALTH = [("reply length", "reply_length_mean", "{:.1f}"),
+           ("longest reply", "reply_length_max", "{:.0f}"),
+           ("replies cut", "truncated_share", "{:.0%}"),
+           ("zero-spread groups", "zero_spread_groups", "{:.0%}"),
+           ("advantage std", "adv_std", "{:.3g}"),
+           ("entropy", "entropy", "{:.3g}"),
+           ("approx KL", "approx_kl", "{:.3g}"),
+           ("clip fraction", "clip_fraction", "{:.3g}")]
 
 
 @dataclass
@@ -140,25 +148,23 @@ def build_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
 
 
 def _scan(run_dir: Path) -> list[_Iteration]:
-    """Collect per-iteration numbers from every iter_<i> directory, in iteration order."""
+    """Collect per-iteration numbers from every iteration folder, in iteration order."""
+    run = layout.Run(run_dir)
     found: list[_Iteration] = []
-    for d in run_dir.iterdir():
-        m = _ITER_DIR.fullmatch(d.name)
-        if not m or not d.is_dir():
-            continue
-        it = _Iteration(index=int(m.group(1)))
-        shards = sorted((d / "rollouts").glob("shard_*.parquet"))
+    for i in run.iterations():
+        it = _Iteration(index=i)
+        shards = sorted(run.rollouts_dir(i).glob("shard_*.parquet"))
         if shards:
             _read_train(it, shards)
-        if (d / "update" / "metrics.json").is_file():
-            it.update = _read_json(d / "update" / "metrics.json")
-        if (d / "eval" / "metrics.json").is_file():
-            it.eval = _read_json(d / "eval" / "metrics.json")
-        if (d / "eval" / "dialogues.parquet").is_file():
-            it.eval_dialogues_path = d / "eval" / "dialogues.parquet"
+        if run.update_metrics(i).is_file():
+            it.update = _read_json(run.update_metrics(i))
+        if run.eval_metrics(i).is_file():
+            it.eval = _read_json(run.eval_metrics(i))
+        if run.eval_dialogues(i).is_file():
+            it.eval_dialogues_path = run.eval_dialogues(i)
         if shards or it.update or it.eval or it.eval_dialogues_path:
             found.append(it)
-    return sorted(found, key=lambda it: it.index)
+    return found
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -219,6 +225,7 @@ def _plot_all(
         _plot_emotions(
             eval_rows, last_eval.index if last_eval else None, out / "emotion_trajectories.png"
         )
+        _plot_health(iterations, out / "training_health.png")
 
 
 def _no_data(ax: Any, text: str) -> None:
@@ -284,6 +291,44 @@ def _plot_outcomes(iterations: list[_Iteration], path: Path) -> None:
     if handles:
         fig.legend(handles=handles[: len(OUTCOMES)], loc="outside right upper")
     plots.save(fig, path)
+
+
+def _plot_health(iterations: list[_Iteration], path: Path) -> None:
+    """Reply length, the share of replies cut at max_new_tokens and of GRPO groups without
+    reward spread, per update."""
+    fig, axes = plots.figure((10.0, 3.5), ncols=3)
+    updates = [(it.index, it.update) for it in iterations if it.update is not None]
+    panels = [("Reply length (tokens)", [("mean", "reply_length_mean"),
+                                         ("max", "reply_length_max")]),
+              ("Replies cut at max_new_tokens", [("share", "truncated_share")]),
+              ("Groups with zero reward spread", [("share", "zero_spread_groups")])]
+    for ax, (title, series) in zip(axes[0], panels, strict=True):
+        drawn = []
+        for label, key in series:
+            pts = [(i, float(u[key])) for i, u in updates if u.get(key) is not None]
+            if pts:
+                ax.plot([i for i, _ in pts], [v for _, v in pts], marker="o", label=label)
+                drawn += [i for i, _ in pts]
+        if drawn:
+            ax.set_xticks(sorted(set(drawn)))
+            if len(series) > 1:
+                ax.legend(loc="best")
+        else:
+            _no_data(ax, "no update metrics yet")
+        if title != panels[0][0]:
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    plots.save(fig, path)
+
+
+def _health_table(iterations: list[_Iteration]) -> str:
+    rows = [[_e(it.index), *(_num(it.update.get(key), fmt) for _, key, fmt in _HEALTH)]
+            for it in iterations if it.update is not None]
+    if not rows:
+        return "<p>No update yet.</p>"
+    return _table(["iteration", *(name for name, _, _ in _HEALTH)], rows)
 
 
 def _trajectory(row: dict[str, Any]) -> list[int]:
@@ -533,6 +578,12 @@ def _render_page(
             paper_table,
             "<h2>Learning curve</h2>",
             _img("learning_curve.png", images["learning_curve.png"], "learning curve"),
+            "<h2>Training health</h2>",
+            "<p>Per update: reply length in tokens, the share of replies cut at "
+            "<code>rollout.max_new_tokens</code>, the share of GRPO groups whose rewards "
+            "are all equal (they carry no gradient), and the update's diagnostics.</p>",
+            _health_table(iterations),
+            _img("training_health.png", images["training_health.png"], "training health"),
             "<h2>Outcomes</h2>",
             _outcome_table(iterations),
             _img("outcomes.png", images["outcomes.png"], "outcome counts per iteration"),

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlver import plots
+from rlver import layout, plots
 from rlver import table as rtable
 from rlver.errors import RlverInputError
 from rlver.io import atomic_path, read_json_object, write_text
@@ -34,14 +34,14 @@ def read_curve(run_dir: str | os.PathLike[str]) -> Curve:
     """A run's curve; refuses a run without evaluations (the page would say nothing)."""
     run_dir = Path(run_dir)
     cfg = rtable.load_run_config(run_dir)
-    scores, rewards, stamps = [], [], [(run_dir / "config.yaml").stat().st_mtime]
-    for d in sorted(run_dir.glob("iter_*")):
-        i = int(d.name.removeprefix("iter_"))
-        ev = d / "eval" / "metrics.json"
+    run = layout.Run(run_dir)
+    scores, rewards, stamps = [], [], [run.config.stat().st_mtime]
+    for i in run.iterations():
+        ev = run.eval_metrics(i)
         if ev.is_file():
             scores.append((i, float(rtable.read_eval_metrics(ev)["score"])))
             stamps.append(ev.stat().st_mtime)
-        up = d / "update" / "metrics.json"
+        up = run.update_metrics(i)
         if up.is_file():
             m = read_json_object(up, "delete it and rerun that update.")
             rewards.append((i, float(m["reward_mean"])))

@@ -12,14 +12,13 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Optional
 
 from rlver import config as rconfig
-from rlver import paper_numbers
+from rlver import layout, paper_numbers
 from rlver.benchmark_logs import round_half_up
 from rlver.errors import RlverInputError
 from rlver.io import read_json_object, write_text
@@ -27,7 +26,6 @@ from rlver.io import read_json_object, write_text
 HEADER = ["source", "run", "iteration", "model", "setting", "benchmark", "n", "score",
           "success", "failure"]
 _CSV_HEADER = [*HEADER[:-2], "success_pct", "failure_pct"]
-_ITER_DIR = re.compile(r"iter_(\d+)")
 
 
 @dataclass(frozen=True)
@@ -160,14 +158,10 @@ def load_run_config(run_dir: Path) -> Any:
 
 
 def _read_evals(run_dir: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(iteration, metrics) of every iter_<i>/eval/metrics.json, in iteration order."""
-    found = []
-    for d in run_dir.iterdir():
-        m = _ITER_DIR.fullmatch(d.name)
-        path = d / "eval" / "metrics.json"
-        if m and path.is_file():
-            found.append((int(m.group(1)), read_eval_metrics(path)))
-    return sorted(found, key=lambda e: e[0])
+    """(iteration, metrics) of every evaluation of the run, in iteration order."""
+    run = layout.Run(run_dir)
+    return [(i, read_eval_metrics(run.eval_metrics(i))) for i in run.iterations()
+            if run.eval_metrics(i).is_file()]
 
 
 def read_eval_metrics(path: Path) -> dict[str, Any]:

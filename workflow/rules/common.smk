@@ -6,6 +6,7 @@ sys.path.insert(0, workflow.basedir)
 from snakemake.exceptions import WorkflowError
 
 from rlver import config as rlver_config
+from rlver import layout
 from rlver.errors import RlverInputError
 from rlver.models import check_source
 from rlver.personas import check_persona_set
@@ -37,24 +38,20 @@ try:
 except RlverInputError as exc:
     raise WorkflowError(f"rlver: {exc}")
 
-RUN = f"results/{CFG.run}"
-CONFIG = f"{RUN}/config.yaml"
-MODEL = f"resources/models/{CFG.model.name}"
-PERSONAS = f"resources/personas/{CFG.personas.name}"
+L = layout.Run(f"results/{CFG.run}")  # every path of the run (rlver/layout.py)
+RUN = str(L.root)
+CONFIG = str(L.config)
+MODEL = str(layout.model_dir(CFG.model.name))
+PERSONAS = str(layout.persona_dir(CFG.personas.name))
 ITERATIONS = CFG.iterations
 SHARDS = CFG.rollout.shards
-LOGS = f"{RUN}/logs"
 # The software of every rule (used with --software-deployment-method conda).
 ENV = "../../environment.yml"
-REPORT = f"{RUN}/report"
-
-
-def it(i):
-    return f"{i:04d}"
+REPORT = str(L.report)
 
 
 def policy(i):
-    return f"{RUN}/iter_{it(i)}/policy"
+    return str(L.policy(i))
 
 
 def policy_output(i):
@@ -68,7 +65,19 @@ def policy_output(i):
 
 
 def rollout_shards(i):
-    return [f"{RUN}/iter_{it(i)}/rollouts/shard_{s:03d}.parquet" for s in range(SHARDS)]
+    return [str(p) for p in L.shards(i, SHARDS)]
+
+
+def update_metrics(i):
+    return str(L.update_metrics(i))
+
+
+def eval_metrics(i):
+    return str(L.eval_metrics(i))
+
+
+def log_path(stage, i=None, shard=None):
+    return str(L.log(stage, i, shard))
 
 
 def evaluated_iterations():

@@ -10,7 +10,7 @@ rule freeze_config:
     params:
         args=compose_args(config),
     log:
-        f"{LOGS}/freeze_config.log",
+        log_path("freeze_config"),
     conda:
         ENV
     shell:
@@ -23,7 +23,7 @@ rule prepare_model:
     params:
         source=CFG.model.source,
     log:
-        f"{LOGS}/prepare_model.log",
+        log_path("prepare_model"),
     conda:
         ENV
     shell:
@@ -38,7 +38,7 @@ rule personas:
     params:
         spec=rlver_config.to_json(CFG.personas),
     log:
-        f"{LOGS}/personas.log",
+        log_path("personas"),
     conda:
         ENV
     shell:
@@ -53,7 +53,7 @@ rule init_policy:
     output:
         directory(policy(0)),
     log:
-        f"{LOGS}/init_policy.log",
+        log_path("init_policy"),
     conda:
         ENV
     shell:

@@ -4,15 +4,15 @@
 rule evaluate:
     input:
         config=CONFIG,
-        policy=f"{RUN}/iter_{{iteration}}/policy",
+        policy=policy("{iteration}"),
         personas=f"{PERSONAS}/test.parquet",
     output:
-        metrics=f"{RUN}/iter_{{iteration}}/eval/metrics.json",
-        dialogues=f"{RUN}/iter_{{iteration}}/eval/dialogues.parquet",
+        metrics=eval_metrics("{iteration}"),
+        dialogues=str(L.eval_dialogues("{iteration}")),
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     log:
-        f"{LOGS}/evaluate/iter_{{iteration}}.log",
+        log_path("evaluate", "{iteration}"),
     threads: 1
     conda:
         ENV

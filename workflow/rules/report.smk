@@ -5,15 +5,15 @@ rule report:
     localrule: True
     input:
         config=CONFIG,
-        evals=[f"{RUN}/iter_{it(i)}/eval/metrics.json" for i in evaluated_iterations()],
-        updates=[f"{RUN}/iter_{it(i)}/update/metrics.json" for i in range(ITERATIONS)],
+        evals=[eval_metrics(i) for i in evaluated_iterations()],
+        updates=[update_metrics(i) for i in range(ITERATIONS)],
         rollouts=[p for i in range(ITERATIONS) for p in rollout_shards(i)],
     output:
         directory(REPORT),
     params:
         run_dir=lambda wildcards, input: os.path.dirname(input.config),
     log:
-        f"{LOGS}/report.log",
+        log_path("report"),
     conda:
         ENV
     shell:

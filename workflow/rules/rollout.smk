@@ -4,12 +4,12 @@
 rule rollout:
     input:
         config=CONFIG,
-        policy=f"{RUN}/iter_{{iteration}}/policy",
+        policy=policy("{iteration}"),
         personas=f"{PERSONAS}/train.parquet",
     output:
-        f"{RUN}/iter_{{iteration}}/rollouts/shard_{{shard}}.parquet",
+        str(L.shard("{iteration}", "{shard}")),
     log:
-        f"{LOGS}/rollout/iter_{{iteration}}_shard_{{shard}}.log",
+        log_path("rollout", "{iteration}", "{shard}"),
     threads: 1
     conda:
         ENV
