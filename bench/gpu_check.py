@@ -88,7 +88,7 @@ def main() -> None:
     from rlver.personas import build_persona_sets
     from rlver.rollout import rollout_shard
     from rlver.schema import read_rows
-    from rlver.update import UpdateSpec, run_update
+    from rlver.train import UpdateSpec, run_update
 
     work = Path(a.workdir)
     shutil.rmtree(work, ignore_errors=True)

@@ -36,15 +36,11 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from rlver import algorithms as A  # noqa: E402
 from rlver import config  # noqa: E402
-from rlver.update import (  # noqa: E402
-    PolicyLM,
-    actor_loss,
-    collate,
-    flush_subnormals,
-    make_engine,
-    optimizer_step,
-    pack,
-)
+from rlver.train.batch import collate  # noqa: E402
+from rlver.train.engines import PolicyLM, make_engine  # noqa: E402
+from rlver.train.losses import actor_loss  # noqa: E402
+from rlver.train.plan import pack  # noqa: E402
+from rlver.train.trainer import flush_subnormals, optimizer_step  # noqa: E402
 
 DEFAULT_MODEL = ROOT / ".cache" / "test-model" / "smollm2-135m-instruct"
 

@@ -17,23 +17,21 @@ import torch
 # ----------------------------------------------------------------------------- advantages
 
 
-#: How GRPO scales centred rewards (see group_advantages).
-ADV_STD = ("group", "batch", "none")
-
-
 def group_advantages(rewards: torch.Tensor, groups: Sequence[str], eps: float,
                      std: str = "group") -> torch.Tensor:
-    """GRPO: each reward minus its group's mean, divided by a std (+eps).
+    """GRPO: each reward minus its group's mean, scaled by the group normalisation `std`
+    (registered in `rlver.registry.GROUP_NORMS`: `group`, `batch`, `none`).
 
-    `std="group"` (the paper's GRPO): the group's own std, so every group with any spread
-    pulls equally hard. `"batch"`: the std of all centred rewards of the update, so a
-    group whose samples barely differ (near-ties at a low temperature) pulls little and
-    one with a real difference pulls hard, with the overall scale unchanged. `"none"`:
-    centred only (Dr. GRPO). Population stds (divide by n); a group whose rewards are all
-    equal (including a group of one) gets advantage 0: it carries no preference signal.
+    Population stds (divide by n); a group whose rewards are all equal (including a group
+    of one) gets advantage 0: it carries no preference signal.
     """
-    if std not in ADV_STD:
-        raise ValueError(f"std must be one of {ADV_STD}, got {std!r}")
+    from rlver.registry import GROUP_NORMS
+
+    return GROUP_NORMS.get(std)(rewards, groups, eps)
+
+
+def _centred(rewards: torch.Tensor, groups: Sequence[str], eps: float,
+             by_group_std: bool) -> torch.Tensor:
     adv = torch.zeros_like(rewards)
     index: dict[str, list[int]] = {}
     for i, g in enumerate(groups):
@@ -42,12 +40,36 @@ def group_advantages(rewards: torch.Tensor, groups: Sequence[str], eps: float,
         r = rewards[members]
         spread = r.std(unbiased=False)
         if spread > 0:
-            adv[members] = (r - r.mean()) / (spread + eps if std == "group" else 1.0)
-    if std == "batch":
-        spread = adv.std(unbiased=False)
-        if spread > 0:
-            adv = adv / (spread + eps)
+            adv[members] = (r - r.mean()) / (spread + eps if by_group_std else 1.0)
     return adv
+
+
+def norm_by_group_std(rewards: torch.Tensor, groups: Sequence[str], eps: float) -> torch.Tensor:
+    """The paper's GRPO: centred rewards over their group's own std (+eps), so every group
+    with any spread pulls equally hard."""
+    return _centred(rewards, groups, eps, by_group_std=True)
+
+
+def norm_by_batch_std(rewards: torch.Tensor, groups: Sequence[str], eps: float) -> torch.Tensor:
+    """Centred rewards over the std of all centred rewards of the update: a group whose
+    samples barely differ (near-ties at a low temperature) pulls little and one with a
+    real difference pulls hard, with the overall scale unchanged."""
+    adv = _centred(rewards, groups, eps, by_group_std=False)
+    spread = adv.std(unbiased=False)
+    return adv / (spread + eps) if spread > 0 else adv
+
+
+def norm_none(rewards: torch.Tensor, groups: Sequence[str], eps: float) -> torch.Tensor:
+    """Centred only (Dr. GRPO)."""
+    return _centred(rewards, groups, eps, by_group_std=False)
+
+
+def zero_spread(rewards: torch.Tensor, groups: Sequence[str]) -> dict[str, bool]:
+    """For each group, whether all its rewards are equal (its advantages are all 0)."""
+    index: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        index.setdefault(g, []).append(i)
+    return {g: bool(rewards[m].std(unbiased=False) == 0) for g, m in index.items()}
 
 
 def turn_spans(positions: Sequence[int]) -> list[list[int]]:
@@ -113,16 +135,6 @@ def turn_end_rewards(rewards: Sequence[Sequence[float]],
     return out
 
 
-def last_token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Token-level rewards: each sequence's reward on its last assistant token, 0 elsewhere."""
-    out = torch.zeros(mask.shape, dtype=torch.float32)
-    positions = torch.arange(mask.shape[1]).expand_as(mask)
-    last = torch.where(mask.bool(), positions, -1).max(dim=1).values
-    rows = torch.nonzero(last >= 0).squeeze(-1)
-    out[rows, last[rows]] = rewards[rows].float()
-    return out
-
-
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
         lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over the assistant tokens: (advantages, returns).
@@ -158,6 +170,26 @@ def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch
 # ----------------------------------------------------------------------------- log-probs
 
 
+def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The sampling distribution at `temperature`, in float32 (the one place it is formed:
+    engines, trainer and tests all go through it, so stored and recomputed log-probs agree)."""
+    return torch.log_softmax(logits.float() / temperature, dim=-1)
+
+
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """log p(target) under each logits vector (`logits[..., V]`, `targets[...]`)."""
+    return _log_probs(logits, temperature).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def target_terms(logits: torch.Tensor, targets: torch.Tensor,
+                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(target), entropy) under each logits vector, at `temperature`."""
+    logp = _log_probs(logits, temperature)
+    picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked, -(logp.exp() * logp).sum(-1)
+
+
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor,
                    temperature: float = 1.0) -> torch.Tensor:
     """log p(input_ids[t] | input_ids[<t]) at every position t (position 0 gets 0).
@@ -165,8 +197,7 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor,
     Logits at position t-1 predict token t; the result is aligned with `input_ids`, like
     the log-probs stored in rollout rows.
     """
-    logp = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
-    picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    picked = target_logprobs(logits[:, :-1], input_ids[:, 1:], temperature)
     return torch.nn.functional.pad(picked, (1, 0))
 
 
@@ -174,16 +205,14 @@ def selected_token_terms(logits: torch.Tensor, input_ids: torch.Tensor, select: 
                          temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-prob, entropy) of the tokens where `select` is true, as flat tensors.
 
-    The same numbers as `token_logprobs`/`token_entropy` at those positions, but the
-    vocabulary-sized softmax is formed only for the selected (assistant) tokens, which
-    saves most of its memory and time in a multi-turn dialogue.
+    The same log-probs as `token_logprobs` at those positions, but the vocabulary-sized
+    softmax is formed only for the selected (assistant) tokens, which saves most of its
+    memory and time in a multi-turn dialogue.
     """
     select = select.bool().clone()
     select[:, 0] = False  # position 0 has no prediction
     rows, cols = select.nonzero(as_tuple=True)
-    logp = torch.log_softmax(logits[rows, cols - 1].float() / temperature, dim=-1)
-    picked = logp.gather(-1, input_ids[rows, cols].unsqueeze(-1)).squeeze(-1)
-    return picked, -(logp.exp() * logp).sum(-1)
+    return target_terms(logits[rows, cols - 1], input_ids[rows, cols], temperature)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -212,17 +241,22 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
-    """Per-token estimate of KL(policy || reference) from the sampled tokens' log-probs.
+    """Per-token estimate of KL(policy || reference) from the sampled tokens' log-probs,
+    by an estimator registered in `rlver.registry.KL_ESTIMATORS` (`k1`, `k3`)."""
+    from rlver.registry import KL_ESTIMATORS
 
-    k1 = log p - log q (unbiased, can be negative); k3 = q/p - 1 - log(q/p) (unbiased,
-    never negative, lower variance; Schulman's estimators).
-    """
+    return KL_ESTIMATORS.get(estimator)(logp, ref_logp)
+
+
+def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k1 = log p - log q: unbiased, can be negative (Schulman's estimators)."""
+    return -(ref_logp - logp)
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k3 = q/p - 1 - log(q/p): unbiased, never negative, lower variance."""
     log_ratio = ref_logp - logp
-    if estimator == "k1":
-        return -log_ratio
-    if estimator == "k3":
-        return torch.exp(log_ratio) - 1 - log_ratio
-    raise ValueError(f"unknown KL estimator {estimator!r} (k1 or k3)")
+    return torch.exp(log_ratio) - 1 - log_ratio
 
 
 def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -238,10 +272,15 @@ def token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- health metrics
 
 
-def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """k3 estimator of KL(old || new), token mean: E[(r - 1) - log r]."""
+def approx_kl_terms(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(old || new): (r - 1) - log r, r = p_new / p_old."""
     log_ratio = logp - old_logp
-    return token_mean(torch.exp(log_ratio) - 1 - log_ratio, mask)
+    return torch.exp(log_ratio) - 1 - log_ratio
+
+
+def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token mean of `approx_kl_terms`."""
+    return token_mean(approx_kl_terms(logp, old_logp), mask)
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor,

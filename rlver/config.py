@@ -22,6 +22,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlver.errors import RlverInputError
 from rlver.io import write_text
+from rlver.registry import (
+    ADV_ESTIMATORS,
+    CREDITS,
+    GROUP_NORMS,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    Registry,
+    adv_estimator,
+)
 
 #: The config tree shipped with the repository.
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
@@ -210,6 +219,12 @@ class AlgorithmConfig:
     #: emotion change from t to the end, compared with reply t of its group for GRPO, and
     #: each reply's own change on its last token for PPO). `turn` needs template nothink.
     credit: str = "final"
+    #: Advantage estimator (`rlver.registry.ADV_ESTIMATORS`): `grpo` (group-relative) or
+    #: `gae` (PPO's critic); empty = the algorithm's own (grpo for grpo, gae for ppo).
+    adv_estimator: str = ""
+    #: Per-token policy loss (`rlver.registry.POLICY_LOSSES`): `ppo_clip`, the clipped
+    #: surrogate with `clip_ratio`.
+    policy_loss: str = "ppo_clip"
     #: Penalty reward for a malformed think block (think template).
     format_penalty_reward: float = 0.0
     #: Trainer state (optimizer moments, PPO critic) carried from update i to update i+1,
@@ -421,6 +436,7 @@ def _check_unset(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Checks that a type system cannot express; each names the key."""
     _check_unset(cfg)
+    estimator = adv_estimator(cfg.algorithm)
     checks = [
         ("iterations", cfg.iterations >= 1, "at least 1"),
         ("rollout.shards", cfg.rollout.shards >= 1, "at least 1"),
@@ -470,9 +486,18 @@ def validate(cfg: DictConfig) -> None:
         ("evaluation.max_turns", cfg.evaluation.max_turns >= 1, "at least 1"),
         ("evaluation.every", cfg.evaluation.every >= 1, "at least 1"),
         ("algorithm.name", cfg.algorithm.name in {"grpo", "ppo"}, "one of: grpo, ppo"),
-        ("algorithm.adv_std", cfg.algorithm.adv_std in {"group", "batch", "none"},
-         "one of: group, batch, none"),
-        ("algorithm.credit", cfg.algorithm.credit in {"final", "turn"}, "final or turn"),
+        ("algorithm.adv_std", cfg.algorithm.adv_std in GROUP_NORMS, _one_of(GROUP_NORMS)),
+        ("algorithm.credit", cfg.algorithm.credit in CREDITS, _one_of(CREDITS)),
+        ("algorithm.adv_estimator", estimator in ADV_ESTIMATORS, _one_of(ADV_ESTIMATORS)),
+        (
+            "algorithm.adv_estimator",
+            (estimator == "gae") <= (cfg.algorithm.name == "ppo")
+            and (estimator == "grpo") <= (cfg.algorithm.name == "grpo"),
+            "gae with algorithm.name=ppo (it needs the critic's values; PPO's critic needs "
+            "gae's returns), grpo with algorithm.name=grpo",
+        ),
+        ("algorithm.policy_loss", cfg.algorithm.policy_loss in POLICY_LOSSES,
+         _one_of(POLICY_LOSSES)),
         ("algorithm.keep_policies", cfg.algorithm.keep_policies in {"evaluated", "all"},
          "evaluated or all"),
         (
@@ -481,7 +506,8 @@ def validate(cfg: DictConfig) -> None:
             "final when template.name is think (a think sample is one reply already; "
             "a malformed one gets the format penalty)",
         ),
-        ("algorithm.kl_estimator", cfg.algorithm.kl_estimator in {"k1", "k3"}, "k1 or k3"),
+        ("algorithm.kl_estimator", cfg.algorithm.kl_estimator in KL_ESTIMATORS,
+         _one_of(KL_ESTIMATORS)),
         ("algorithm.ppo_epochs", cfg.algorithm.ppo_epochs >= 1, "at least 1"),
         ("algorithm.mini_batches", cfg.algorithm.mini_batches >= 1, "at least 1"),
         ("algorithm.micro_batch_size", cfg.algorithm.micro_batch_size >= 1, "at least 1"),
@@ -515,12 +541,17 @@ def validate(cfg: DictConfig) -> None:
         raise RlverInputError("config: " + "; ".join(bad) + ". Fix: override those keys.")
 
 
+def _one_of(registry: Registry) -> str:
+    return "one of: " + ", ".join(registry.names())
+
+
 #: Keys added to the schema after runs had been frozen without them, with their defaults.
 #: At its default such a key is left out of the frozen file, the hash and the comparison
 #: with a frozen file, so a run frozen before the key existed keeps its hash (its stages'
 #: outputs stay valid) and goes on under the new code; set to anything else, it is in.
 ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_group": 0,
-                              "algorithm.keep_policies": "evaluated"}
+                              "algorithm.keep_policies": "evaluated",
+                              "algorithm.adv_estimator": "", "algorithm.policy_loss": "ppo_clip"}
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

@@ -14,9 +14,10 @@ Two backends behind one interface, chosen by `rollout.engine`, with the same out
   anywhere (on the first CUDA device when there is one, else the CPU). It cannot serve
   overlapping requests: the rollout drives it in fixed batches.
 
-Log-probs are those of the distribution the trainer recomputes, log_softmax(logits / T),
-so stored and recomputed values agree. With top_p < 1 they differ by engine: `hf` stores
-the log-prob before nucleus truncation, `vllm` after it (vLLM's processed log-probs).
+Log-probs are those of the distribution the trainer recomputes (the softmax of logits / T,
+`rlver.algorithms.target_logprobs`), so stored and recomputed values agree. With top_p < 1
+they differ by engine: `hf` stores the log-prob before nucleus truncation, `vllm` after it
+(vLLM's processed log-probs).
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ class HFEngine(Engine):
     ) -> list[Sampled]:
         import torch
 
+        from rlver.algorithms import target_logprobs
         from rlver.config import derive_seed
 
         for p in prompts:
@@ -179,8 +181,7 @@ class HFEngine(Engine):
         new = out.sequences[:, width:]
         # Greedy rows too: the log-probs at the settings' temperature (1.0 for the
         # benchmark; the run's for a greedy group member, which the trainer recomputes).
-        logits = torch.stack(out.logits, dim=1).float() / settings.temperature
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        logp = target_logprobs(torch.stack(out.logits, dim=1), new, settings.temperature)
         results = []
         for row_ids, row_logp in zip(new.tolist(), logp.tolist(), strict=True):
             end = next((k for k, t in enumerate(row_ids) if t in self.stop_token_ids), None)

@@ -10,6 +10,8 @@ so the trainer never re-tokenises text:
 - `logprobs`: the sampling log-probability of each sampled token (0.0 where mask is 0).
 - `emotion`, `delta`, `reason`, `parse_error`: the simulator's trajectory, one entry per
   assistant reply; `emotion_start` is the score before the first reply.
+- `truncated`: per assistant reply, whether it was cut at `rollout.max_new_tokens`
+  (no stop token) instead of ending on its own.
 - `outcome` and `reward`: how the dialogue ended and final emotion / 100, floored at 0.
 
 File metadata: schema version, config hash, code version, the sha256 of the policy
@@ -30,7 +32,8 @@ from rlver import __version__
 from rlver.errors import RlverInputError
 from rlver.io import atomic_path
 
-SCHEMA_VERSION = "1"
+#: Version 2 added `truncated`.
+SCHEMA_VERSION = "2"
 
 OUTCOMES = ("success", "failure", "goodbye", "max_turns", "error")
 
@@ -57,6 +60,7 @@ TRAJECTORY_SCHEMA = pa.schema(
         ("delta", pa.list_(pa.int32())),
         ("reason", pa.list_(pa.string())),
         ("parse_error", pa.list_(pa.bool_())),
+        ("truncated", pa.list_(pa.bool_())),  # per reply: cut at max_new_tokens
         ("num_turns", pa.int32()),
         ("outcome", pa.string()),
         ("final_emotion", pa.int32()),
@@ -163,5 +167,7 @@ def _check_row(row: dict[str, Any], where: str) -> None:
     for key in ("delta", "reason", "parse_error"):
         if len(row[key]) != turns:
             raise ValueError(f"{where}: {key} has {len(row[key])} entries, emotion {turns}")
+    if row.get("truncated") is None:
+        raise ValueError(f"{where}: truncated is missing (one flag per reply)")
     if row["outcome"] not in OUTCOMES:
         raise ValueError(f"{where}: outcome {row['outcome']!r} not in {OUTCOMES}")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rlver import algorithms
+from rlver.errors import RlverInputError
 
 
 def test_group_advantages_by_hand():
@@ -38,7 +39,7 @@ def test_group_advantages_batch_and_none_weight_groups_by_their_spread():
     s = math.sqrt((0.04 + 0.0001) / 2)
     assert algorithms.group_advantages(rewards, groups, 0.0, "batch").tolist() == pytest.approx(
         [0.2 / s, -0.2 / s, 0.01 / s, -0.01 / s], rel=1e-5)
-    with pytest.raises(ValueError, match="std must be one of"):
+    with pytest.raises(RlverInputError, match="algorithm.adv_std='rank'.*batch, group, none"):
         algorithms.group_advantages(rewards, groups, 0.0, "rank")
 
 
@@ -93,10 +94,10 @@ def test_approx_kl_zero_when_equal_and_positive_otherwise():
     assert algorithms.approx_kl(same + 0.1, same, mask).item() > 0
 
 
-def test_last_token_rewards_by_hand():
-    mask = torch.tensor([[0, 1, 1, 0, 1], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
-    out = algorithms.last_token_rewards(torch.tensor([1.0, 0.3, 0.7]), mask)
-    want = torch.tensor([[0, 0, 0, 0, 1.0], [0, 0.3, 0, 0, 0], [0, 0, 0, 0, 0]])
+def test_turn_end_rewards_by_hand():
+    # one span per dialogue (final credit), two replies (turn credit), no reply at all
+    out = algorithms.turn_end_rewards([[1.0], [0.2, 0.3], []], [[[1, 2, 4]], [[0], [1]], []], 5)
+    want = torch.tensor([[0, 0, 0, 0, 1.0], [0.2, 0.3, 0, 0, 0], [0, 0, 0, 0, 0]])
     assert torch.equal(out, want)
 
 
@@ -136,7 +137,7 @@ def test_gae_by_hand_skips_simulator_tokens():
     # tokens: prompt, reply 1 (2 tokens), a simulator token, reply 2 (1 token)
     mask = torch.tensor([[0, 1, 1, 0, 1]])
     values = torch.tensor([[9.0, 0.5, 0.6, 9.0, 0.8]])  # 9.0: never read (off the mask)
-    rewards = algorithms.last_token_rewards(torch.tensor([1.0]), mask)
+    rewards = algorithms.turn_end_rewards([[1.0]], [[[1, 2, 4]]], 5)
     adv, ret = algorithms.gae(rewards, values, mask, gamma=0.9, lam=0.8)
     # t=4: delta = 1 - 0.8 = 0.2                          A = 0.2
     # t=2: delta = 0.9*0.8 - 0.6 = 0.12                   A = 0.12 + 0.72*0.2 = 0.264
@@ -169,7 +170,7 @@ def test_kl_estimators_by_hand():
     assert algorithms.kl_penalty(logp, ref, "k3").item() == pytest.approx(0.5 - 1 + math.log(2))
     assert algorithms.kl_penalty(ref, logp, "k1").item() < 0 < algorithms.kl_penalty(
         ref, logp, "k3").item()
-    with pytest.raises(ValueError):
+    with pytest.raises(RlverInputError, match="algorithm.kl_estimator='k2'.*k1, k3"):
         algorithms.kl_penalty(logp, ref, "k2")
 
 

@@ -16,7 +16,7 @@ from rlver.chat import ChatTokens
 from rlver.engine import SamplingSettings, make_engine
 from rlver.io import weights_sha256
 from rlver.schema import write_trajectories
-from rlver.update import UpdateSpec, run_update
+from rlver.train import UpdateSpec, run_update
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def name_rollouts(run, cfg, iteration: int, samples: int = 4) -> tuple[list[str]
             "logprobs": [0.0] * len(prompt) + list(s.logprobs),
             "emotion_start": 0, "emotion": [int(100 * reward)], "delta": [int(100 * reward)],
             "reason": ["said the name" if reward else "did not say the name"],
-            "parse_error": [False], "num_turns": 1, "outcome": "max_turns",
+            "parse_error": [False], "truncated": [False], "num_turns": 1, "outcome": "max_turns",
             "final_emotion": int(100 * reward), "reward": reward, "seconds": 0.0,
         })
     path = run / f"iter_{iteration:04d}" / "rollouts" / "shard_000.parquet"

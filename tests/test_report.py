@@ -14,7 +14,8 @@ from rlver.report import build_report
 from rlver.schema import write_trajectories
 
 RUN = "report-test-run"
-FIGURES = ("learning_curve.png", "outcomes.png", "emotion_trajectories.png")
+FIGURES = ("learning_curve.png", "outcomes.png", "emotion_trajectories.png",
+           "training_health.png")
 
 
 def _row(iteration: int, dialogue: int, emotions: list[int], outcome: str) -> dict[str, Any]:
@@ -43,6 +44,7 @@ def _row(iteration: int, dialogue: int, emotions: list[int], outcome: str) -> di
         "delta": deltas,
         "reason": [f"reason <{k}>" for k in range(len(emotions))],
         "parse_error": [False] * len(emotions),
+        "truncated": [False] * len(emotions),
         "num_turns": len(emotions),
         "outcome": outcome,
         "final_emotion": emotions[-1],
@@ -89,6 +91,10 @@ def _make_run(root: Path, *, iterations: int = 2, evals: int = 3) -> Path:
                 "lr": 2e-6,
                 "seconds": 1.0,
                 "tokens_per_s": 100.0,
+                "reply_length_mean": 20.0 + i,
+                "reply_length_max": 64.0,
+                "truncated_share": 0.25 * i,
+                "zero_spread_groups": 0.5,
             },
         )
     for i in range(evals):
@@ -137,6 +143,9 @@ def test_full_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "reason &lt;0&gt;" in page
+    # The health of each update: reply length, replies cut, zero-spread groups.
+    assert "<h2>Training health</h2>" in page
+    assert "<td>21.0</td><td>64</td><td>25%</td><td>50%</td>" in page
     assert "reaction 0 &amp; more" in page
     # The simulator's verdict on reply 0 of the best dialogue: 40 -> 50.
     assert "emotion 50 (delta +10)" in page
@@ -179,3 +188,18 @@ def test_reply_without_user_reaction_keeps_its_verdict() -> None:
     row["messages"] = row["messages"][:-1]  # ended on the assistant's last reply
     out = _dialogue("worst", row)
     assert out.index("reply 1 of dialogue 7") < out.index("emotion 35 (delta -20)")
+
+
+def test_digest_names_what_differs_between_two_runs(tmp_path: Path) -> None:
+    from rlver.digest import differences, digest
+
+    a, b = _make_run(tmp_path / "a"), _make_run(tmp_path / "b")
+    da = digest(a)
+    assert "iter_0001/rollouts/shard_0.parquet" in da and "iter_0002/eval/metrics.json" in da
+    assert "seconds" not in da["iter_0000/rollouts/shard_0.parquet"]
+    assert differences(da, digest(b)) == []
+    rows = _dialogues(1)[2:]
+    rows[0]["reward"] = 0.99
+    write_trajectories(b / "iter_0001/rollouts/shard_1.parquet", rows,
+                       config_hash="x", policy_sha256="ab" * 32, kind="rollout")
+    assert differences(da, digest(b)) == ["iter_0001/rollouts/shard_1.parquet: differs in reward"]

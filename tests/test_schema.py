@@ -15,7 +15,8 @@ def row(i: int = 0) -> dict:
         "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
         "input_ids": [1, 2, 3], "loss_mask": [0, 1, 1], "logprobs": [0.0, -0.5, -0.1],
         "emotion_start": 30, "emotion": [35], "delta": [5], "reason": ["+5: kind"],
-        "parse_error": [False], "num_turns": 1, "outcome": "max_turns", "final_emotion": 35,
+        "parse_error": [False],
+        "truncated": [False], "num_turns": 1, "outcome": "max_turns", "final_emotion": 35,
         "reward": 0.35, "seconds": 0.1,
     }
 

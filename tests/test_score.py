@@ -38,7 +38,8 @@ def eval_row(i: int, final: int) -> dict:
         "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
         "input_ids": [1, 2, 3], "loss_mask": [0, 1, 1], "logprobs": [0.0, -0.5, -0.1],
         "emotion_start": 40, "emotion": [final], "delta": [final - 40], "reason": ["r"],
-        "parse_error": [False], "num_turns": 1, "outcome": "max_turns", "final_emotion": final,
+        "parse_error": [False],
+        "truncated": [False], "num_turns": 1, "outcome": "max_turns", "final_emotion": final,
         "reward": final / 100, "seconds": 0.1,
     }
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from rlver.models import link_tree
-from rlver.update import submit_update
+from rlver.train import submit_update
 
 from .conftest import BIN, ROOT, TINY
 from .test_update_dist import make_spec

@@ -19,17 +19,11 @@ from rlver.errors import RlverInputError
 from rlver.models import load_policy
 from rlver.rollout import rollout_shard
 from rlver.schema import read_trajectories, write_trajectories
-from rlver.update import (
-    UpdateSpec,
-    _clear_extension_locks,
-    _running,
-    advantages,
-    check_inputs,
-    local_job_processes,
-    make_plan,
-    pack,
-    run_update,
-)
+from rlver.train import UpdateSpec, run_update
+from rlver.train.advantages import advantages
+from rlver.train.launch import check_inputs, job_parameters
+from rlver.train.orphans import clear_extension_locks, local_job_processes, running
+from rlver.train.plan import make_plan, pack
 
 from .conftest import BIN, TINY
 
@@ -101,7 +95,7 @@ def test_update_stops_an_orphaned_job_then_changes_weights_and_lowers_the_loss(
                       str(run / "iter_0000" / "update"))
     orphans = _orphan_a_local_job(spec)
     time.sleep(2)
-    assert all(_running(pid) for pid in orphans)  # SIGKILL of the runner left them
+    assert all(running(pid) for pid in orphans)  # SIGKILL of the runner left them
     # A task killed while it loads a DeepSpeed op leaves the op's build lock behind (seen
     # here once, by timing): put one there, as that moment's kill would. Its op folder is
     # made up, so that a real op's lock, taken at this moment by a test in the other
@@ -116,7 +110,7 @@ def test_update_stops_an_orphaned_job_then_changes_weights_and_lowers_the_loss(
     err = capfd.readouterr().err
     assert "an earlier submission of this update that is still running" in err
     assert "left by the stopped job" in err and not lock.exists()
-    assert not any(_running(pid) for pid in orphans)
+    assert not any(running(pid) for pid in orphans)
     assert metrics["num_samples"] == 4 and metrics["grad_norm"] > 0
     assert json.loads((run / "iter_0000/update/metrics.json").read_text()) == metrics
     assert list((run / "iter_0000/update/tensorboard").glob("events.out.tfevents.*"))
@@ -141,7 +135,7 @@ def test_only_locks_nobody_holds_are_cleared(tmp_path, monkeypatch, capfd):
     fd = os.open(held, os.O_CREAT | os.O_EXCL)  # as FileBaton.try_acquire does
     stale.touch()
     try:
-        _clear_extension_locks(since=time.time() - 60)
+        clear_extension_locks(since=time.time() - 60)
     finally:
         os.close(fd)
     assert held.exists() and old.exists() and not stale.exists()
@@ -154,7 +148,8 @@ def test_update_refuses_rollouts_of_another_policy(tiny_run, base_model, tmp_pat
     row = {"iteration": 0, "shard": 0, "dialogue": 0, "sample": 0, "persona_id": "p",
            "group_id": "g", "seed": 1, "messages": [], "input_ids": [1, 2], "loss_mask": [0, 1],
            "logprobs": [0.0, -0.5], "emotion_start": 30, "emotion": [35], "delta": [5],
-           "reason": ["+5"], "parse_error": [False], "num_turns": 1, "outcome": "max_turns",
+           "reason": ["+5"], "parse_error": [False],
+           "truncated": [False], "num_turns": 1, "outcome": "max_turns",
            "final_emotion": 35, "reward": 0.35, "seconds": 0.1}
     paths = (str(tmp_path / "shard.parquet"),)
     from rlver.io import weights_sha256
@@ -259,9 +254,6 @@ def test_ppo_needs_its_critic_carried():
 def test_job_parameters_give_the_local_job_its_gpus():
     """cluster.gpus_per_node reaches submitit on both launchers (locally it sets
     CUDA_VISIBLE_DEVICES; it used to be dropped, so a GPU workstation trained on CPU)."""
-    from rlver import config
-    from rlver.update import job_parameters
-
     local = job_parameters(config.compose("smoke", []), 3)
     assert local["gpus_per_node"] == 0 and local["name"] == "rlver-update-smoke-0003"
     assert "slurm_partition" not in local

@@ -21,7 +21,7 @@ from rlver import config
 from rlver.io import weights_sha256
 from rlver.models import link_tree
 from rlver.schema import write_trajectories
-from rlver.update import UpdateSpec, run_update, submit_update
+from rlver.train import UpdateSpec, run_update, submit_update
 
 from .conftest import TINY
 

@@ -1,0 +1,57 @@
+"""The models as DeepSpeed trains them: the policy wrapper and the engine set-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class PolicyLM(torch.nn.Module):
+    """The causal LM, returning logits only at the positions asked for.
+
+    The full (B, T, vocab) logits of a multi-turn dialogue dominate the memory of a
+    step; the loss needs them only before assistant tokens.
+    """
+
+    def __init__(self, lm: Any) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                    use_cache=False).last_hidden_state
+        return self.lm.get_output_embeddings()(hidden[rows, cols])
+
+
+def deepspeed_config(alg: Any, lr: float, grad_accum: int, world: int) -> dict[str, Any]:
+    """The DeepSpeed config for `algorithm.*`. Micro-batches vary in size (token budget),
+    so DeepSpeed sees batches of 1 and we mark the accumulation boundary ourselves; the
+    learning rate is set per step by us (warm-up over the whole run)."""
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": grad_accum * world,
+        "gradient_clipping": alg.grad_clip,
+        "zero_optimization": {"stage": alg.zero_stage},
+        "bf16": {"enabled": alg.precision == "bf16"},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": lr, "weight_decay": alg.weight_decay, "betas": [0.9, 0.999],
+                       "eps": 1e-8, "torch_adam": True},
+        },
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+
+
+def make_engine(module: torch.nn.Module, alg: Any, lr: float, grad_accum: int,
+                world: int) -> Any:
+    import deepspeed
+
+    module.train()
+    engine, *_ = deepspeed.initialize(
+        model=module, model_parameters=[p for p in module.parameters() if p.requires_grad],
+        config=deepspeed_config(alg, lr, grad_accum, world))
+    return engine

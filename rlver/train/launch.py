@@ -1,0 +1,190 @@
+"""The update stage as a job: its spec, the input checks, submission through submitit,
+the job body on each rank, and preemption.
+
+`run_update` checks its inputs, submits `UpdateJob` through submitit (the local executor
+on one machine, Slurm on a cluster: `cluster.launcher`), waits through any requeues and
+surfaces the job id and log on failure. The job sets up torch.distributed from
+submitit's environment and runs `trainer.train` on every rank.
+
+On preemption or timeout (submitit's signal, USR2) every rank saves a DeepSpeed
+checkpoint to `update/resume/` at the next optimizer-step boundary and the job requeues
+itself (`UpdateJob.checkpoint`); the requeued job continues from that step and ends with
+the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import submitit
+
+from rlver import layout
+from rlver.errors import RlverInputError
+from rlver.io import write_json
+from rlver.train.orphans import JOB_FILE, cancel_earlier_job
+
+
+@dataclass(frozen=True)
+class UpdateSpec:
+    """Everything an update job needs; plain data so submitit can pickle it."""
+
+    config_path: str
+    iteration: int
+    policy_dir: str
+    rollout_paths: tuple[str, ...]
+    out_policy_dir: str
+    update_dir: str
+
+    @property
+    def run(self) -> layout.Run:
+        """The run this update belongs to (found from its update folder)."""
+        return layout.Run.of_update_dir(self.update_dir)
+
+    @property
+    def prev_update_dir(self) -> Optional[Path]:
+        """Update i-1's folder, where its carried state is."""
+        return None if self.iteration == 0 else self.run.update_dir(self.iteration - 1)
+
+    @property
+    def reference_dir(self) -> Path:
+        """The KL reference: the run's base policy."""
+        return layout.Run.of_config(self.config_path).reference_policy
+
+
+def check_inputs(spec: UpdateSpec) -> None:
+    """Refuse rollouts from another config or another policy before any job starts."""
+    from rlver import config as config_mod
+    from rlver.io import weights_sha256
+    from rlver.schema import read_metadata
+
+    cfg = config_mod.load(spec.config_path)
+    want_cfg = config_mod.config_hash(cfg)
+    want_policy = weights_sha256(spec.policy_dir)
+    for path in spec.rollout_paths:
+        meta = read_metadata(path)
+        if meta["config_hash"] != want_cfg:
+            raise RlverInputError(
+                f"{path}: written under config {meta['config_hash']}, this run's config is "
+                f"{want_cfg} (field config_hash). Fix: delete the file and rerun its rollout."
+            )
+        if meta["policy_sha256"] != want_policy:
+            raise RlverInputError(
+                f"{path}: sampled by policy {meta['policy_sha256'][:12]}, not by "
+                f"{spec.policy_dir} ({want_policy[:12]}) (field policy_sha256). "
+                "Fix: delete the file and rerun its rollout."
+            )
+
+
+def job_parameters(cfg: Any, iteration: int) -> dict[str, Any]:
+    """submitit's parameters for the update job, from `cluster.*`."""
+    cl = cfg.cluster
+    params: dict[str, Any] = {
+        "timeout_min": cl.timeout_min,
+        "nodes": cl.nodes,
+        "tasks_per_node": cl.tasks_per_node,
+        # local: the GPUs the job sees (CUDA_VISIBLE_DEVICES=0..n-1; 0 runs on the CPU).
+        "gpus_per_node": cl.gpus_per_node,
+        "name": f"rlver-update-{cfg.run}-{layout.it(iteration)}",
+    }
+    if cl.launcher == "slurm":
+        params |= {
+            "cpus_per_task": cl.cpus_per_task,
+            "slurm_partition": cl.partition or None,
+            "slurm_account": cl.account or None,
+            "slurm_qos": cl.qos or None,
+            "slurm_additional_parameters": dict(cl.slurm_additional_parameters),
+            "slurm_signal_delay_s": cl.signal_delay_s,
+        }
+        if cl.mem_gb:
+            params["mem_gb"] = cl.mem_gb
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def submit_update(spec: UpdateSpec) -> Any:
+    """Check the inputs and submit the job (one task per rank); returns the submitit job."""
+    from rlver import config as config_mod
+
+    check_inputs(spec)
+    cfg = config_mod.load(spec.config_path)
+    cl = cfg.cluster
+    executor = submitit.AutoExecutor(folder=Path(spec.update_dir) / "submitit",
+                                     cluster=cl.launcher, slurm_max_num_timeout=cl.max_requeues)
+    executor.update_parameters(**job_parameters(cfg, spec.iteration))
+    cancel_earlier_job(Path(spec.update_dir))
+    job = executor.submit(UpdateJob(), spec)
+    write_json(Path(spec.update_dir) / JOB_FILE, {"job_id": job.job_id, "launcher": cl.launcher})
+    print(f"update iter {spec.iteration}: submitted job {job.job_id} ({cl.launcher}); "
+          f"logs: {job.paths.stdout.parent}", file=sys.stderr, flush=True)
+    return job
+
+
+def run_update(spec: UpdateSpec) -> dict[str, Any]:
+    """Stage `update`: submit the job, wait (through any requeues), return rank 0's metrics."""
+    job = submit_update(spec)
+    try:
+        results = job.results()
+    except Exception as exc:
+        raise RuntimeError(
+            f"update job {job.job_id} failed; its log: {job.paths.stderr}\n{exc}"
+        ) from exc
+    result: dict[str, Any] = results[0]
+    return result
+
+
+class UpdateJob(submitit.helpers.Checkpointable):
+    """The submitit job body, run once per rank.
+
+    `resume`: this is a requeued job; continue from update_dir/resume if a checkpoint
+    was completed there (a signal that came before the first step leaves none).
+    """
+
+    def __init__(self, resume: bool = False) -> None:
+        self.resume = resume
+
+    def __call__(self, spec: UpdateSpec) -> dict[str, Any]:
+        from rlver import config as config_mod
+        from rlver.train.trainer import train
+
+        cfg = config_mod.load(spec.config_path)
+        # torch.distributed's variables come from submitit's view of this job only: any
+        # inherited from the submitting process (an in-process vLLM engine sets
+        # LOCAL_WORLD_SIZE, for one) describe another job, so they are overwritten.
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
+                                                              overwrite=True)
+        return train(spec, cfg, resume=self.resume, preemption=Preemption())
+
+    def checkpoint(self, spec: UpdateSpec) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on rank 0 after `train` saved update_dir/resume: requeue."""
+        return submitit.helpers.DelayedSubmission(UpdateJob(resume=True), spec)
+
+
+class Preemption:
+    """Defers submitit's preemption/timeout handler to the next optimizer-step boundary.
+
+    The signal only sets a flag; `train` checks it (on all ranks at once) after each
+    step, saves a DeepSpeed checkpoint together, and then hands over to submitit's own
+    handler, which calls `UpdateJob.checkpoint`, requeues the job and exits. A DeepSpeed
+    checkpoint is collective, so it cannot be written from inside the handler.
+    """
+
+    def __init__(self) -> None:
+        self.signum = submitit.JobEnvironment._usr_sig()
+        self.requested = False
+        self._submitit_handler = signal.getsignal(self.signum)
+        signal.signal(self.signum, self._note)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        print(f"update: caught signal {signal.Signals(signum).name}; checkpointing at the "
+              "end of this step", file=sys.stderr, flush=True)
+
+    def requeue(self, rank: int) -> None:
+        """Hand over to submitit on rank 0 (requeue and exit); the other ranks just exit."""
+        if rank == 0 and callable(self._submitit_handler):
+            self._submitit_handler(self.signum, None)
+            raise RuntimeError("update: submitit's handler did not requeue the job")
+        sys.exit(0)
