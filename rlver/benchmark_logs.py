@@ -24,7 +24,7 @@ from typing import Any, Optional, Union
 
 from rlver.errors import RlverInputError
 from rlver.io import jsonl_records
-from rlver.personas import RLVER_CHARACTER_TYPES, Persona, _rlver_row
+from rlver.personas import RLVER_CHARACTER_TYPES, Persona, persona_from_profile
 from rlver.simulator import Message
 
 #: The benchmark's starting emotion, used when a log does not record one.
@@ -283,7 +283,7 @@ def _sage_persona(path: Path, lineno: int, row: dict[str, Any],
     opening = history[0]["content"] if history[0]["role"] == "user" else ""
     profile = {k: row.get(k) for k in ("id", "player", "scene", "task")}
     profile |= {"main_cha": character, "cha_group": [], "first_talk": opening}
-    persona = _rlver_row(path, lineno, profile, require_opening=False)
+    persona = persona_from_profile(path, lineno, profile, require_opening=False)
     topic = row.get("topic")
     return replace(persona, topic=topic.strip()) if isinstance(topic, str) and topic.strip() \
         else persona
