@@ -2,7 +2,7 @@
 
 Published SAGE results (the original work's logs) and our own `evaluate` output must be
 scored by one definition, so `rlver score` puts both into `LoggedDialogue` and counts
-success and failure with `rlver.evaluate.benchmark_metrics`. The mean is rounded half up
+success and failure with `rlver.metrics.benchmark_metrics`. The mean is rounded half up
 to one decimal on its exact value, as published numbers are (68.15 -> 68.2), never by
 float rounding.
 
@@ -24,6 +24,7 @@ from typing import Any, Optional, Union
 
 from rlver.errors import RlverInputError
 from rlver.io import jsonl_records
+from rlver.metrics import benchmark_metrics
 from rlver.personas import RLVER_CHARACTER_TYPES, Persona, persona_from_profile
 from rlver.simulator import Message
 
@@ -105,8 +106,6 @@ def exact_mean(values: list[Number]) -> Decimal:
 
 def score_dialogues(file: str, dialogues: list[LoggedDialogue]) -> FileScore:
     """n, rounded mean, success and failure counts (benchmark definition) of one file."""
-    from rlver.evaluate import benchmark_metrics
-
     finals = [d.final_emotion for d in dialogues]
     m = benchmark_metrics(finals, [d.outcome for d in dialogues],  # type: ignore[arg-type]
                           [d.num_turns for d in dialogues])
@@ -293,7 +292,7 @@ def _sage_turns(history: list[dict[str, Any]], where: str) -> tuple[LoggedTurn, 
     """Each assistant reply with the emotion before it and the next user message's after."""
     messages = tuple(Message(m["role"], m["content"]) for m in history)
     emotion = INITIAL_EMOTION
-    turns = []
+    turns: list[LoggedTurn] = []
     for i, m in enumerate(history):
         point = _emotion_point(m, where, i)
         if m["role"] == "user":
