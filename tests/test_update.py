@@ -31,7 +31,7 @@ from rlver.update import (
     run_update,
 )
 
-from .conftest import BIN, TINY
+from .helpers import BIN, TINY
 
 
 def grpo_loss(policy_dir, rows, clip=0.2) -> float:

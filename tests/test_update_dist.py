@@ -23,7 +23,7 @@ from rlver.models import link_tree
 from rlver.schema import write_trajectories
 from rlver.update import UpdateSpec, run_update, submit_update
 
-from .conftest import TINY
+from .helpers import TINY
 
 pytestmark = pytest.mark.slow
 
