@@ -579,7 +579,7 @@ def precompute(rows: list[dict[str, Any]], alg: Any, critic: Any, spec: UpdateSp
     mine: Terms = {}
     with torch.no_grad():
         for mb in micro:
-            empty = [{} for _ in mb.rows]
+            empty: list[dict] = [{} for _ in mb.rows]
             b = collate([rows[r] for r in mb.rows], empty, 0.0, pad_id, device)  # type: ignore[arg-type]
             sizes = [len(action_positions(rows[r])) for r in mb.rows]
             out: dict[str, list[torch.Tensor]] = {}

@@ -12,7 +12,7 @@ situations}.yaml`.
 from __future__ import annotations
 
 import random
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from rlver.data import load
 from rlver.personas.schema import CHARACTER_TYPES, NEEDS, Persona
@@ -66,7 +66,9 @@ class _Situation(NamedTuple):
     fill: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
-def _situation(item: dict) -> _Situation:
+def _situation(item: dict[str, Any]) -> _Situation:
+    """A situations.yaml item; absent ages, kinds and fill take the defaults."""
+    default = _Situation._field_defaults
     return _Situation(
         domain=item["domain"],
         topic=item["topic"],
@@ -75,8 +77,8 @@ def _situation(item: dict) -> _Situation:
         keywords=tuple(item["keywords"]),
         hints=tuple(item["hints"]),
         deed=item["deed"],
-        ages=tuple(item.get("ages", _Situation._field_defaults["ages"])),
-        kinds=tuple(item.get("kinds", _Situation._field_defaults["kinds"])),
+        ages=tuple(item["ages"]) if "ages" in item else default["ages"],
+        kinds=tuple(item["kinds"]) if "kinds" in item else default["kinds"],
         fill=tuple((k, tuple(v)) for k, v in item.get("fill", {}).items()),
     )
 
