@@ -93,6 +93,7 @@ def _orphan_a_local_job(spec: UpdateSpec) -> list[int]:
     return pids  # the controller and its task, orphaned
 
 
+@pytest.mark.slow
 def test_update_stops_an_orphaned_job_then_changes_weights_and_lowers_the_loss(
         rollouts, capfd):
     run, paths = rollouts
