@@ -1,5 +1,6 @@
 # Two commands from a fresh clone:  make run  (the embedded default end to end)
 #                                   make test (the test suite)
+# While working: make test-fast (the unit tests, a few minutes), make lint.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint results clean-results
+.PHONY: setup run test test-fast lint results clean-results
 
 setup: $(VENV)/.setup-done
 
@@ -41,6 +42,11 @@ run: setup
 test: setup
 	$(BIN)/pytest -ra --durations=30 -n 2 --dist loadfile --no-loadscope-reorder
 
+# The unit tests alone: everything not marked slow (the real workflow, vLLM servers,
+# DeepSpeed jobs, the Slurm cluster), one file to each of two workers.
+test-fast: setup
+	$(BIN)/pytest -ra --durations=10 -n 2 --dist loadfile -m "not slow"
+
 # docs/results.md: the cpu_learning experiment for 3 seeds (about an hour each on 2
 # cores), then its page, generated from the runs' files. A finished seed is not redone.
 SEEDS := 0 1 2
@@ -55,9 +61,12 @@ results: setup
 	  $(foreach s,$(SEEDS),--command ".venv/bin/snakemake --profile profiles/local --config experiment=cpu_learning run=cpu_learning_s$(s) overrides=seed=$(s)") \
 	  --command ".venv/bin/rlver results-doc $(foreach s,$(SEEDS),results/cpu_learning_s$(s)) --out docs/results.md"
 
+# ruff, Snakemake's own lint of the workflow, and mypy on rlver/ (settings in pyproject.toml).
+# .pre-commit-config.yaml runs the same three.
 lint: setup
-	$(BIN)/ruff check rlver tests
+	$(BIN)/ruff check rlver tests bench
 	$(BIN)/snakemake --lint
+	$(BIN)/mypy
 
 clean-results:
 	rm -rf results/smoke

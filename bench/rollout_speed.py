@@ -80,7 +80,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the fake endpoint lives with the tests
+sys.path.insert(0, str(ROOT))  # bench.servers: the fake endpoint
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout: the results
 
 from rlver.chat import ChatTokens  # noqa: E402
@@ -164,17 +164,16 @@ def answer(body: dict[str, Any]) -> str:
 
 
 def serve(port: int, latency_s: float) -> None:
-    from tests.vllm_server import FakeChatServer, Reply
+    from bench.servers import FakeChatServer, Reply
 
-    server = FakeChatServer(lambda body: Reply(content=answer(body), delay_s=latency_s),
-                            port=port)
-    server._httpd.serve_forever()
+    FakeChatServer(lambda body: Reply(content=answer(body), delay_s=latency_s),
+                   port=port).serve_forever()
 
 
 def start_endpoint(latency_s: float) -> tuple[multiprocessing.Process, str]:
     import urllib.request
 
-    from tests.vllm_server import free_port
+    from bench.servers import free_port
 
     port = free_port()
     proc = multiprocessing.get_context("spawn").Process(target=serve, args=(port, latency_s),

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the loopback servers live with the tests
+sys.path.insert(0, str(ROOT))  # bench.servers: the loopback servers
 
+from bench.servers import SERVED_NAME, fixed_latency_server, vllm_server  # noqa: E402
 from rlver.config import SimulatorConfig  # noqa: E402
 from rlver.personas import generate  # noqa: E402
 from rlver.simulator import Message, SimRequest, Simulator  # noqa: E402
 from rlver.simulator.heuristic import HeuristicSimulator  # noqa: E402
 from rlver.simulator.llm import LLMSimulator, OpenAIHTTPBackend  # noqa: E402
-from tests.vllm_server import SERVED_NAME, fixed_latency_server, vllm_server  # noqa: E402
 
 
 def requests_for(n: int) -> list[SimRequest]:

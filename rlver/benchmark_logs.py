@@ -2,7 +2,7 @@
 
 Published SAGE results (the original work's logs) and our own `evaluate` output must be
 scored by one definition, so `rlver score` puts both into `LoggedDialogue` and counts
-success and failure with `rlver.evaluate.benchmark_metrics`. The mean is rounded half up
+success and failure with `rlver.metrics.benchmark_metrics`. The mean is rounded half up
 to one decimal on its exact value, as published numbers are (68.15 -> 68.2), never by
 float rounding.
 
@@ -24,7 +24,8 @@ from typing import Any, Optional, Union
 
 from rlver.errors import RlverInputError
 from rlver.io import jsonl_records
-from rlver.personas import RLVER_CHARACTER_TYPES, Persona, _rlver_row
+from rlver.metrics import benchmark_metrics
+from rlver.personas import RLVER_CHARACTER_TYPES, Persona, persona_from_profile
 from rlver.simulator import Message
 
 #: The benchmark's starting emotion, used when a log does not record one.
@@ -105,8 +106,6 @@ def exact_mean(values: list[Number]) -> Decimal:
 
 def score_dialogues(file: str, dialogues: list[LoggedDialogue]) -> FileScore:
     """n, rounded mean, success and failure counts (benchmark definition) of one file."""
-    from rlver.evaluate import benchmark_metrics
-
     finals = [d.final_emotion for d in dialogues]
     m = benchmark_metrics(finals, [d.outcome for d in dialogues],  # type: ignore[arg-type]
                           [d.num_turns for d in dialogues])
@@ -283,7 +282,7 @@ def _sage_persona(path: Path, lineno: int, row: dict[str, Any],
     opening = history[0]["content"] if history[0]["role"] == "user" else ""
     profile = {k: row.get(k) for k in ("id", "player", "scene", "task")}
     profile |= {"main_cha": character, "cha_group": [], "first_talk": opening}
-    persona = _rlver_row(path, lineno, profile, require_opening=False)
+    persona = persona_from_profile(path, lineno, profile, require_opening=False)
     topic = row.get("topic")
     return replace(persona, topic=topic.strip()) if isinstance(topic, str) and topic.strip() \
         else persona
@@ -293,7 +292,7 @@ def _sage_turns(history: list[dict[str, Any]], where: str) -> tuple[LoggedTurn, 
     """Each assistant reply with the emotion before it and the next user message's after."""
     messages = tuple(Message(m["role"], m["content"]) for m in history)
     emotion = INITIAL_EMOTION
-    turns = []
+    turns: list[LoggedTurn] = []
     for i, m in enumerate(history):
         point = _emotion_point(m, where, i)
         if m["role"] == "user":

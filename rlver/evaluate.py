@@ -10,32 +10,14 @@ report and `rlver score` read them like rollouts.
 from __future__ import annotations
 
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from rlver.config import derive_seed
 from rlver.engine import SamplingSettings
+from rlver.metrics import benchmark_metrics
 from rlver.rollout import DialogueSpec, close_all, run_dialogues, simulator_instances
 from rlver.simulator.protocol import ProtocolSettings
-
-
-def benchmark_metrics(final_emotions: list[int], outcomes: list[str], num_turns: list[int],
-                      failure_below: int = 10, success_at: int = 100) -> dict[str, Any]:
-    """Score, success and failure as the benchmark defines them."""
-    n = len(final_emotions)
-    success = sum(e >= success_at for e in final_emotions)
-    failure = sum(e < failure_below for e in final_emotions)
-    return {
-        "n": n,
-        "score": sum(final_emotions) / n,
-        "success": success,
-        "failure": failure,
-        "success_rate": success / n,
-        "failure_rate": failure / n,
-        "mean_turns": sum(num_turns) / n,
-        "outcomes": {k: v for k, v in sorted(Counter(outcomes).items())},
-    }
 
 
 def evaluate_policy(

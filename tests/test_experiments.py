@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from rlver import config
 from rlver.errors import RlverInputError
 
-from .conftest import ROOT, job_counts, snakemake
+from .helpers import ROOT, job_counts, snakemake
 
 EXPERIMENTS = [
     f"paper_{alg}_{template}_{difficulty}"

@@ -617,3 +617,12 @@ def test_make_simulator_and_bad_difficulty() -> None:
     assert isinstance(make_simulator(cfg), HeuristicSimulator)
     with pytest.raises(ValueError, match="difficulty"):
         HeuristicSimulator("impossible")
+
+
+def test_the_factor_table_is_the_docstring_table() -> None:
+    from rlver.simulator import heuristic
+
+    doc = " ".join((heuristic.__doc__ or "").split())
+    rows = [" ".join(f"{what}: {points}".split()) for what, points, _ in heuristic._FACTORS]
+    assert [row for row in rows if row not in doc] == []
+    assert doc.index(rows[0]) < doc.index(rows[-1])

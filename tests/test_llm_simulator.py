@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import pytest
 
+from bench.servers import FakeChatServer, Reply, cpu_friendly_env, free_port, vllm_server
 from rlver.config import SimulatorConfig
 from rlver.errors import RlverInputError
 from rlver.personas import Persona
@@ -46,7 +47,6 @@ from rlver.simulator.prompts import (
     speak_messages,
     transcript,
 )
-from tests.vllm_server import FakeChatServer, Reply, cpu_friendly_env, free_port, vllm_server
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -566,7 +566,7 @@ def test_real_vllm_server_16_dialogues(vllm_url: str) -> None:
         for f, u, h in zip(feelings, utterances, histories, strict=True):
             _check_feeling(f)
             # The engine answered every time: failures are the model's format, not transport.
-            assert "connection error" not in f.reason and "http 5" not in f.reason, f.reason
+            assert not any(w in f.reason for w in TRANSPORT_FAILURES), f.reason
             counts["parse_error" if f.parse_error else "parsed"] += 1
             assert isinstance(u.text, str) and u.text.strip()
             counts["fallback line" if u.text in FALLBACKS else "spoken"] += 1
@@ -574,11 +574,17 @@ def test_real_vllm_server_16_dialogues(vllm_url: str) -> None:
         emotions = [s.emotion for s in steps]
     print(f"\nreal vLLM server, 2 turns x 16 dialogues in {time.monotonic() - t0:.0f} s: "
           f"{dict(counts)}")
-    assert counts["parsed"] + counts["parse_error"] == 32 and counts["spoken"] > 0
+    # SmolLM2 rarely writes the step-one JSON line, but it does speak in character.
+    assert counts["spoken"] > 0, counts
 
 
 FALLBACKS = {fallback_utterance(lang, closing) for lang in ("en", "zh")
              for closing in (False, True)}
+
+
+#: Reason fragments of the failures that are not the model's format (CompletionError).
+TRANSPORT_FAILURES = ("timeout after", "connection error", "http ", "bad response", "backend ",
+                      "vllm: ")
 
 
 def _check_feeling(f: Feeling) -> None:

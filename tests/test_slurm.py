@@ -20,7 +20,7 @@ import pytest
 from rlver.models import link_tree
 from rlver.train import submit_update
 
-from .conftest import BIN, ROOT, TINY
+from .helpers import BIN, ROOT, TINY
 from .test_update_dist import make_spec
 
 pytestmark = pytest.mark.slow

@@ -13,12 +13,12 @@ import pytest
 
 from rlver import cli, paper_numbers
 from rlver import config as rconfig
-from rlver.evaluate import benchmark_metrics
 from rlver.io import write_json, write_text
+from rlver.metrics import benchmark_metrics
 from rlver.report import build_report
 from rlver.table import build_table, run_rows, to_markdown
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 PAPER_MD = ROOT.parent / "shared" / "reference" / "paper.md"
 #: Final emotions of the benchmark dialogues, per evaluated iteration.

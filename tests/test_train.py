@@ -14,16 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.servers import free_port
 from rlver import config
-from rlver.io import weights_sha256
-from rlver.models import link_tree
 from rlver.registry import ADV_ESTIMATORS
-from rlver.schema import write_trajectories
-from rlver.train import UpdateSpec
 from rlver.train.trainer import train
 
-from .conftest import TINY
-from .vllm_server import free_port
+from .helpers import update_spec
 
 pytestmark = pytest.mark.slow
 
@@ -54,17 +50,8 @@ def workdir(tmp_path_factory):
 
 def update(workdir: Path, base_model: Path, rows: list[dict], name: str,
            *overrides: str) -> dict:
-    """Iteration 0's update of a run `name` whose rollouts are `rows`."""
-    cfg = config.compose("smoke", [*TINY, *ONE_STEP, *overrides], run=name)
-    run = workdir / name
-    config.freeze(cfg, run / "config.yaml")
-    policy = run / "iter_0000" / "policy"
-    link_tree(base_model, policy)
-    path = run / "iter_0000" / "rollouts" / "shard_000.parquet"
-    write_trajectories(path, rows, config_hash=config.config_hash(cfg),
-                       policy_sha256=weights_sha256(policy), kind="rollout")
-    spec = UpdateSpec(str(run / "config.yaml"), 0, str(policy), (str(path),),
-                      str(run / "iter_0001" / "policy"), str(run / "iter_0000" / "update"))
+    """Iteration 0's update of a run `name` whose rollouts are `rows`, in this process."""
+    spec = update_spec(workdir, base_model, rows, name, *ONE_STEP, *overrides)
     return train(spec, config.load(spec.config_path))
 
 

@@ -25,7 +25,7 @@ from rlver.train.launch import check_inputs, job_parameters
 from rlver.train.orphans import clear_extension_locks, local_job_processes, running
 from rlver.train.plan import make_plan, pack
 
-from .conftest import BIN, TINY
+from .helpers import BIN, TINY
 
 
 def grpo_loss(policy_dir, rows, clip=0.2) -> float:
@@ -87,6 +87,7 @@ def _orphan_a_local_job(spec: UpdateSpec) -> list[int]:
     return pids  # the controller and its task, orphaned
 
 
+@pytest.mark.slow
 def test_update_stops_an_orphaned_job_then_changes_weights_and_lowers_the_loss(
         rollouts, capfd):
     run, paths = rollouts

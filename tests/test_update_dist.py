@@ -17,13 +17,9 @@ import torch
 from safetensors.torch import load_file
 from submitit.local.local import LocalJobEnvironment
 
-from rlver import config
-from rlver.io import weights_sha256
-from rlver.models import link_tree
-from rlver.schema import write_trajectories
 from rlver.train import UpdateSpec, run_update, submit_update
 
-from .conftest import TINY
+from .helpers import update_spec
 
 pytestmark = pytest.mark.slow
 
@@ -42,16 +38,7 @@ def workdir(tmp_path_factory):
 def make_spec(workdir: Path, base_model: Path, rows: list[dict], name: str,
               *overrides: str) -> UpdateSpec:
     """A run `name` whose iteration 0 has `rows` as its rollouts, under `overrides`."""
-    cfg = config.compose("smoke", [*TINY, *STEPS, *overrides], run=name)
-    run = workdir / name
-    config.freeze(cfg, run / "config.yaml")
-    policy = run / "iter_0000" / "policy"
-    link_tree(base_model, policy)
-    path = run / "iter_0000" / "rollouts" / "shard_000.parquet"
-    write_trajectories(path, rows, config_hash=config.config_hash(cfg),
-                       policy_sha256=weights_sha256(policy), kind="rollout")
-    return UpdateSpec(str(run / "config.yaml"), 0, str(policy), (str(path),),
-                      str(run / "iter_0001" / "policy"), str(run / "iter_0000" / "update"))
+    return update_spec(workdir, base_model, rows, name, *STEPS, *overrides)
 
 
 def preempt_after(job, text: str, timeout_s: float = 600) -> None:

@@ -6,6 +6,8 @@ resources/ of the checkout are never touched.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -14,7 +16,7 @@ import pytest
 from rlver.models import link_tree
 from rlver.schema import TIMING_COLUMNS
 
-from .conftest import TINY, job_counts, snakemake
+from .helpers import TINY, job_counts, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -56,19 +58,36 @@ def test_second_run_does_nothing(finished_run, workdir):
     assert "Nothing to be done" in res.stderr + res.stdout
 
 
-def test_deleted_shard_redoes_only_what_depends_on_it(finished_run, workdir):
-    run = finished_run
+def _copy_workdir(src: Path, dst: Path) -> Path:
+    """A workdir of its own, with the same file times (so Snakemake sees the same finished
+    run). Weights are hard links: stages replace files by renaming, never write into them."""
+
+    def copy(a: str, b: str) -> None:
+        if a.endswith(".safetensors"):
+            os.link(a, b)
+        else:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, symlinks=True, copy_function=copy)
+    return dst
+
+
+def test_deleted_shard_redoes_only_what_depends_on_it(finished_run, workdir, tmp_path):
+    """On a copy of the finished run: the module's run stays as the other tests expect."""
+    copy = _copy_workdir(workdir, tmp_path / "wf")
+    run = copy / finished_run.relative_to(workdir)
     victim = run / "iter_0001/rollouts/shard_000.parquet"
     keep = [run / "iter_0001/rollouts/shard_001.parquet", run / "iter_0000/eval/metrics.json",
             run / "iter_0001/eval/metrics.json", run / "iter_0000/update/metrics.json"]
     before = {p: p.stat().st_mtime_ns for p in keep}
     victim.unlink()
-    res = snakemake(workdir, "tiny", TINY)
+    res = snakemake(copy, "tiny", TINY)
     assert res.returncode == 0, res.stderr[-3000:]
     assert job_counts(res.stderr) == {"rollout": 1, "update_0001": 1, "evaluate": 1,
                                       "report": 1, "all": 1}
     assert victim.exists()
     assert {p: p.stat().st_mtime_ns for p in keep} == before
+    assert (finished_run / "iter_0001/rollouts/shard_000.parquet").exists()
 
 
 @pytest.fixture(scope="module")

