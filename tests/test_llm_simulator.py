@@ -536,16 +536,16 @@ from rlver.simulator import Message, SimRequest, make_simulator
 
 
 def main():
-    # Structured step one: room for the longest reason the schema allows.
-    cfg = SimulatorConfig(backend="llm_vllm", model=sys.argv[1], max_tokens=160,
+    # Structured step one: room for the JSON (a 240-character reason is ~60 tokens).
+    cfg = SimulatorConfig(backend="llm_vllm", model=sys.argv[1], max_tokens=96,
                           max_retries=1, backoff_s=0.0)
     sim = make_simulator(cfg)
     calls = []
     complete = sim.backend.complete
 
-    def counting(batch, seeds=None):
+    def counting(batch, seeds=None, schema=None):
         calls.append(len(batch))
-        return complete(batch, seeds)
+        return complete(batch, seeds, schema)
 
     sim.backend.complete = counting
     requests = [
