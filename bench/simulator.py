@@ -106,14 +106,15 @@ def main() -> None:
 
 
 def bench_vllm(model_dir: str, levels: list[int], n: int) -> list[tuple[str, str, int, float, str]]:
-    """The same loop against a real vLLM server (short answers, no retries)."""
+    """The same loop against a real vLLM server (short free-text answers, no retries: 48
+    tokens would cut a structured step one short)."""
     rows = []
     requests = requests_for(n)
     with tempfile.TemporaryDirectory() as tmp, \
             vllm_server(model_dir, Path(tmp) / "server.log", max_num_seqs=max(levels)) as url:
         for c in levels:
             sim = http_simulator(url, SERVED_NAME, c, max_retries=0, max_tokens=48,
-                                 timeout_s=300.0)
+                                 timeout_s=300.0, structured_feel=False)
             rate = turns_per_second(sim, requests)
             sim.close()
             rows.append(("llm_http (vLLM server, 48 tokens)", str(c), n, rate, "-"))
@@ -141,11 +142,14 @@ def bench_structured(model_dir: str | None, n: int, max_tokens: int) -> None:
     # As the server runs (tests/vllm_server.py): threads unbound on a small shared machine.
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     backend = VLLMEngineBackend.from_config(SimulatorConfig(model=str(model), **kw))
-    for structured in (False, True):
-        cfg = SimulatorConfig(backend="llm_vllm", model=str(model),
-                              structured_feel=structured, **kw)
-        rows.append(("llm_vllm (in-process)", *parse_rate(LLMSimulator(cfg, backend),
-                                                           requests)))
+    try:
+        for structured in (False, True):
+            cfg = SimulatorConfig(backend="llm_vllm", model=str(model),
+                                  structured_feel=structured, **kw)
+            rows.append(("llm_vllm (in-process)", *parse_rate(LLMSimulator(cfg, backend),
+                                                               requests)))
+    finally:
+        backend.close()
     header = ("simulator", "step one", "dialogues", "parsed", "parse rate", "seconds")
     print_rows(header, [(a, b, str(c), str(d), f"{d / c:.3f}", f"{e:.1f}")
                         for a, b, c, d, e in rows])

@@ -564,6 +564,7 @@ def main():
         "feelings": [[f.delta, f.parse_error, f.reason] for f in feelings],
         "utterances": [[u.text, u.farewell] for u in utterances],
     }), flush=True)
+    sim.close()
 
 
 if __name__ == "__main__":

@@ -661,6 +661,12 @@ class VLLMEngineBackend:
         return [o.outputs[0].text if o.outputs else CompletionError("vllm: no output")
                 for o in outputs]
 
+    def close(self) -> None:
+        """Stop the engine's processes now. Left to interpreter exit, multiprocessing can
+        wait on the engine process before vLLM stops it, and the program never ends (seen
+        in bench/simulator.py --structured)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def _constraint(self, schema: Optional[dict[str, Any]]) -> Any:
         """vLLM's structured-outputs parameters for one request (vLLM writes to them, so
         never shared), without the free whitespace a small model spends tokens on."""
