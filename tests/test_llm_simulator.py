@@ -110,6 +110,16 @@ def test_language_follows_persona_unless_configured() -> None:
 
 
 @pytest.mark.timeout(10)
+def test_prompt_data_covers_both_languages() -> None:
+    from rlver.simulator import prompts
+
+    for table in prompts._PROMPTS.values():
+        assert table.keys() == {"en", "zh"} and table["en"].keys() == table["zh"].keys()
+    states = prompts._PROMPTS["states"]["en"].keys()
+    assert states == {"S", "A", "B", "C", "F"}
+
+
+@pytest.mark.timeout(10)
 def test_feel_prompt_states_emotion_need_and_format() -> None:
     system, user = (m["content"] for m in feel_messages(
         _request(ANNA, "You should just quit.", emotion=45), "vanilla", "en"))
