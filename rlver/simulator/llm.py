@@ -13,6 +13,13 @@ not parse); then it falls back — a Feeling with delta 0 and `parse_error=True`
 when `on_parse_error=error`), or a short neutral utterance. Retries go out in rounds:
 all items still failing after a round are sent again together after one backoff
 (`backoff_s`, doubled each round), so batching survives the retries.
+
+Step one is structured by default (`structured_feel`): the answer is requested against a
+JSON schema (`feeling_schema`: an integer delta in the protocol's range, a bounded reason),
+through vLLM's structured outputs in-process or `response_format` over HTTP, so it parses
+by construction. An endpoint that refuses `response_format` (HTTP 400 or 422 naming it)
+is detected on the first call; from then on this simulator asks step one in free text and
+parses it leniently, and says so once on stderr. Step two is always free text.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ from rlver.simulator.prompts import (
 MAX_ABS_DELTA = 50
 #: One backoff never waits longer than this, whatever `max_retries` says.
 MAX_BACKOFF_S = 60.0
+#: Structured step one: the reason is at most this long (one or two sentences).
+MAX_REASON_CHARS = 240
 #: In-process vLLM engine: context and KV cache sized for CPU and small simulator models.
 VLLM_MAX_MODEL_LEN = 4096
 VLLM_KV_CACHE_BYTES = 1 << 30
@@ -60,6 +69,14 @@ class CompletionError(Exception):
         self.retryable = retryable
 
 
+class StructuredOutputsRefused(CompletionError):
+    """The endpoint refused the JSON-schema request itself (it does not support
+    `response_format`): the same request will never succeed, free text might."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
 class AnswerFormatError(ValueError):
     """The model answered, but not in the format the prompt asked for."""
 
@@ -72,11 +89,29 @@ class _Failure:
 
 
 class CompletionBackend(Protocol):
-    """Chat completions for a batch: text per item, or that item's exception."""
+    """Chat completions for a batch: text per item, or that item's exception. With a
+    `schema`, each answer is constrained to that JSON schema."""
 
     def complete(
-        self, batch: list[Chat], seeds: Optional[Sequence[int]] = None
+        self,
+        batch: list[Chat],
+        seeds: Optional[Sequence[int]] = None,
+        schema: Optional[dict[str, Any]] = None,
     ) -> list[str | Exception]: ...
+
+
+def feeling_schema(max_abs_delta: int) -> dict[str, Any]:
+    """Step one's answer as a JSON schema: a reason (one or two sentences), then the integer
+    delta within +-max_abs_delta. Reason first: the model states why before it scores."""
+    return {
+        "type": "object",
+        "properties": {
+            "reason": {"type": "string", "minLength": 1, "maxLength": MAX_REASON_CHARS},
+            "delta": {"type": "integer", "minimum": -max_abs_delta, "maximum": max_abs_delta},
+        },
+        "required": ["reason", "delta"],
+        "additionalProperties": False,
+    }
 
 
 # --- parsers -----------------------------------------------------------------------------
@@ -236,6 +271,10 @@ class LLMSimulator(Simulator):
         self.max_retries = max(0, int(cfg.max_retries))
         self.backoff_s = max(0.0, float(cfg.backoff_s))
         self.fatal_on_parse_error = cfg.on_parse_error == "error"
+        #: Step one against `schema`; off for good once the endpoint refuses it.
+        self.structured = bool(cfg.structured_feel)
+        limit = MAX_ABS_DELTA if cfg.max_delta is None else min(MAX_ABS_DELTA, cfg.max_delta)
+        self.schema = feeling_schema(limit)
         self.backend = backend
         self._sleep = sleep
         #: Step one's reasons by request, so step two speaks from what was felt.
@@ -243,8 +282,20 @@ class LLMSimulator(Simulator):
 
     def feel(self, requests: Sequence[SimRequest]) -> list[Feeling]:
         """Proposed change and reason per request; delta 0 and parse_error after failures."""
-        chats = [feel_messages(r, self.difficulty, self._language(r)) for r in requests]
-        answers = self._ask("feel", chats, [r.seed for r in requests], parse_feeling)
+        seeds = [r.seed for r in requests]
+        answers = None
+        if self.structured:
+            chats = [feel_messages(r, self.difficulty, self._language(r), structured=True)
+                     for r in requests]
+            try:
+                answers = self._ask("feel", chats, seeds, parse_feeling, self.schema)
+            except StructuredOutputsRefused as exc:
+                self.structured = False
+                print(f"simulator: the endpoint refused structured outputs ({exc}); step one "
+                      "asks in free text from now on", file=sys.stderr, flush=True)
+        if answers is None:
+            chats = [feel_messages(r, self.difficulty, self._language(r)) for r in requests]
+            answers = self._ask("feel", chats, seeds, parse_feeling)
         feelings = []
         for answer in answers:
             if isinstance(answer, _Failure):
@@ -298,8 +349,10 @@ class LLMSimulator(Simulator):
         chats: list[Chat],
         seeds: list[int],
         parse: Callable[[str], T] | list[Callable[[str], T]],
+        schema: Optional[dict[str, Any]] = None,
     ) -> list[T | _Failure]:
-        """Each item's parsed answer, or a _Failure saying why it has none.
+        """Each item's parsed answer, or a _Failure saying why it has none. Raises
+        StructuredOutputsRefused if the backend refuses `schema`.
 
         Rounds: everything pending goes to the backend in one call; failures wait one
         backoff and go again, until each item has had 1 + max_retries attempts. Each
@@ -315,7 +368,8 @@ class LLMSimulator(Simulator):
             if attempt:
                 self._sleep(min(MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1)))
             answers = self._complete([chats[i] for i in pending],
-                                     [attempt_seed(seeds[i], step, attempt) for i in pending])
+                                     [attempt_seed(seeds[i], step, attempt) for i in pending],
+                                     schema)
             still = []
             for i, answer in zip(pending, answers, strict=True):
                 attempts[i] += 1
@@ -342,15 +396,21 @@ class LLMSimulator(Simulator):
                   f"used; first: {results[failed[0]].why}", file=sys.stderr, flush=True)
         return results
 
-    def _complete(self, batch: list[Chat], seeds: list[int]) -> list[str | Exception]:
-        """The backend's answers; a backend that raises fails the whole batch, not the run."""
+    def _complete(
+        self, batch: list[Chat], seeds: list[int], schema: Optional[dict[str, Any]]
+    ) -> list[str | Exception]:
+        """The backend's answers; a backend that raises fails the whole batch, not the run.
+        A refused schema is raised: the caller asks again without one."""
         try:
-            answers = self.backend.complete(batch, seeds)
+            answers = self.backend.complete(batch, seeds, schema)
         except Exception as exc:
             return [CompletionError(f"backend failed: {type(exc).__name__}: {exc}")] * len(batch)
         if len(answers) != len(batch):
             return [CompletionError(f"backend returned {len(answers)} answers for "
                                     f"{len(batch)} prompts")] * len(batch)
+        refused = next((a for a in answers if isinstance(a, StructuredOutputsRefused)), None)
+        if refused is not None:
+            raise refused
         return answers
 
 
@@ -408,16 +468,21 @@ class OpenAIHTTPBackend:
                    temperature=cfg.temperature, max_tokens=cfg.max_tokens)
 
     def complete(
-        self, batch: list[Chat], seeds: Optional[Sequence[int]] = None
+        self,
+        batch: list[Chat],
+        seeds: Optional[Sequence[int]] = None,
+        schema: Optional[dict[str, Any]] = None,
     ) -> list[str | Exception]:
         """Synchronous on purpose (rollout code is); runs the requests on this backend's
-        own event loop, which keeps its connections open between calls."""
+        own event loop, which keeps its connections open between calls. A `schema` goes
+        out as `response_format`; an endpoint that refuses it answers
+        StructuredOutputsRefused."""
         if not batch:
             return []
         per_item: list[Optional[int]] = list(seeds) if seeds is not None else [None] * len(batch)
         if self._loop is None or self._loop.is_closed():
             self._loop = asyncio.new_event_loop()
-        return self._loop.run_until_complete(self._complete_all(batch, per_item))
+        return self._loop.run_until_complete(self._complete_all(batch, per_item, schema))
 
     def close(self) -> None:
         if self._loop is None or self._loop.is_closed():
@@ -428,7 +493,7 @@ class OpenAIHTTPBackend:
         self._loop.close()
 
     async def _complete_all(
-        self, batch: list[Chat], seeds: list[Optional[int]]
+        self, batch: list[Chat], seeds: list[Optional[int]], schema: Optional[dict[str, Any]]
     ) -> list[str | Exception]:
         # One client per concurrency slot, each with a single keep-alive connection, handed
         # out through a queue (which is also the concurrency bound). One shared client
@@ -437,7 +502,8 @@ class OpenAIHTTPBackend:
         free: asyncio.Queue[Any] = asyncio.Queue()
         for client in self._grow_clients(min(self.max_concurrency, len(batch))):
             free.put_nowait(client)
-        calls = [self._one(free, chat, seed) for chat, seed in zip(batch, seeds, strict=True)]
+        calls = [self._one(free, chat, seed, schema)
+                 for chat, seed in zip(batch, seeds, strict=True)]
         return list(await asyncio.gather(*calls))
 
     def _grow_clients(self, n: int) -> list[Any]:
@@ -453,7 +519,11 @@ class OpenAIHTTPBackend:
         return self._clients[:n]
 
     async def _one(
-        self, free: asyncio.Queue[Any], chat: Chat, seed: Optional[int]
+        self,
+        free: asyncio.Queue[Any],
+        chat: Chat,
+        seed: Optional[int],
+        schema: Optional[dict[str, Any]],
     ) -> str | Exception:
         import httpx
 
@@ -461,6 +531,11 @@ class OpenAIHTTPBackend:
                                 "temperature": self.temperature, "max_tokens": self.max_tokens}
         if seed is not None:
             body["seed"] = seed
+        if schema is not None:
+            # Not `strict`: OpenAI's strict mode rejects maxLength; vLLM and SGLang enforce
+            # the whole schema either way.
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "feeling", "schema": schema}}
         client = await free.get()
         try:
             # wait_for bounds the whole request: httpx's timeout is per read, and a
@@ -474,6 +549,9 @@ class OpenAIHTTPBackend:
             free.put_nowait(client)
         answer = _chat_text(response.status_code, response.content)
         if isinstance(answer, CompletionError):
+            if schema is not None and _refuses_response_format(response.status_code,
+                                                               response.content):
+                return StructuredOutputsRefused(self._scrub(str(answer)))
             return CompletionError(self._scrub(str(answer)), answer.retryable)
         return self._scrub(answer)
 
@@ -494,6 +572,12 @@ def _api_key(env_name: str) -> str:
             "for an endpoint without a key."
         )
     return key
+
+
+def _refuses_response_format(status: int, content: bytes) -> bool:
+    """A 400 (or a framework's 422) whose body names `response_format`: the endpoint does
+    not take JSON-schema requests, as opposed to a bad prompt or an unknown model."""
+    return status in (400, 422) and b"response_format" in content.lower()
 
 
 def _chat_text(status: int, content: bytes) -> str | CompletionError:
@@ -535,6 +619,7 @@ class VLLMEngineBackend:
                                   "directory for the llm_vllm backend.")
         from vllm import LLM, SamplingParams
         from vllm.platforms import current_platform
+        from vllm.sampling_params import StructuredOutputsParams
 
         if current_platform.is_cpu():
             # A seeded request prefilled in chunks makes vLLM rewind its torch.Generator by
@@ -544,6 +629,7 @@ class VLLMEngineBackend:
             engine_kwargs.setdefault("max_num_batched_tokens", max_model_len)
             engine_kwargs.setdefault("dtype", cpu_dtype())
         self._sampling = SamplingParams
+        self._structured = StructuredOutputsParams
         self.temperature = float(temperature)
         self.max_tokens = int(max_tokens)
         self.llm = LLM(model=model, enforce_eager=True, max_model_len=max_model_len,
@@ -554,13 +640,18 @@ class VLLMEngineBackend:
         return cls(cfg.model, temperature=cfg.temperature, max_tokens=cfg.max_tokens)
 
     def complete(
-        self, batch: list[Chat], seeds: Optional[Sequence[int]] = None
+        self,
+        batch: list[Chat],
+        seeds: Optional[Sequence[int]] = None,
+        schema: Optional[dict[str, Any]] = None,
     ) -> list[str | Exception]:
+        """One `LLM.chat` call; with a `schema`, decoding is constrained to it."""
         if not batch:
             return []
         per_item: list[Optional[int]] = list(seeds) if seeds is not None else [None] * len(batch)
         params = [self._sampling(temperature=self.temperature, max_tokens=self.max_tokens,
-                                 seed=s) for s in per_item]
+                                 seed=s, structured_outputs=self._constraint(schema))
+                  for s in per_item]
         try:
             outputs = self.llm.chat(batch, params, use_tqdm=False)
         except Exception as exc:
@@ -568,10 +659,23 @@ class VLLMEngineBackend:
                 return [CompletionError(f"vllm: {type(exc).__name__}: {exc}")]
             # One bad conversation (e.g. longer than the context) fails the whole call:
             # isolate it so the others still get their answers.
-            return [self.complete([c], None if s is None else [s])[0]
+            return [self.complete([c], None if s is None else [s], schema)[0]
                     for c, s in zip(batch, per_item, strict=True)]
         return [o.outputs[0].text if o.outputs else CompletionError("vllm: no output")
                 for o in outputs]
+
+    def close(self) -> None:
+        """Stop the engine's processes now. Left to interpreter exit, multiprocessing can
+        wait on the engine process before vLLM stops it, and the program never ends (seen
+        in bench/simulator.py --structured)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
+    def _constraint(self, schema: Optional[dict[str, Any]]) -> Any:
+        """vLLM's structured-outputs parameters for one request (vLLM writes to them, so
+        never shared), without the free whitespace a small model spends tokens on."""
+        if schema is None:
+            return None
+        return self._structured(json=schema, disable_any_whitespace=True)
 
 
 def cpu_dtype() -> str:
