@@ -555,7 +555,8 @@ def _one_of(registry: Registry) -> str:
 #: outputs stay valid) and goes on under the new code; set to anything else, it is in.
 ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_group": 0,
                               "algorithm.keep_policies": "evaluated",
-                              "algorithm.adv_estimator": "", "algorithm.policy_loss": "ppo_clip"}
+                              "algorithm.adv_estimator": "", "algorithm.policy_loss": "ppo_clip",
+                              "simulator.structured_feel": True}
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

@@ -120,3 +120,17 @@ def test_keep_policies_takes_evaluated_or_all():
     assert config.compose("smoke", ["algorithm.keep_policies=all"]).algorithm.keep_policies == "all"
     with pytest.raises(RlverInputError, match="algorithm.keep_policies must be evaluated or all"):
         config.compose("smoke", ["algorithm.keep_policies=none"])
+
+
+def test_a_run_frozen_by_an_earlier_release_continues(tmp_path):
+    """The smoke run's config as an earlier release froze it (its hash, recorded in every
+    file its stages wrote, is in the name): a key added since without an ADDED_KEYS entry
+    would change the hash and refuse to continue every existing run."""
+    import shutil
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data" / "frozen-smoke-e216ab4b3965fcf8.yaml"
+    frozen = tmp_path / "config.yaml"
+    shutil.copy(data, frozen)
+    assert config.config_hash(config.load(frozen)) == "e216ab4b3965fcf8"
+    config.freeze(config.compose("smoke"), frozen)  # not refused
