@@ -303,20 +303,20 @@ def _plot_health(iterations: list[_Iteration], path: Path) -> None:
               ("Replies cut at max_new_tokens", [("share", "truncated_share")]),
               ("Groups with zero reward spread", [("share", "zero_spread_groups")])]
     for ax, (title, series) in zip(axes[0], panels, strict=True):
-        drawn = []
+        drawn, top = [], 1.0
         for label, key in series:
             pts = [(i, float(u[key])) for i, u in updates if u.get(key) is not None]
             if pts:
                 ax.plot([i for i, _ in pts], [v for _, v in pts], marker="o", label=label)
                 drawn += [i for i, _ in pts]
+                top = max(top, *(v for _, v in pts))
         if drawn:
             ax.set_xticks(sorted(set(drawn)))
             if len(series) > 1:
                 ax.legend(loc="best")
         else:
             _no_data(ax, "no update metrics yet")
-        if title != panels[0][0]:
-            ax.set_ylim(-0.02, 1.02)
+        ax.set_ylim(*((0, 1.15 * top) if title == panels[0][0] else (-0.02, 1.02)))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
