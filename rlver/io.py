@@ -8,6 +8,7 @@ within one file system).
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -23,10 +24,14 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to `final`; rename it onto `final` on success.
 
     Works for files and directories alike. On error the temporary path is removed and
-    `final` is left untouched.
+    `final` is left untouched. What a killed writer of `final` left behind (its temporary
+    folder: a killed export leaves a whole model) is removed first: a stage's outputs have
+    one writer at a time.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     target = tmp / final.name
     try:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rlver import faults
 from rlver.errors import RlverInputError
 from rlver.io import atomic_path
 
@@ -64,6 +65,7 @@ def prepare_model(source: str, out_dir: str | os.PathLike[str]) -> None:
             _convert_gguf(embedded_gguf(source[len(PACKAGE_PREFIX) :]), tmp)
         else:
             link_tree(Path(source), tmp)
+        faults.point("prepare_model.before_rename")
     print(f"prepare_model: wrote {out_dir} from {source}", file=sys.stderr)
 
 

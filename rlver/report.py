@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from rlver import config as rconfig
-from rlver import layout, plots
+from rlver import faults, layout, plots
 from rlver import table as rtable
 from rlver.errors import RlverInputError
 from rlver.io import atomic_path, read_json_object
@@ -135,6 +135,7 @@ def build_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
             _paper_table(table_rows, bool(own_rows)),
         )
         (tmp / "index.html").write_text(page, encoding="utf-8")
+        faults.point("report.before_rename")
     index = out_dir / "index.html"
     n_eval = sum(it.eval is not None for it in iterations)
     print(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
+from rlver import faults
 from rlver.chat import ChatTokens, split_think
 from rlver.config import derive_seed
 from rlver.engine import ContextFull, Engine, Sampled, SamplingSettings
@@ -246,6 +248,8 @@ class Turns:
         self.chat = chat
         self.sampling = sampling
         self.label = label
+        found = re.search(r"iter (\d+)", label)  # "rollout iter 3 shard 1", "evaluate iter 3"
+        self.iteration = int(found.group(1)) if found else None
         self.finished = 0
 
     def sampling_for(self, d: Dialogue) -> SamplingSettings:
@@ -299,6 +303,7 @@ class Turns:
     def end(self, d: Dialogue, outcome: str, why: str = "") -> None:
         d.outcome = outcome
         self.finished += 1
+        faults.point(f"{self.label.split()[0]}.dialogue_end", self.iteration)
         if why:
             print(f"{self.label}: dialogue {d.dialogue} ends with {outcome}: {why}",
                   file=sys.stderr, flush=True)

@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import torch
 
+from rlver import faults
 from rlver.errors import RlverInputError
 from rlver.train.batch import Terms
 from rlver.train.launch import UpdateSpec
@@ -79,6 +80,7 @@ def export(spec: UpdateSpec, cfg: Any, actor: Any, critic: Any, tokenizer: Any,
         with atomic_path(spec.out_policy_dir) as tmp:
             actor.module.lm.save_pretrained(tmp, state_dict=lm_state, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            faults.point("update.export_before_rename", spec.iteration)
     # Ranks hold replicas of the weights (ZeRO 0-2): their hashes show they agree.
     weights_hash = state_hash(state) if torch.distributed.get_world_size() > 1 else None
     if spec.iteration + 1 >= cfg.iterations or alg.keep_state_iterations == 0:
@@ -108,6 +110,7 @@ def _save_engines(partial: Path, actor: Any, critic: Any, tag: str, rank: int) -
         shutil.rmtree(partial, ignore_errors=True)
     torch.distributed.barrier()
     actor.save_checkpoint(str(partial / "actor"), tag=tag)
+    faults.point("update.save_state")
     if critic is not None:
         critic.save_checkpoint(str(partial / "critic"), tag=tag)
 

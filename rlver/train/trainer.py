@@ -20,6 +20,7 @@ from typing import Any, Optional
 import torch
 
 from rlver import algorithms as A
+from rlver import faults
 from rlver.io import write_json
 from rlver.train import metrics as M
 from rlver.train import state as S
@@ -136,6 +137,7 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
         progress.next_step = k + 1
         S.log(rank, f"update iter {spec.iteration}: step {k + 1}/{per_iter}: loss "
                     f"{record['loss']:.4f} grad norm {record['grad_norm']:.3f}")
+        faults.point("update.step_end", spec.iteration)
         if preemption is not None and k + 1 < per_iter and any_rank(preemption.requested):
             progress.seconds += time.perf_counter() - t0
             progress.train_seconds += time.perf_counter() - t_train
