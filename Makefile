@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint results clean-results
+.PHONY: setup run test lint results clean-results check-gpu-env
 
 setup: $(VENV)/.setup-done
 
@@ -55,8 +55,14 @@ results: setup
 	  $(foreach s,$(SEEDS),--command ".venv/bin/snakemake --profile profiles/local --config experiment=cpu_learning run=cpu_learning_s$(s) overrides=seed=$(s)") \
 	  --command ".venv/bin/rlver results-doc $(foreach s,$(SEEDS),results/cpu_learning_s$(s)) --out docs/results.md"
 
+# The GPU environment's pip set (environment.yml: the package with its `gpu` extra) resolved
+# against PyPI without installing it; fails on any conflict. A few minutes, network to
+# PyPI only; needs Python 3.11 on Linux x86_64, as environment.yml does.
+check-gpu-env:
+	$(PYTHON) tools/check_gpu_env.py
+
 lint: setup
-	$(BIN)/ruff check rlver tests
+	$(BIN)/ruff check rlver tests bench tools
 	$(BIN)/snakemake --lint
 
 clean-results:
