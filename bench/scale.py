@@ -277,7 +277,9 @@ def run_probe(probe: str, args: list[str]) -> dict[str, Any]:
                               "PYTHONPATH": str(ROOT)})
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
-        sys.stderr.write(done.stderr[-4000:])
+        # vLLM's root cause sits far above its last traceback: the error lines, then the end.
+        errors = [ln for ln in done.stderr.splitlines() if "Error" in ln]
+        sys.stderr.write("\n".join(errors[-10:]) + "\n" + done.stderr[-3000:])
         raise SystemExit(f"scale: probe {probe} {' '.join(args)} failed ({done.returncode})")
     out = json.loads(lines[-1][len("RESULT "):])
     out["wall_s"] = time.time() - t
@@ -320,8 +322,7 @@ GB = 1e9
 #: vocab 152064, untied embeddings): 7.62e9 parameters.
 PARAMS_7B = 7.62e9
 
-#: Stated inputs of the 7B extrapolation, each with its source. Bandwidths are what the
-#: issue asks to assume; the GPU rates are public figures (docs/scale.md cites them).
+#: Stated inputs of the 7B extrapolation, each with its source ([refs] in docs/scale.md).
 PAPER: dict[str, tuple[float, str]] = {
     "shared_fs_bytes_per_s": (2 * GB, "stated: shared file system, 2 GB/s"),
     "local_nvme_bytes_per_s": (10 * GB, "stated: node-local NVMe, 10 GB/s"),
@@ -331,18 +332,17 @@ PAPER: dict[str, tuple[float, str]] = {
     "turns": (8, "config/paper/training.yaml: simulator.max_turns 8"),
     "reply_tokens": (512, "config/paper/training.yaml: max_new_tokens 512 (upper bound)"),
     "context_tokens_per_dialogue": (8 * (512 + 150) + 300,
-                                    "8 turns x (512 reply + ~150 user) + ~300 system"),
-    # vLLM decode, batch 32, 7-8B model, one H100: ~25 ms between tokens per sequence.
-    "decode_s_per_token": (0.025, "cited: vLLM decode latency, docs/scale.md [v1]"),
-    # Simulated user's reply (its own vLLM server): ~3 s a turn, not our GPUs' work.
-    "simulator_s_per_turn": (3.0, "stated: LLM simulator ~3 s a turn (own server)"),
-    # Training: 6 x params FLOPs a token, H100 989 TFLOP/s bf16 dense at 40% MFU.
-    "train_flops_per_gpu_s": (0.4 * 989e12, "cited: H100 bf16 peak x 40% MFU [d1][d2]"),
-    "vllm_engine_fixed_s": (30.0, "cited: vLLM start without weights 15-40 s [v2]"),
-    "cuda_graph_compile_s": (45.0, "cited: torch.compile + CUDA graphs at 7B [v3]"),
-    "slurm_queue_s": (30.0, "stated: Slurm start latency of a job (bf_interval=30 s) [s1]"),
-    "weight_sync_s": (5.0, "cited: verl resharding to vLLM at 7B, 4-6 s [r1]"),
-    "resident_checkpoint_every": (5, "RLVER's own code checkpoints every 5 steps"),
+                                    "stated: 8 x (512 reply + ~150 user) + ~300 system"),
+    "decode_s_per_token": (0.025, "stated from [v1]: 13 ms/token at 1 request (8B, A100), "
+                                  "latency grows past 8; 25 ms at 32"),
+    "simulator_s_per_turn": (3.0, "stated: the LLM simulator's reply, ~3 s a turn"),
+    "train_flops_per_gpu_s": (0.4 * 989e12, "[d1] H100 989 TFLOP/s bf16 dense x [d2] 40% MFU"),
+    "vllm_init_s": (20.0, "[v2] Llama-3-8B: init engine 39.3 s less torch.compile 19.4 s"),
+    "vllm_compile_cold_s": (19.4, "[v2] Llama-3-8B: torch.compile 19.4 s on a cache miss"),
+    "vllm_compile_warm_s": (9.2, "[v3] Llama-3-8B: Dynamo 5.0 s + cached graphs 4.2 s"),
+    "slurm_queue_s": (30.0, "stated: a job's start on an idle partition [s1]"),
+    "weight_sync_s": (5.0, "issue 22: verl 4-6 s at 7B ([r1]: 0.8 s broadcast alone)"),
+    "resident_checkpoint_every": (5, "RLVER's own code: a checkpoint every 5 steps"),
 }
 
 
@@ -355,37 +355,40 @@ def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - slope * mx, slope
 
 
-def fits(results: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Each measured cost against the bytes it moves (or the parameters it allocates)."""
+def fits(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each measured cost against the bytes it moves or the parameters it allocates:
+    seconds = a + x * slope by least squares. Where load on the machine made the slope
+    come out negative, and for the costs that do not depend on the model (process start
+    and imports), a is the smallest measurement (`how: min`): an upper bound of the
+    fixed part, the least disturbed by other processes."""
     sizes = list(results["sizes"].values())
     params = [s["params"] for s in sizes]
     model_bytes = [s["model_bytes"] for s in sizes]
     state_bytes = [s["update"]["state_bytes"] for s in sizes]
     export_bytes = [s["update"]["export_bytes"] for s in sizes]
+    u = [s["update"] for s in sizes]
     table: dict[str, tuple[list[float], list[float], str]] = {
-        "policy load": (model_bytes, [s["update"]["policy_load_s"] for s in sizes], "bytes"),
-        "DeepSpeed init": (params, [s["update"]["deepspeed_init_s"] for s in sizes], "params"),
-        "state save": (state_bytes, [s["update"]["state_save_s"] for s in sizes], "bytes"),
-        "state load": (state_bytes, [s["update"]["state_load_s"] for s in sizes], "bytes"),
-        "policy export": (export_bytes, [s["update"]["policy_export_s"] for s in sizes],
-                          "bytes"),
-        "update process start + imports": (
-            params, [s["update"]["process_start_imports_s"] for s in sizes], "params"),
-        "train (s per token)": (params, [1 / s["update"]["tokens_trained_per_s"]
-                                         for s in sizes], "params"),
+        "policy load": (model_bytes, [x["policy_load_s"] for x in u], "bytes"),
+        "DeepSpeed init": (params, [x["deepspeed_init_s"] for x in u], "params"),
+        "state save": (state_bytes, [x["state_save_s"] for x in u], "bytes"),
+        "state load": (state_bytes, [x["state_load_s"] for x in u], "bytes"),
+        "policy export": (export_bytes, [x["policy_export_s"] for x in u], "bytes"),
+        "update process start + imports": (params, [x["process_start_imports_s"] for x in u],
+                                           "const"),
     }
     for engine in ("hf", "vllm"):
         if all(engine in s for s in sizes):
             table[f"{engine} engine start"] = (
                 model_bytes, [s[engine]["engine_start_s"] for s in sizes], "bytes")
             table[f"{engine} process start + imports"] = (
-                params, [s[engine]["process_start_imports_s"] for s in sizes], "params")
-            table[f"{engine} generate (s per token)"] = (
-                params, [1 / s[engine]["tokens_generated_per_s"] for s in sizes], "params")
+                params, [s[engine]["process_start_imports_s"] for s in sizes], "const")
     out = {}
     for name, (xs, ys, unit) in table.items():
         a, b = fit(xs, ys)
-        out[name] = {"intercept_s": a, "slope_s": b, "per": unit,
+        how = "fit"
+        if unit == "const" or b <= 0:
+            a, b, how = min(ys), 0.0, "min"
+        out[name] = {"intercept_s": a, "slope_s": b, "per": unit, "how": how,
                      "rate_per_s": (1 / b) if b > 0 else float("inf")}
     return out
 
@@ -432,8 +435,8 @@ def extrapolate(f: dict[str, dict[str, float]], sub: dict[str, float]
                          + sub["submit_to_start_s"]}
                 fixed = {
                     "rollout: process start + imports": a("vllm process start + imports"),
-                    "rollout: vLLM start without weights": P["vllm_engine_fixed_s"],
-                    "rollout: compile + CUDA graphs": P["cuda_graph_compile_s"],
+                    "rollout: vLLM init (profile, KV cache, CUDA graphs)": P["vllm_init_s"],
+                    "rollout: torch.compile (shared cache)": P["vllm_compile_warm_s"],
                     "rollout: policy read": bf16_bytes / fs,
                     "update: process start + imports": a("update process start + imports"),
                     "update: policy load": models * (bf16_bytes / fs + a("policy load")),
@@ -502,19 +505,20 @@ def print_measured(results: dict[str, Any]) -> None:
 def print_tables(results: dict[str, Any], f: dict[str, dict[str, float]],
                  x: dict[str, dict[str, Any]]) -> None:
     print_measured(results)
-    print("\n### Fits: seconds = a + x / rate\n\n| cost | a (s) | rate | per |\n"
-          "| --- | ---: | ---: | --- |")
+    print("\n### Fits: seconds = a + x / rate\n\n| cost | a (s) | rate | x | a from |\n"
+          "| --- | ---: | ---: | --- | --- |")
     for name, v in f.items():
         rate = v["rate_per_s"]
-        shown = f"{rate / GB:.2f} GB/s" if v["per"] == "bytes" else f"{rate:.3g} /s"
-        print(f"| {name} | {v['intercept_s']:.2f} | {shown} | {v['per']} |")
+        shown = ("-" if rate == float("inf") else f"{rate / GB:.2f} GB/s"
+                 if v["per"] == "bytes" else f"{rate:.3g} params/s")
+        print(f"| {name} | {v['intercept_s']:.2f} | {shown} | {v['per']} | {v['how']} |")
     print("\n### Qwen2.5-7B, one iteration at the paper's settings (model: PAPER inputs)\n")
     print("| experiment, design | fixed s | work s | fixed share | GPU-h/iter | "
-          "GPU-h/1000 iter |\n| --- | ---: | ---: | ---: | ---: | ---: |")
+          "GPU-h/1000 iter | wall h/1000 iter |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, v in x.items():
         print(f"| {name} | {v['fixed_total_s']:.0f} | {v['work_total_s']:.0f} | "
               f"{v['fixed_share']:.2f} | {v['gpu_hours_per_iteration']:.2f} | "
-              f"{v['gpu_hours_per_1000']:.0f} |")
+              f"{v['gpu_hours_per_1000']:.0f} | {v['wall_s_per_iteration'] / 3.6:.0f} |")
     for name, v in x.items():
         print(f"\n{name}: " + "; ".join(f"{k} {s:.1f}" for k, s in
                                        (v["fixed_s"] | v["work_s"]).items()))
