@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,17 @@ def main() -> int:
         sys.exit(f"check-gpu-env: environment.yml is for CPython {python} on Linux x86_64; "
                  f"this is {here} on {sys.platform} {platform.machine()}, which would resolve "
                  f"another set. Fix: make check-gpu-env PYTHON=python{python}")
+    # pip builds the package's metadata in the source tree: leave no egg-info behind.
+    had_egg_info = set(ROOT.glob("*.egg-info"))
+    try:
+        return _resolve(args, here)
+    finally:
+        for made in set(ROOT.glob("*.egg-info")) - had_egg_info:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def _resolve(args: list[str], here: str) -> int:
+    """pip's dry run of `args` in a throw-away venv; 0 when the set resolves."""
     t = time.perf_counter()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     env["PIP_CONFIG_FILE"] = os.devnull  # no global, site or user pip.conf either
