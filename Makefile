@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test test-fast lint results clean-results
+.PHONY: setup run test test-fast lint results clean-results check-gpu-env
 
 setup: $(VENV)/.setup-done
 
@@ -61,10 +61,16 @@ results: setup
 	  $(foreach s,$(SEEDS),--command ".venv/bin/snakemake --profile profiles/local --config experiment=cpu_learning run=cpu_learning_s$(s) overrides=seed=$(s)") \
 	  --command ".venv/bin/rlver results-doc $(foreach s,$(SEEDS),results/cpu_learning_s$(s)) --out docs/results.md"
 
+# The GPU environment's pip set (environment.yml: the package with its `gpu` extra) resolved
+# against PyPI without installing it; fails on any conflict. A few minutes, network to
+# PyPI only; needs Python 3.11 on Linux x86_64, as environment.yml does.
+check-gpu-env:
+	$(PYTHON) tools/check_gpu_env.py
+
 # ruff, Snakemake's own lint of the workflow, and mypy on rlver/ (settings in pyproject.toml).
 # .pre-commit-config.yaml runs the same three.
 lint: setup
-	$(BIN)/ruff check rlver tests bench
+	$(BIN)/ruff check rlver tests bench tools
 	$(BIN)/snakemake --lint
 	$(BIN)/mypy
 

@@ -2,6 +2,16 @@
 
     python bench/gpu_check.py --workdir /tmp/gpu --model DIR
     python bench/gpu_check.py --workdir /tmp/gpu --random-from DIR   # config + tokenizer only
+    python bench/gpu_check.py --fixed-costs               # the cost model's GPU side (<8 min)
+    python bench/gpu_check.py --fixed-costs --device cpu --tiny   # its dry run on a CPU
+
+`--fixed-costs` times the fixed costs of docs/scale.md (process start + imports, vLLM and
+hf engine start, policy load, DeepSpeed init at bf16 / ZeRO-2, state save and load,
+policy export, submitit's submission) and the work (tokens generated and trained a
+second) with bench/scale.py's probes, on the largest of its random-weight Qwen2 shapes
+whose update fits the GPU (about 20 bytes a parameter; nothing is downloaded), and
+writes scale.json in --workdir (default results/gpu_check). Compare its numbers with the
+7B extrapolation's inputs in docs/scale.md.
 
 Stages, each the real stage function on its own files (no Snakemake, no Slurm):
 1. `rollout`: the hf engine on the GPU, GRPO groups, the heuristic simulator;
@@ -71,8 +81,68 @@ def logprob_check(rows: list[dict[str, Any]], policy: Path, dtype: str,
     return {"max_abs": float(d.max()), "mean_abs": float(d.mean()), "tokens": int(d.numel())}
 
 
+def fixed_costs(workdir: Path, device: str, tiny: bool) -> None:
+    """bench/scale.py's probes at the largest size that fits this machine."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import scale
+
+    if tiny:
+        size = "tiny"
+    else:
+        free = (torch.cuda.get_device_properties(0).total_memory if device == "cuda"
+                else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        # The update: ~20 bytes a parameter in memory; on disk the policy, its export and
+        # the DeepSpeed state (~16 bytes a parameter).
+        disk = shutil.disk_usage(next(d for d in [workdir, *workdir.parents]
+                                      if d.exists())).free
+        fits = [n for n in scale.SIZES if n != "tiny"
+                and 20 * scale.param_count(n) < 0.8 * free
+                and 20 * scale.param_count(n) < 0.8 * disk]
+        size = max(fits, key=scale.param_count)
+    print(f"gpu_check: fixed costs on {device}, size {size} "
+          f"({scale.param_count(size) / 1e9:.2f}B parameters)", flush=True)
+    engines = ["hf", "vllm"]
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        engines = ["hf"]
+        print("gpu_check: vllm does not import: hf engine only", flush=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = scale.measure([size], workdir, device, engines, batch=32, new_tokens=64,
+                            rows=4, seq=1024 if device == "cuda" else 128)
+    if "vllm" in engines and device == "cuda":
+        # The next iteration's policy: another directory, the same architecture, so its
+        # engine start finds the compiled graphs (rlver.engine.compile_cache_dir).
+        from rlver.models import link_tree
+
+        policy = workdir / size / "policy"
+        link_tree(policy, workdir / size / "policy_next")
+        second = scale.run_probe("vllm", ["--model", str(workdir / size / "policy_next"),
+                                          "--device", device, "--work", str(workdir / size),
+                                          "--batch", "32", "--new-tokens", "64"])
+        results["vllm_next_iteration"] = second
+        print(f"gpu_check: vLLM engine start, next iteration's policy: "
+              f"{second['engine_start_s']:.1f} s (first: "
+              f"{results['sizes'][size]['vllm']['engine_start_s']:.1f} s)", flush=True)
+    (workdir / "scale.json").write_text(json.dumps(results, indent=1))
+    scale.print_measured(results)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--fixed-costs", action="store_true",
+                   help="time the fixed costs of docs/scale.md instead of one iteration")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="--fixed-costs: where (cpu: a dry run of the script)")
+    p.add_argument("--tiny", action="store_true", help="--fixed-costs: the tiny size")
+    a0, rest = p.parse_known_args()
+    if a0.fixed_costs:
+        work = Path(rest[rest.index("--workdir") + 1]) if "--workdir" in rest else (
+            ROOT / "results" / "gpu_check")
+        fixed_costs(work, a0.device, a0.tiny)
+        return
     p.add_argument("--workdir", required=True)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="a Hugging Face model directory")

@@ -23,12 +23,16 @@ they differ by engine: `hf` stores the log-prob before nucleus truncation, `vllm
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
+import json
+import os
 import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 T = TypeVar("T")
@@ -251,6 +255,8 @@ class VLLMEngine(Engine):
         if current_platform.is_cpu():
             args |= VLLM_CPU_DEFAULTS
         args |= dict(engine_args or {})
+        if not args.get("enforce_eager") and "compilation_config" not in args:
+            args["compilation_config"] = {"cache_dir": compile_cache_dir(policy_dir, args)}
         if not args.get("enable_chunked_prefill", True):
             # Without chunks, any prompt must fit one step's token budget.
             args.setdefault("max_num_batched_tokens", args["max_model_len"])
@@ -511,6 +517,25 @@ class VLLMEngine(Engine):
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
         self._loop.close()
+
+
+def compile_cache_dir(policy_dir: str, engine_args: dict[str, Any]) -> str:
+    """vLLM's torch.compile cache for this architecture and these engine arguments, shared
+    by every iteration's policy. vLLM keys its own cache by the model's path too, and each
+    iteration's policy is a new directory, so every rollout job would compile the model
+    again (docs/scale.md). The compiled graphs hold no weights (RL trainers load new
+    weights into a compiled vLLM in place), so the policies of one architecture share them."""
+    import vllm
+    from vllm import envs
+
+    config = json.loads((Path(policy_dir) / "config.json").read_text())
+    for volatile in ("_name_or_path", "transformers_version"):
+        config.pop(volatile, None)
+    key = json.dumps({"config": config, "vllm": vllm.__version__, "env": envs.compile_factors(),
+                      "args": {k: v for k, v in engine_args.items() if k != "model"}},
+                     sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return os.path.join(envs.VLLM_CACHE_ROOT, "torch_compile_cache", f"rlver-{digest}")
 
 
 def _logprobs(ids: Sequence[int], logprobs: Sequence[Any]) -> list[float]:
