@@ -85,7 +85,8 @@ os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout: the 
 
 from rlver.chat import ChatTokens  # noqa: E402
 from rlver.config import SimulatorConfig, TemplateConfig, derive_seed  # noqa: E402
-from rlver.engine import SamplingSettings, VLLMEngine, step_recorder  # noqa: E402
+from rlver.engines import SamplingSettings  # noqa: E402
+from rlver.engines.vllm import VLLMEngine, step_recorder  # noqa: E402
 from rlver.personas import generate  # noqa: E402
 from rlver.rollout import (  # noqa: E402
     Dialogue,

@@ -124,7 +124,7 @@ class RolloutConfig:
     #: so a turn computes only its new tokens, never the history again. A session is seeded
     #: once, by its first turn: a dialogue's samples differ from those of one request per
     #: turn (false), and stay the same between reruns unless a session had to be closed
-    #: for KV room (the log says so). See rlver.engine.VLLMEngine.
+    #: for KV room (the log says so). See rlver.engines.vllm.VLLMEngine.
     sessions: bool = True
     #: Extra vLLM engine arguments, e.g. {gpu_memory_utilization: 0.5, max_model_len:
     #: 8192, enforce_eager: false}; on CPU the defaults are eager mode and a 2 GiB KV cache.

@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 from rlver.chat import ChatTokens, split_think
 from rlver.config import derive_seed
-from rlver.engine import ContextFull, Engine, Sampled, SamplingSettings
+from rlver.engines import ContextFull, Engine, Sampled, SamplingSettings
 from rlver.personas import Persona
 from rlver.simulator import Feeling, Message, SimRequest, Simulator, Utterance
 from rlver.simulator.protocol import ProtocolSettings, Step, reward, step
@@ -510,7 +510,7 @@ def rollout_shard(
     `engine`: an engine already holding the policy at `policy_dir` (tests, benchmarks);
     by default one is started for this shard and closed after it."""
     from rlver import config as config_mod
-    from rlver.engine import make_engine
+    from rlver.engines import make_engine
     from rlver.io import weights_sha256
     from rlver.personas import read_personas
     from rlver.schema import write_trajectories

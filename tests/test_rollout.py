@@ -15,7 +15,7 @@ import torch
 
 from rlver import algorithms
 from rlver.chat import ChatTokens, split_think
-from rlver.engine import Engine, Sampled, SamplingSettings
+from rlver.engines import Engine, Sampled, SamplingSettings
 from rlver.models import load_policy
 from rlver.personas import generate
 from rlver.rollout import DialogueSpec, rollout_shard, run_dialogues

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional, Protocol, TypeVar
 
+from rlver.engines import vllm_cpu
 from rlver.errors import RlverInputError
 from rlver.simulator import Feeling, SimRequest, Simulator, Utterance
 from rlver.simulator.prompts import (
@@ -622,12 +623,7 @@ class VLLMEngineBackend:
         from vllm.sampling_params import StructuredOutputsParams
 
         if current_platform.is_cpu():
-            # A seeded request prefilled in chunks makes vLLM rewind its torch.Generator by
-            # offset, which CPU generators do not support: the engine dies ("CPU Generator
-            # does not use offset"). Whole-prompt prefills avoid the rewind.
-            engine_kwargs.setdefault("enable_chunked_prefill", False)
-            engine_kwargs.setdefault("max_num_batched_tokens", max_model_len)
-            engine_kwargs.setdefault("dtype", cpu_dtype())
+            vllm_cpu.simulator_args(engine_kwargs, max_model_len)
         self._sampling = SamplingParams
         self._structured = StructuredOutputsParams
         self.temperature = float(temperature)
@@ -677,14 +673,3 @@ class VLLMEngineBackend:
             return None
         return self._structured(json=schema, disable_any_whitespace=True)
 
-
-def cpu_dtype() -> str:
-    """vLLM's dtype for a CPU engine: `auto` (bfloat16) only where the CPU computes bfloat16
-    natively; emulated, it is several times slower than float32."""
-    try:
-        import torch
-
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    except Exception:  # private torch API: if it moves, keep vLLM's choice
-        return "auto"
-    return "auto" if native else "float32"
