@@ -85,10 +85,7 @@ os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout: the 
 
 from rlver.chat import ChatTokens  # noqa: E402
 from rlver.config import SimulatorConfig, TemplateConfig, derive_seed  # noqa: E402
-from rlver.engines import SamplingSettings  # noqa: E402
-from rlver.engines.vllm import VLLMEngine, step_recorder  # noqa: E402
-from rlver.personas import generate  # noqa: E402
-from rlver.rollout import (  # noqa: E402
+from rlver.dialogue import (  # noqa: E402
     Dialogue,
     DialogueSpec,
     Turns,
@@ -96,6 +93,9 @@ from rlver.rollout import (  # noqa: E402
     run_dialogues,
     start_dialogues,
 )
+from rlver.engines import SamplingSettings  # noqa: E402
+from rlver.engines.vllm import VLLMEngine, step_recorder  # noqa: E402
+from rlver.personas import generate  # noqa: E402
 from rlver.simulator import Simulator  # noqa: E402
 from rlver.simulator.llm import LLMSimulator, OpenAIHTTPBackend  # noqa: E402
 from rlver.simulator.prompts import FAREWELL_MARKER  # noqa: E402

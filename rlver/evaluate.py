@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from rlver.config import derive_seed
+from rlver.dialogue import DialogueSpec, close_all, run_dialogues, simulator_instances
 from rlver.engines import SamplingSettings
 from rlver.metrics import benchmark_metrics
-from rlver.rollout import DialogueSpec, close_all, run_dialogues, simulator_instances
 from rlver.simulator.protocol import ProtocolSettings
 
 
