@@ -32,6 +32,41 @@ from rlver.registry import (
     adv_estimator,
 )
 
+#: The allowed values of the choice fields, named once: `validate` checks them (`CHOICES`)
+#: and the modules that act on a choice import its names from here.
+ENGINES = ("hf", "vllm")
+SCHEDULES = ("batched", "async")
+SIMULATOR_BACKENDS = ("heuristic", "llm_http", "llm_vllm")
+ON_PARSE_ERROR = ("zero_delta", "error")
+LANGUAGES = ("auto", "en", "zh")
+DIFFICULTIES = ("vanilla", "challenging")
+ALGORITHMS = ("grpo", "ppo")
+PRECISIONS = ("fp32", "bf16")
+KEEP_POLICIES = ("evaluated", "all")
+DTYPES = ("float32", "bfloat16")
+TEMPLATES = ("nothink", "think")
+PERSONA_SOURCES = ("generated", "rlver")
+LAUNCHERS = ("local", "slurm")
+SCALES = ("paper", "cpu")
+
+#: Each choice field and its allowed values.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "rollout.engine": ENGINES,
+    "rollout.schedule": SCHEDULES,
+    "simulator.backend": SIMULATOR_BACKENDS,
+    "simulator.on_parse_error": ON_PARSE_ERROR,
+    "simulator.language": LANGUAGES,
+    "simulator.difficulty": DIFFICULTIES,
+    "algorithm.name": ALGORITHMS,
+    "algorithm.precision": PRECISIONS,
+    "algorithm.keep_policies": KEEP_POLICIES,
+    "model.dtype": DTYPES,
+    "template.name": TEMPLATES,
+    "personas.source": PERSONA_SOURCES,
+    "cluster.launcher": LAUNCHERS,
+    "scale": SCALES,
+}
+
 #: The config tree shipped with the repository.
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
@@ -440,109 +475,102 @@ def _check_unset(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Checks that a type system cannot express; each names the key."""
     _check_unset(cfg)
-    estimator = adv_estimator(cfg.algorithm)
-    checks = [
+    checks = [(key, OmegaConf.select(cfg, key) in values, "one of: " + ", ".join(values))
+              for key, values in CHOICES.items()]
+    checks += _registered(cfg) + _ranges(cfg) + _combinations(cfg)
+    bad = [f"{key} must be {want}" for key, ok, want in checks if not ok]
+    if bad:
+        raise RlverInputError("config: " + "; ".join(bad) + ". Fix: override those keys.")
+
+
+Check = tuple[str, bool, str]
+
+
+def _registered(cfg: DictConfig) -> list[Check]:
+    """Names looked up in `rlver.registry`."""
+    alg = cfg.algorithm
+    return [
+        ("algorithm.adv_std", alg.adv_std in GROUP_NORMS, _one_of(GROUP_NORMS)),
+        ("algorithm.credit", alg.credit in CREDITS, _one_of(CREDITS)),
+        ("algorithm.adv_estimator", adv_estimator(alg) in ADV_ESTIMATORS,
+         _one_of(ADV_ESTIMATORS)),
+        ("algorithm.policy_loss", alg.policy_loss in POLICY_LOSSES, _one_of(POLICY_LOSSES)),
+        ("algorithm.kl_estimator", alg.kl_estimator in KL_ESTIMATORS, _one_of(KL_ESTIMATORS)),
+    ]
+
+
+def _ranges(cfg: DictConfig) -> list[Check]:
+    """Numbers within their range."""
+    ro, alg, cl = cfg.rollout, cfg.algorithm, cfg.cluster
+    return [
         ("iterations", cfg.iterations >= 1, "at least 1"),
-        ("rollout.shards", cfg.rollout.shards >= 1, "at least 1"),
-        ("rollout.engine", cfg.rollout.engine in {"hf", "vllm"}, "one of: hf, vllm"),
-        (
-            "rollout.schedule",
-            cfg.rollout.schedule == "batched"
-            or (cfg.rollout.schedule == "async" and cfg.rollout.engine == "vllm"),
-            "batched, or async with rollout.engine=vllm",
-        ),
-        ("rollout.batch_size", cfg.rollout.batch_size >= 1, "at least 1"),
-        ("rollout.max_new_tokens", cfg.rollout.max_new_tokens >= 1, "at least 1"),
-        ("rollout.samples_per_persona", cfg.rollout.samples_per_persona >= 1, "at least 1"),
+        ("rollout.shards", ro.shards >= 1, "at least 1"),
+        ("rollout.batch_size", ro.batch_size >= 1, "at least 1"),
+        ("rollout.max_new_tokens", ro.max_new_tokens >= 1, "at least 1"),
+        ("rollout.samples_per_persona", ro.samples_per_persona >= 1, "at least 1"),
+        ("simulator.max_turns", cfg.simulator.max_turns >= 1, "at least 1"),
+        ("evaluation.max_turns", cfg.evaluation.max_turns >= 1, "at least 1"),
+        ("evaluation.every", cfg.evaluation.every >= 1, "at least 1"),
+        ("algorithm.ppo_epochs", alg.ppo_epochs >= 1, "at least 1"),
+        ("algorithm.mini_batches", alg.mini_batches >= 1, "at least 1"),
+        ("algorithm.micro_batch_size", alg.micro_batch_size >= 1, "at least 1"),
+        ("algorithm.micro_batch_tokens", alg.micro_batch_tokens >= 0, "0 or more"),
+        ("algorithm.gamma", 0 <= alg.gamma <= 1, "in [0, 1]"),
+        ("algorithm.gae_lambda", 0 <= alg.gae_lambda <= 1, "in [0, 1]"),
+        ("algorithm.clip_ratio", alg.clip_ratio > 0, "positive"),
+        ("algorithm.value_clip", alg.value_clip > 0, "positive"),
+        ("algorithm.warmup_ratio", 0 <= alg.warmup_ratio <= 1, "in [0, 1]"),
+        ("algorithm.critic_warmup_ratio", 0 <= alg.critic_warmup_ratio <= 1, "in [0, 1]"),
+        ("algorithm.kl_coef", alg.kl_coef >= 0, "0 or more"),
+        ("algorithm.zero_stage", alg.zero_stage in {0, 1, 2, 3}, "0, 1, 2 or 3"),
+        ("cluster.signal_delay_s", cl.signal_delay_s >= 0, "0 or more"),
+        ("cluster.max_requeues", cl.max_requeues >= 0, "0 or more"),
+        ("run", bool(cfg.run) and "/" not in cfg.run, "a name without '/'"),
+    ]
+
+
+def _combinations(cfg: DictConfig) -> list[Check]:
+    """Values that are allowed alone but not together."""
+    ro, alg = cfg.rollout, cfg.algorithm
+    estimator = adv_estimator(alg)
+    return [
+        ("rollout.schedule", ro.schedule == "batched" or ro.engine == "vllm",
+         "batched, or async with rollout.engine=vllm"),
         (
             "rollout.greedy_per_group",
-            0 <= cfg.rollout.greedy_per_group < max(cfg.rollout.samples_per_persona, 1),
+            0 <= ro.greedy_per_group < max(ro.samples_per_persona, 1),
             "0, or less than rollout.samples_per_persona (a group needs a sampled member)",
         ),
         (
             "rollout.greedy_per_group",
-            cfg.rollout.greedy_per_group == 0 or cfg.rollout.engine == "hf",
+            ro.greedy_per_group == 0 or ro.engine == "hf",
             "0 with rollout.engine=vllm (vLLM's greedy log-probs are taken before the "
             "temperature the trainer divides by)",
         ),
         (
             "rollout.personas_per_iteration",
-            cfg.rollout.personas_per_iteration >= cfg.rollout.shards,
+            ro.personas_per_iteration >= ro.shards,
             "at least rollout.shards (each shard needs one persona)",
         ),
         (
-            "simulator.backend",
-            cfg.simulator.backend in {"heuristic", "llm_http", "llm_vllm"},
-            "one of: heuristic, llm_http, llm_vllm",
-        ),
-        (
-            "simulator.on_parse_error",
-            cfg.simulator.on_parse_error in {"zero_delta", "error"},
-            "zero_delta or error",
-        ),
-        ("simulator.language", cfg.simulator.language in {"auto", "en", "zh"}, "auto, en or zh"),
-        (
-            "simulator.difficulty",
-            cfg.simulator.difficulty in {"vanilla", "challenging"},
-            "vanilla or challenging",
-        ),
-        ("simulator.max_turns", cfg.simulator.max_turns >= 1, "at least 1"),
-        ("evaluation.max_turns", cfg.evaluation.max_turns >= 1, "at least 1"),
-        ("evaluation.every", cfg.evaluation.every >= 1, "at least 1"),
-        ("algorithm.name", cfg.algorithm.name in {"grpo", "ppo"}, "one of: grpo, ppo"),
-        ("algorithm.adv_std", cfg.algorithm.adv_std in GROUP_NORMS, _one_of(GROUP_NORMS)),
-        ("algorithm.credit", cfg.algorithm.credit in CREDITS, _one_of(CREDITS)),
-        ("algorithm.adv_estimator", estimator in ADV_ESTIMATORS, _one_of(ADV_ESTIMATORS)),
-        (
             "algorithm.adv_estimator",
-            (estimator == "gae") <= (cfg.algorithm.name == "ppo")
-            and (estimator == "grpo") <= (cfg.algorithm.name == "grpo"),
+            (estimator == "gae") <= (alg.name == "ppo")
+            and (estimator == "grpo") <= (alg.name == "grpo"),
             "gae with algorithm.name=ppo (it needs the critic's values; PPO's critic needs "
             "gae's returns), grpo with algorithm.name=grpo",
         ),
-        ("algorithm.policy_loss", cfg.algorithm.policy_loss in POLICY_LOSSES,
-         _one_of(POLICY_LOSSES)),
-        ("algorithm.keep_policies", cfg.algorithm.keep_policies in {"evaluated", "all"},
-         "evaluated or all"),
         (
             "algorithm.credit",
-            cfg.algorithm.credit != "turn" or cfg.template.name == "nothink",
+            alg.credit != "turn" or cfg.template.name == "nothink",
             "final when template.name is think (a think sample is one reply already; "
             "a malformed one gets the format penalty)",
         ),
-        ("algorithm.kl_estimator", cfg.algorithm.kl_estimator in KL_ESTIMATORS,
-         _one_of(KL_ESTIMATORS)),
-        ("algorithm.ppo_epochs", cfg.algorithm.ppo_epochs >= 1, "at least 1"),
-        ("algorithm.mini_batches", cfg.algorithm.mini_batches >= 1, "at least 1"),
-        ("algorithm.micro_batch_size", cfg.algorithm.micro_batch_size >= 1, "at least 1"),
-        ("algorithm.micro_batch_tokens", cfg.algorithm.micro_batch_tokens >= 0, "0 or more"),
-        ("algorithm.gamma", 0 <= cfg.algorithm.gamma <= 1, "in [0, 1]"),
-        ("algorithm.gae_lambda", 0 <= cfg.algorithm.gae_lambda <= 1, "in [0, 1]"),
-        ("algorithm.clip_ratio", cfg.algorithm.clip_ratio > 0, "positive"),
-        ("algorithm.value_clip", cfg.algorithm.value_clip > 0, "positive"),
-        ("algorithm.warmup_ratio", 0 <= cfg.algorithm.warmup_ratio <= 1, "in [0, 1]"),
-        ("algorithm.critic_warmup_ratio", 0 <= cfg.algorithm.critic_warmup_ratio <= 1,
-         "in [0, 1]"),
-        ("algorithm.kl_coef", cfg.algorithm.kl_coef >= 0, "0 or more"),
         (
             "algorithm.keep_state_iterations",
-            cfg.algorithm.keep_state_iterations >= (1 if cfg.algorithm.name == "ppo" else 0),
+            alg.keep_state_iterations >= (1 if alg.name == "ppo" else 0),
             "at least 1 with ppo (the critic carries over), else at least 0",
         ),
-        ("algorithm.zero_stage", cfg.algorithm.zero_stage in {0, 1, 2, 3}, "0, 1, 2 or 3"),
-        ("algorithm.precision", cfg.algorithm.precision in {"fp32", "bf16"}, "fp32 or bf16"),
-        ("model.dtype", cfg.model.dtype in {"float32", "bfloat16"}, "float32 or bfloat16"),
-        ("template.name", cfg.template.name in {"nothink", "think"}, "nothink or think"),
-        ("personas.source", cfg.personas.source in {"generated", "rlver"}, "generated or rlver"),
-        ("cluster.launcher", cfg.cluster.launcher in {"local", "slurm"}, "local or slurm"),
-        ("cluster.signal_delay_s", cfg.cluster.signal_delay_s >= 0, "0 or more"),
-        ("cluster.max_requeues", cfg.cluster.max_requeues >= 0, "0 or more"),
-        ("run", bool(cfg.run) and "/" not in cfg.run, "a name without '/'"),
-        ("scale", cfg.scale in {"paper", "cpu"}, "paper or cpu"),
     ]
-    bad = [f"{key} must be {want}" for key, ok, want in checks if not ok]
-    if bad:
-        raise RlverInputError("config: " + "; ".join(bad) + ". Fix: override those keys.")
 
 
 def _one_of(registry: Registry) -> str:

@@ -37,13 +37,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from rlver.chat import ChatTokens, split_think
-from rlver.config import derive_seed
+from rlver.config import SCHEDULES, derive_seed
 from rlver.engines import ContextFull, Engine, Sampled, SamplingSettings
 from rlver.personas import Persona
 from rlver.simulator import Feeling, Message, SimRequest, Simulator, Utterance
 from rlver.simulator.protocol import ProtocolSettings, Step, reward, step
-
-SCHEDULES = ("async", "batched")
 
 
 @dataclass(frozen=True)

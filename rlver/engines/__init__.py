@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from rlver.config import ENGINES
 from rlver.engines.base import ContextFull, Engine, Sampled, SamplingSettings
 
 __all__ = ["ContextFull", "Engine", "Sampled", "SamplingSettings", "make_engine"]
@@ -41,7 +42,7 @@ def make_engine(name: str, policy_dir: str, dtype: str,
 
         return VLLMEngine(policy_dir, dtype, engine_args)
     if name != "hf":
-        raise ValueError(f"unknown engine {name!r}")
+        raise ValueError(f"engine must be one of {ENGINES}, got {name!r}")
     from rlver.engines.hf import load_hf_engine
 
     return load_hf_engine(policy_dir, dtype)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional, Protocol, TypeVar
 
+from rlver.config import DIFFICULTIES, ON_PARSE_ERROR
 from rlver.engines import vllm_cpu
 from rlver.errors import RlverInputError
 from rlver.simulator import Feeling, SimRequest, Simulator, Utterance
@@ -262,10 +263,10 @@ class LLMSimulator(Simulator):
     def __init__(
         self, cfg: Any, backend: CompletionBackend, sleep: Callable[[float], None] = time.sleep
     ) -> None:
-        if cfg.difficulty not in ("vanilla", "challenging"):
-            raise ValueError(f"difficulty must be vanilla or challenging, got {cfg.difficulty!r}")
-        if cfg.on_parse_error not in ("zero_delta", "error"):
-            raise ValueError(f"on_parse_error must be zero_delta or error, got "
+        if cfg.difficulty not in DIFFICULTIES:
+            raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {cfg.difficulty!r}")
+        if cfg.on_parse_error not in ON_PARSE_ERROR:
+            raise ValueError(f"on_parse_error must be one of {ON_PARSE_ERROR}, got "
                              f"{cfg.on_parse_error!r}")
         self.difficulty: str = cfg.difficulty
         self.language: str = cfg.language
