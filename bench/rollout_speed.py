@@ -84,7 +84,8 @@ sys.path.insert(0, str(ROOT))  # bench.servers: the fake endpoint
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout: the results
 
 from rlver.chat import ChatTokens  # noqa: E402
-from rlver.config import SimulatorConfig, TemplateConfig, derive_seed  # noqa: E402
+from rlver.config import derive_seed  # noqa: E402
+from rlver.config_schema import SimulatorConfig, TemplateConfig  # noqa: E402
 from rlver.dialogue import (  # noqa: E402
     Dialogue,
     DialogueSpec,

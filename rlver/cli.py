@@ -54,7 +54,7 @@ def cmd_init_policy(a: argparse.Namespace) -> None:
 def cmd_personas(a: argparse.Namespace) -> None:
     from omegaconf import OmegaConf
 
-    from rlver.config import PersonasConfig
+    from rlver.config_schema import PersonasConfig
     from rlver.personas import build_persona_sets
 
     try:
