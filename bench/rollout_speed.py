@@ -98,7 +98,8 @@ from rlver.engines import SamplingSettings  # noqa: E402
 from rlver.engines.vllm import VLLMEngine, step_recorder  # noqa: E402
 from rlver.personas import generate  # noqa: E402
 from rlver.simulator import Simulator  # noqa: E402
-from rlver.simulator.llm import LLMSimulator, OpenAIHTTPBackend  # noqa: E402
+from rlver.simulator.llm import LLMSimulator  # noqa: E402
+from rlver.simulator.llm_backends import OpenAIHTTPBackend  # noqa: E402
 from rlver.simulator.prompts import FAREWELL_MARKER  # noqa: E402
 from rlver.simulator.protocol import ProtocolSettings  # noqa: E402
 

@@ -36,11 +36,11 @@ from rlver.simulator.llm import (
     AnswerFormatError,
     CompletionError,
     LLMSimulator,
-    OpenAIHTTPBackend,
     attempt_seed,
     parse_feeling,
     parse_utterance,
 )
+from rlver.simulator.llm_backends import OpenAIHTTPBackend
 from rlver.simulator.prompts import (
     FAREWELL_MARKER,
     fallback_utterance,
