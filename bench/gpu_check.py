@@ -114,7 +114,7 @@ def fixed_costs(workdir: Path, device: str, tiny: bool) -> None:
                             rows=4, seq=1024 if device == "cuda" else 128)
     if "vllm" in engines and device == "cuda":
         # The next iteration's policy: another directory, the same architecture, so its
-        # engine start finds the compiled graphs (rlver.engine.compile_cache_dir).
+        # engine start finds the compiled graphs (rlver.engines.vllm.compile_cache_dir).
         from rlver.models import link_tree
 
         policy = workdir / size / "policy"

@@ -84,10 +84,9 @@ sys.path.insert(0, str(ROOT))  # bench.servers: the fake endpoint
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout: the results
 
 from rlver.chat import ChatTokens  # noqa: E402
-from rlver.config import SimulatorConfig, TemplateConfig, derive_seed  # noqa: E402
-from rlver.engine import SamplingSettings, VLLMEngine, step_recorder  # noqa: E402
-from rlver.personas import generate  # noqa: E402
-from rlver.rollout import (  # noqa: E402
+from rlver.config import derive_seed  # noqa: E402
+from rlver.config_schema import SimulatorConfig, TemplateConfig  # noqa: E402
+from rlver.dialogue import (  # noqa: E402
     Dialogue,
     DialogueSpec,
     Turns,
@@ -95,8 +94,12 @@ from rlver.rollout import (  # noqa: E402
     run_dialogues,
     start_dialogues,
 )
+from rlver.engines import SamplingSettings  # noqa: E402
+from rlver.engines.vllm import VLLMEngine, step_recorder  # noqa: E402
+from rlver.personas import generate  # noqa: E402
 from rlver.simulator import Simulator  # noqa: E402
-from rlver.simulator.llm import LLMSimulator, OpenAIHTTPBackend  # noqa: E402
+from rlver.simulator.llm import LLMSimulator  # noqa: E402
+from rlver.simulator.llm_backends import OpenAIHTTPBackend  # noqa: E402
 from rlver.simulator.prompts import FAREWELL_MARKER  # noqa: E402
 from rlver.simulator.protocol import ProtocolSettings  # noqa: E402
 

@@ -11,10 +11,10 @@ directory our stages read. Each measurement is a fresh process doing what the st
 job does, through the stage's own functions, with the files evicted from the page cache
 first (posix_fadvise, so a read costs the disk as a new job on another node would):
 
-- rollout job, hf engine: process start + imports, `rlver.engine.make_engine("hf")`
+- rollout job, hf engine: process start + imports, `rlver.engines.make_engine("hf")`
   (loads the policy), tokens generated/s;
 - rollout job, vLLM engine: process start + imports, `VLLMEngine(...)` start (the CPU
-  defaults of rlver.engine: eager), tokens generated/s;
+  defaults of rlver.engines.vllm_cpu: eager), tokens generated/s;
 - update job: process start + imports, `rlver.models.load_policy` (policy load), the
   update's DeepSpeed set-up (`rlver.train.engines.make_engine` with its `deepspeed_config`
   of the algorithm),
@@ -128,7 +128,8 @@ def probe_rollout(engine_name: str, model: Path, device: str, out: dict[str, Any
     import transformers  # noqa: F401
 
     import rlver.rollout  # noqa: F401
-    from rlver.engine import SamplingSettings, VLLMEngine, make_engine
+    from rlver.engines import SamplingSettings, make_engine
+    from rlver.engines.vllm import VLLMEngine
 
     if engine_name == "vllm":
         from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401

@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Optional
 
-from rlver.simulator.llm import cpu_dtype
+from rlver.engines.vllm_cpu import cpu_dtype
 
 #: The name the vLLM server serves the model under (the simulator's `model` setting).
 SERVED_NAME = "smollm2"

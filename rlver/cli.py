@@ -54,7 +54,7 @@ def cmd_init_policy(a: argparse.Namespace) -> None:
 def cmd_personas(a: argparse.Namespace) -> None:
     from omegaconf import OmegaConf
 
-    from rlver.config import PersonasConfig
+    from rlver.config_schema import PersonasConfig
     from rlver.personas import build_persona_sets
 
     try:
@@ -106,20 +106,20 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_report(a: argparse.Namespace) -> None:
-    from rlver.report import build_report
+    from rlver.reporting.report import build_report
 
     build_report(Path(a.run_dir), Path(a.out))
 
 
 def cmd_results_doc(a: argparse.Namespace) -> None:
-    from rlver.results_doc import write_results_doc
+    from rlver.reporting.results_doc import write_results_doc
 
     page, figure = write_results_doc(a.run_dirs, a.out, a.title, a.command, a.goal)
     print(f"results-doc: wrote {page} and {figure}", file=sys.stderr)
 
 
 def cmd_table(a: argparse.Namespace) -> None:
-    from rlver.table import build_table, to_markdown, write_table
+    from rlver.reporting.table import build_table, to_markdown, write_table
 
     rows = build_table(a.run_dirs, last_only=a.last)
     if a.out:
@@ -129,7 +129,7 @@ def cmd_table(a: argparse.Namespace) -> None:
 
 
 def cmd_score(a: argparse.Namespace) -> None:
-    from rlver.benchmark_logs import format_scores, score_file
+    from rlver.tools.benchmark_logs import format_scores, score_file
 
     scores = [score_file(path) for path in a.logs]
     if a.json:
@@ -140,7 +140,7 @@ def cmd_score(a: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> None:
-    from rlver.calibrate import calibrate
+    from rlver.tools.calibrate import calibrate
 
     calibrate(a.logs, a.simulator, a.difficulty, a.set, a.out, a.limit)
 

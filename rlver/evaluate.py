@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from rlver.config import derive_seed
-from rlver.engine import SamplingSettings
+from rlver.dialogue import DialogueSpec, close_all, run_dialogues, simulator_instances
+from rlver.engines import SamplingSettings
 from rlver.metrics import benchmark_metrics
-from rlver.rollout import DialogueSpec, close_all, run_dialogues, simulator_instances
 from rlver.simulator.protocol import ProtocolSettings
 
 
@@ -25,7 +25,7 @@ def evaluate_policy(
 ) -> dict[str, Any]:
     """Stage `evaluate`: benchmark dialogues and metrics.json for one policy."""
     from rlver import config as config_mod
-    from rlver.engine import make_engine
+    from rlver.engines import make_engine
     from rlver.io import weights_sha256, write_json
     from rlver.personas import read_personas
     from rlver.schema import write_trajectories

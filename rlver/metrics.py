@@ -1,8 +1,11 @@
-"""The benchmark's metrics, one definition for our evaluations and for published logs."""
+"""The benchmark's metrics, one definition for our evaluations and for published logs,
+and the half-up rounding of published tables."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 
@@ -22,3 +25,13 @@ def benchmark_metrics(final_emotions: list[int], outcomes: list[str], num_turns:
         "mean_turns": sum(num_turns) / n,
         "outcomes": {k: v for k, v in sorted(Counter(outcomes).items())},
     }
+
+
+def round_half_up(value: Decimal, places: int = 1) -> Decimal:
+    """Round as published tables do: 68.15 -> 68.2 (float rounding may give 68.1)."""
+    return value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+
+
+def exact_mean(values: Sequence[int | Decimal]) -> Decimal:
+    """The mean without float error, so the half-up rounding sees the true value."""
+    return sum((Decimal(v) for v in values), Decimal(0)) / Decimal(len(values))

@@ -11,8 +11,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from rlver.benchmark_logs import read_sage_dialogues
-from rlver.calibrate import (
+from rlver.errors import RlverInputError
+from rlver.tools.benchmark_logs import read_sage_dialogues
+from rlver.tools.calibrate import (
     METRIC_KEYS,
     TURN_SCHEMA,
     agreement,
@@ -20,7 +21,6 @@ from rlver.calibrate import (
     calibrate,
     spearman,
 )
-from rlver.errors import RlverInputError
 
 SAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "sage_logs"
 needs_data = pytest.mark.skipif(

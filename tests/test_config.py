@@ -118,7 +118,8 @@ def test_keys_added_later_keep_older_runs_valid(tmp_path):
 def test_keep_policies_takes_evaluated_or_all():
     assert config.compose("smoke").algorithm.keep_policies == "evaluated"
     assert config.compose("smoke", ["algorithm.keep_policies=all"]).algorithm.keep_policies == "all"
-    with pytest.raises(RlverInputError, match="algorithm.keep_policies must be evaluated or all"):
+    with pytest.raises(RlverInputError,
+                       match="algorithm.keep_policies must be one of: evaluated, all"):
         config.compose("smoke", ["algorithm.keep_policies=none"])
 
 

@@ -1,10 +1,10 @@
-"""vLLM's torch.compile cache is shared by every iteration's policy (rlver.engine)."""
+"""vLLM's torch.compile cache is shared by every iteration's policy (rlver.engines.vllm)."""
 
 from pathlib import Path
 
 import pytest
 
-from rlver.engine import compile_cache_dir
+from rlver.engines.vllm import compile_cache_dir
 from rlver.models import link_tree
 
 MODEL = Path(__file__).resolve().parents[1] / ".cache" / "test-model" / "smollm2-135m-instruct"

@@ -11,7 +11,7 @@ import importlib.util
 import pyarrow.parquet as pq
 import pytest
 
-from rlver.engine import SamplingSettings
+from rlver.engines import SamplingSettings
 from rlver.rollout import rollout_shard
 from rlver.schema import TIMING_COLUMNS, read_trajectories
 from tests.test_rollout import assert_logprobs_match, assert_think_rows
@@ -30,7 +30,7 @@ STEPS: list[tuple[float, int, int]] = []
 
 @pytest.fixture(scope="module")
 def engine(base_model):
-    from rlver.engine import VLLMEngine, step_recorder
+    from rlver.engines.vllm import VLLMEngine, step_recorder
 
     eng = VLLMEngine(str(base_model), "float32", stat_loggers=[step_recorder(STEPS)])
     yield eng
@@ -63,10 +63,10 @@ def test_seeded_requests_do_not_depend_on_the_batch(engine):
 
 def test_a_continued_context_reuses_its_history(engine):
     """Turn t+1 resends turn t's context and reply: the prefix cache serves every full
-    block of it (VLLM_CPU_DEFAULTS' block size), and the counters say so."""
-    from rlver.engine import VLLM_CPU_DEFAULTS
+    block of it (vllm_cpu.POLICY_DEFAULTS' block size), and the counters say so."""
+    from rlver.engines.vllm_cpu import POLICY_DEFAULTS
 
-    block = VLLM_CPU_DEFAULTS["block_size"]
+    block = POLICY_DEFAULTS["block_size"]
     prompt = [1] + list(range(200, 300))  # 101 tokens: 3 full blocks of 32 and 5 more
     engine.reset_prefix_cache()
     sent, cached = engine.prompt_tokens, engine.cached_prompt_tokens

@@ -13,7 +13,7 @@ import pytest
 
 from rlver import config
 from rlver.chat import ChatTokens
-from rlver.engine import SamplingSettings, make_engine
+from rlver.engines import SamplingSettings, make_engine
 from rlver.io import weights_sha256
 from rlver.schema import write_trajectories
 from rlver.train import UpdateSpec, run_update

@@ -26,7 +26,7 @@ from typing import Any, Optional
 import pytest
 
 from bench.servers import FakeChatServer, Reply, cpu_friendly_env, free_port, vllm_server
-from rlver.config import SimulatorConfig
+from rlver.config_schema import SimulatorConfig
 from rlver.errors import RlverInputError
 from rlver.personas import Persona
 from rlver.simulator import Feeling, Message, SimRequest, Utterance, make_simulator
@@ -36,11 +36,11 @@ from rlver.simulator.llm import (
     AnswerFormatError,
     CompletionError,
     LLMSimulator,
-    OpenAIHTTPBackend,
     attempt_seed,
     parse_feeling,
     parse_utterance,
 )
+from rlver.simulator.llm_backends import OpenAIHTTPBackend
 from rlver.simulator.prompts import (
     FAREWELL_MARKER,
     fallback_utterance,
@@ -540,7 +540,7 @@ def test_structured_feel_off_is_todays_free_text() -> None:
 
 ENGINE_SCRIPT = '''
 import json, sys, time
-from rlver.config import SimulatorConfig
+from rlver.config_schema import SimulatorConfig
 from rlver.personas import generate
 from rlver.simulator import Message, SimRequest, make_simulator
 

@@ -10,7 +10,7 @@ import pytest
 from rlver import config as rconfig
 from rlver.errors import RlverInputError
 from rlver.io import write_json, write_text
-from rlver.report import build_report
+from rlver.reporting.report import build_report
 from rlver.schema import write_trajectories
 
 RUN = "report-test-run"
@@ -182,7 +182,7 @@ def test_missing_config(tmp_path: Path) -> None:
 
 
 def test_reply_without_user_reaction_keeps_its_verdict() -> None:
-    from rlver.report import _dialogue
+    from rlver.reporting.report import _dialogue
 
     row = _row(0, 7, [55, 35], "max_turns")
     row["messages"] = row["messages"][:-1]  # ended on the assistant's last reply

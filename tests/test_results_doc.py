@@ -56,7 +56,7 @@ def test_goal_verdict_follows_the_numbers(tmp_path: Path, goal: str, verdict: st
 def test_a_run_without_evaluations_is_refused(tmp_path: Path) -> None:
     run = _make_run(tmp_path, "paper_grpo_nothink_vanilla", finals={})
     with pytest.raises(RlverInputError, match="no iter_\\*/eval/metrics.json"):
-        from rlver.results_doc import write_results_doc
+        from rlver.reporting.results_doc import write_results_doc
 
         write_results_doc([run], tmp_path / "r.md", "T", [])
     assert not (tmp_path / "r.md").exists()

@@ -15,10 +15,11 @@ import torch
 
 from rlver import algorithms
 from rlver.chat import ChatTokens, split_think
-from rlver.engine import Engine, Sampled, SamplingSettings
+from rlver.dialogue import DialogueSpec, run_dialogues
+from rlver.engines import Engine, Sampled, SamplingSettings
 from rlver.models import load_policy
 from rlver.personas import generate
-from rlver.rollout import DialogueSpec, rollout_shard, run_dialogues
+from rlver.rollout import rollout_shard
 from rlver.schema import TIMING_COLUMNS, read_trajectories
 from rlver.simulator import Feeling, SimRequest, Simulator, Utterance
 from rlver.simulator.protocol import ProtocolSettings

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from rlver import schema
-from rlver.benchmark_logs import round_half_up, score_file
 from rlver.errors import RlverInputError
+from rlver.metrics import round_half_up
+from rlver.tools.benchmark_logs import score_file
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SAGE = SHARED / "sage_logs"

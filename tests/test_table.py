@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from rlver import cli, paper_numbers
+from rlver import cli
 from rlver import config as rconfig
 from rlver.io import write_json, write_text
 from rlver.metrics import benchmark_metrics
-from rlver.report import build_report
-from rlver.table import build_table, run_rows, to_markdown
+from rlver.reporting import paper_numbers
+from rlver.reporting.report import build_report
+from rlver.reporting.table import build_table, run_rows, to_markdown
 
 from .helpers import ROOT
 

@@ -46,12 +46,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from rlver.config import DIFFICULTIES
 from rlver.data import load
 from rlver.personas import Persona
 from rlver.simulator import Feeling, SimRequest, Simulator, Utterance
 from rlver.simulator import heuristic_text as ht
-
-DIFFICULTIES: tuple[str, ...] = ("vanilla", "challenging")
 
 #: Per-turn range of the proposed change, by difficulty (the protocol may clip further).
 _MAX_GAIN = {"vanilla": 15, "challenging": 10}

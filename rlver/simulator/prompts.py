@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional
 
+from rlver.config import DIFFICULTIES
 from rlver.data import load
 from rlver.personas import NEEDS, Persona
 from rlver.simulator import Message, SimRequest
@@ -160,8 +161,8 @@ def _need_block(persona: Persona, language: str) -> str:
 
 
 def _difficulty(difficulty: str) -> str:
-    if difficulty not in ("vanilla", "challenging"):
-        raise ValueError(f"difficulty must be vanilla or challenging, got {difficulty!r}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
     return difficulty
 
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from rlver.errors import RlverInputError
 from rlver.io import jsonl_records
-from rlver.metrics import benchmark_metrics
+from rlver.metrics import benchmark_metrics, exact_mean, round_half_up
 from rlver.personas import RLVER_CHARACTER_TYPES, Persona, persona_from_profile
 from rlver.simulator import Message
 
@@ -92,16 +92,6 @@ class FileScore:
 
 
 # --- scoring ---------------------------------------------------------------------------
-
-
-def round_half_up(value: Decimal, places: int = 1) -> Decimal:
-    """Round as published tables do: 68.15 -> 68.2 (float rounding may give 68.1)."""
-    return value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-
-
-def exact_mean(values: list[Number]) -> Decimal:
-    """The mean without float error, so the half-up rounding sees the true value."""
-    return sum((Decimal(v) for v in values), Decimal(0)) / Decimal(len(values))
 
 
 def score_dialogues(file: str, dialogues: list[LoggedDialogue]) -> FileScore:

@@ -1,5 +1,5 @@
 """The run report: one self-contained HTML page plus PNG figures and the paper-style table
-(table.md, table.csv; rlver.table), from whatever exists.
+(table.md, table.csv; rlver.reporting.table), from whatever exists.
 
 The report reads a run directory as it stands (a run may be half-way through, with no
 update or evaluation yet) and writes nothing but `out_dir`, built in a temporary
@@ -22,10 +22,11 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from rlver import config as rconfig
-from rlver import faults, layout, plots
-from rlver import table as rtable
+from rlver import faults, layout
 from rlver.errors import RlverInputError
 from rlver.io import atomic_path, read_json_object
+from rlver.reporting import plots
+from rlver.reporting import table as rtable
 from rlver.schema import OUTCOMES, read_metadata
 
 #: Columns the report needs from rollout files; token columns are skipped (large).

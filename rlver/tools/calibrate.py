@@ -23,12 +23,12 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rlver.benchmark_logs import SageDialogue, format_table, read_sage_dialogues
 from rlver.config import derive_seed
 from rlver.errors import RlverInputError
 from rlver.io import atomic_path
 from rlver.personas import CHARACTER_TYPES
 from rlver.simulator import SimRequest, Simulator
+from rlver.tools.benchmark_logs import SageDialogue, format_table, read_sage_dialogues
 
 #: The per-turn rows written by `--out`.
 TURN_SCHEMA = pa.schema(

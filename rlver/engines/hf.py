@@ -1,0 +1,89 @@
+"""transformers `generate` as an engine: batched with left padding, runs anywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rlver.engines.base import Engine, Sampled, SamplingSettings, stop_tokens
+
+
+class HFEngine(Engine):
+    """transformers `generate` on one device, batched with left padding.
+
+    One torch seed per batch (derived from the prompts' seeds): a row's tokens depend on
+    the batch it is in, which the rollout keeps fixed so reruns are byte-identical.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, stop_token_ids: list[int]) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.stop_token_ids = set(stop_token_ids)
+        self.pad_id = tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = stop_token_ids[0]
+        self.max_context = int(getattr(model.config, "max_position_embeddings", 1 << 20))
+
+    def generate(
+        self, prompts: list[list[int]], settings: SamplingSettings, seeds: Sequence[int]
+    ) -> list[Sampled]:
+        import torch
+
+        from rlver.algorithms import target_logprobs
+        from rlver.config import derive_seed
+
+        for p in prompts:
+            self.check_fits(p, settings)
+        self.prompt_tokens += sum(len(p) for p in prompts)
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            attention[i, width - len(p) :] = 1
+        device = self.model.device
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        torch.manual_seed(derive_seed("hf-batch", *seeds))
+        sampling: dict[str, Any] = (
+            {"do_sample": False}
+            if settings.greedy
+            else {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p,
+                  "top_k": 0}
+        )
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=settings.max_new_tokens,
+                eos_token_id=sorted(self.stop_token_ids),
+                pad_token_id=self.pad_id,
+                output_logits=True,
+                return_dict_in_generate=True,
+                **sampling,
+            )
+        new = out.sequences[:, width:]
+        # Greedy rows too: the log-probs at the settings' temperature (1.0 for the
+        # benchmark; the run's for a greedy group member, which the trainer recomputes).
+        logp = target_logprobs(torch.stack(out.logits, dim=1), new, settings.temperature)
+        results = []
+        for row_ids, row_logp in zip(new.tolist(), logp.tolist(), strict=True):
+            end = next((k for k, t in enumerate(row_ids) if t in self.stop_token_ids), None)
+            n = len(row_ids) if end is None else end + 1
+            results.append(
+                Sampled(tuple(row_ids[:n]), tuple(row_logp[:n]), finished=end is not None)
+            )
+        return results
+
+
+def load_hf_engine(policy_dir: str, dtype: str) -> HFEngine:
+    """The policy at `policy_dir` on the job's GPU if there is one, else the CPU."""
+    from rlver.models import load_policy
+
+    model, tokenizer = load_policy(policy_dir, dtype)
+    import torch
+
+    if torch.cuda.is_available():  # the job's GPU (Slurm sets CUDA_VISIBLE_DEVICES)
+        model.to(torch.device("cuda", torch.cuda.current_device()))
+    return HFEngine(model, tokenizer, stop_token_ids=stop_tokens(tokenizer,
+                                                                 model.generation_config))
+
