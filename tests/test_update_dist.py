@@ -1,5 +1,6 @@
 """The update job on several ranks and under preemption, through submitit's local executor
-(gloo on CPU), on the real model and real rollouts.
+(gloo on CPU), on the real model and real rollouts; and on two nodes of the loopback Slurm
+cluster (`tests/slurm/cluster.sh start --nodes 2`), one rank on each.
 
 Every run here is one iteration of 4 optimizer steps (2 epochs x 2 mini-batches of the 4
 rollout rows); one rank accumulates 2 micro-batches per step, two ranks run 1 each.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from submitit.local.local import LocalJobEnvironment
 
 from rlver.train import UpdateSpec, run_update, submit_update
 
-from .helpers import update_spec
+from .helpers import CLUSTER, SLURM_UPDATE, start_cluster, update_spec
 
 pytestmark = pytest.mark.slow
 
@@ -147,3 +149,36 @@ def test_zero3_bf16_on_two_ranks_trains_and_exports(workdir, base_model, rows, g
     assert changed > len(base) // 2, f"only {changed} of {len(base)} tensors changed"
     model, _ = load_policy(spec.out_policy_dir)
     assert sum(p.numel() for p in model.parameters()) > 1e8
+
+
+@pytest.fixture()
+def two_nodes():
+    """The loopback cluster with nodes rlver-n1 and rlver-n2: two slurmd on this machine,
+    each in its own UTS namespace; given back in the default layout afterwards."""
+    yield from start_cluster("--nodes", "2")
+    subprocess.run([str(CLUSTER), "start"], check=True, timeout=600)
+
+
+def test_two_nodes_follow_two_ranks_on_one(workdir, base_model, rows, grpo_two_ranks,
+                                           two_nodes):
+    """One rank on each of two Slurm nodes (submitit, gloo over loopback): the rendezvous
+    on the first node's name, local ranks from 0 on each node, the same update as two
+    ranks on one node, the policy exported once."""
+    ref_spec, (ref, _) = grpo_two_ranks
+    spec = make_spec(workdir, base_model, rows, "nodes", *SLURM_UPDATE, "cluster.nodes=2",
+                     "cluster.tasks_per_node=1")
+    job = submit_update(spec)
+    got, rank1 = job.results()
+    nodes = ("rlver-n1", "rlver-n2")
+    for rank, node in enumerate(nodes):
+        log = job.task(rank).stderr() or ""
+        assert f"rank {rank}/2 (local rank 0) on {node}; nodes {','.join(nodes)}; " \
+               f"rendezvous at {nodes[0]}:" in log, log[-3000:]
+    assert got["world_size"] == 2
+    assert_same_trajectory(ref, got, rel=1e-5, abs=1e-7)
+    assert got["weights_sha256"] == rank1["weights_sha256"]
+    w_ref, w_got = weights(ref_spec.out_policy_dir), weights(spec.out_policy_dir)
+    assert w_ref.keys() == w_got.keys()
+    assert max((w_ref[k] - w_got[k]).abs().max().item() for k in w_ref) <= 1e-6
+    # one export, renamed into place whole: no second copy, no temporary folder left
+    assert [p.name for p in Path(spec.out_policy_dir).parent.iterdir()] == ["policy"]
