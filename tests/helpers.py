@@ -18,6 +18,8 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
 #: The loopback Slurm cluster of the tests (docs/cluster.md, "Testing against a real Slurm").
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
+#: Its state, logs and PID files (cluster.sh's RLVER_SLURM_DIR).
+SLURM_DIR = Path(os.environ.get("RLVER_SLURM_DIR", "/tmp/rlver-slurm"))
 
 #: Overrides that shrink the smoke experiment to seconds per stage, for tests.
 TINY = [

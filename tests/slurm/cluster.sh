@@ -86,6 +86,10 @@ MinJobAge=300
 ReturnToService=2
 MpiDefault=none
 CONF
+  if [ "$NODES" != 1 ]; then
+    # A node that stops answering is marked down after 20 s, not 300 (the node-loss test).
+    echo "SlurmdTimeout=20"
+  fi
   if [ "$NODES" = 1 ]; then
     echo "NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$mem_mb State=UNKNOWN"
   else
