@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
+#: The loopback Slurm cluster of the tests (docs/cluster.md, "Testing against a real Slurm").
+CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
+#: Its state, logs and PID files (cluster.sh's RLVER_SLURM_DIR).
+SLURM_DIR = Path(os.environ.get("RLVER_SLURM_DIR", "/tmp/rlver-slurm"))
 
 #: Overrides that shrink the smoke experiment to seconds per stage, for tests.
 TINY = [
@@ -72,3 +81,34 @@ def update_spec(workdir: Path, base_model: Path, rows: list[dict], name: str,
                        policy_sha256=weights_sha256(policy), kind="rollout")
     return UpdateSpec(str(run / "config.yaml"), 0, str(policy), (str(path),),
                       str(run / "iter_0001" / "policy"), str(run / "iter_0000" / "update"))
+
+
+#: Overrides that send the update job to the loopback Slurm cluster (no GPUs, small).
+SLURM_UPDATE = ["cluster=slurm", "cluster.partition=gpu", "cluster.gpus_per_node=0",
+                "cluster.cpus_per_task=1", "cluster.mem_gb=3", "cluster.timeout_min=10"]
+
+
+def squeue(*args: str, fmt: str = "%i %j %T %M %R") -> str:
+    """The queue (or what `args` select of it) in `fmt`, without a header; empty: no jobs.
+    The test cluster has no accounting, so no sacct."""
+    res = subprocess.run(["squeue", "-h", *args, "-o", fmt], capture_output=True, text=True,
+                         check=False)
+    return res.stdout.strip()
+
+
+def start_cluster(*args: str) -> Iterator[None]:
+    """Start the loopback cluster (`args`: cluster.sh's options, e.g. --nodes 2) with no
+    job queued, for a module fixture to yield from; cancel the jobs afterwards."""
+    if os.geteuid() != 0 and shutil.which("slurmctld") is None:
+        pytest.skip("starting the loopback Slurm cluster needs root (apt-get, munged)")
+    subprocess.run([str(CLUSTER), "start", *args], check=True, timeout=600)
+    # Jobs of an earlier test session that was killed would hold the node's CPUs: the
+    # cluster belongs to the tests, so they are cancelled and the node drained of them.
+    user = os.environ.get("USER", "root")
+    subprocess.run(["scancel", "--user", user], check=False)
+    deadline = time.monotonic() + 120
+    while squeue():
+        assert time.monotonic() < deadline, f"leftover jobs were not cancelled:\n{squeue()}"
+        time.sleep(1)
+    yield
+    subprocess.run(["scancel", "--user", user], check=False)

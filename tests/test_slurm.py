@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -20,40 +19,17 @@ import pytest
 from rlver.models import link_tree
 from rlver.train import submit_update
 
-from .helpers import BIN, ROOT, TINY
+from .helpers import BIN, ROOT, SLURM_UPDATE, TINY, squeue, start_cluster
 from .test_update_dist import make_spec
 
 pytestmark = pytest.mark.slow
 
-CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
-SLURM = [*TINY, "iterations=1", "cluster=slurm", "cluster.partition=gpu",
-         "cluster.gpus_per_node=0", "cluster.cpus_per_task=1", "cluster.mem_gb=3",
-         "cluster.timeout_min=10"]
+SLURM = [*TINY, "iterations=1", *SLURM_UPDATE]
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    if os.geteuid() != 0 and shutil.which("slurmctld") is None:
-        pytest.skip("starting the loopback Slurm cluster needs root (apt-get, munged)")
-    subprocess.run([str(CLUSTER), "start"], check=True, timeout=600)
-    # Jobs of an earlier test session that was killed would hold the node's CPUs: the
-    # cluster belongs to the tests, so they are cancelled and the node drained of them.
-    user = os.environ.get("USER", "root")
-    subprocess.run(["scancel", "--user", user], check=False)
-    deadline = time.monotonic() + 120
-    while squeue():
-        assert time.monotonic() < deadline, f"leftover jobs were not cancelled:\n{squeue()}"
-        time.sleep(1)
-    yield
-    subprocess.run(["scancel", "--user", user], check=False)
-
-
-def squeue(*args: str, fmt: str = "%i %j %T %M %R") -> str:
-    """The queue (or what `args` select of it) in `fmt`, without a header; empty: no jobs.
-    The test cluster has no accounting, so no sacct."""
-    res = subprocess.run(["squeue", "-h", *args, "-o", fmt], capture_output=True, text=True,
-                         check=False)
-    return res.stdout.strip()
+    yield from start_cluster()
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The update job on several ranks and under preemption, through submitit's local executor
-(gloo on CPU), on the real model and real rollouts.
+(gloo on CPU), on the real model and real rollouts; and on two nodes of the loopback Slurm
+cluster (`tests/slurm/cluster.sh start --nodes 2`), one rank on each.
 
 Every run here is one iteration of 4 optimizer steps (2 epochs x 2 mini-batches of the 4
 rollout rows); one rank accumulates 2 micro-batches per step, two ranks run 1 each.
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from submitit.local.local import LocalJobEnvironment
 
 from rlver.train import UpdateSpec, run_update, submit_update
 
-from .helpers import update_spec
+from .helpers import CLUSTER, SLURM_DIR, SLURM_UPDATE, squeue, start_cluster, update_spec
 
 pytestmark = pytest.mark.slow
 
@@ -147,3 +150,75 @@ def test_zero3_bf16_on_two_ranks_trains_and_exports(workdir, base_model, rows, g
     assert changed > len(base) // 2, f"only {changed} of {len(base)} tensors changed"
     model, _ = load_policy(spec.out_policy_dir)
     assert sum(p.numel() for p in model.parameters()) > 1e8
+
+
+@pytest.fixture()
+def two_nodes():
+    """The loopback cluster with nodes rlver-n1 and rlver-n2: two slurmd on this machine,
+    each in its own UTS namespace; given back in the default layout afterwards."""
+    yield from start_cluster("--nodes", "2")
+    subprocess.run([str(CLUSTER), "start"], check=True, timeout=600)
+
+
+def kill_node(name: str) -> list[int]:
+    """SIGKILL every process of test node `name`: its slurmd and its job's processes, all
+    in the UTS namespace the node's slurmd runs in. Returns their ids."""
+    slurmd = int((SLURM_DIR / f"slurmd-{name}.pid").read_text())
+    uts = os.readlink(f"/proc/{slurmd}/ns/uts")
+    killed = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/ns/uts") == uts:
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+        except OSError:  # gone meanwhile
+            pass
+    return killed
+
+
+def test_two_nodes_follow_two_ranks_on_one_through_a_lost_node(
+        workdir, base_model, rows, grpo_two_ranks, two_nodes):
+    """One rank on each of two Slurm nodes (submitit, gloo over loopback): the rendezvous
+    on the first node's name, local ranks from 0 on each node. Node rlver-n2 dies after
+    step 1 (its slurmd and its rank, SIGKILL): Slurm marks it down and requeues the job
+    (JobRequeue=1), which waits for two nodes; once the node is back, the job runs again
+    and ends with the update of two ranks on one node, the policy exported once.
+
+    (One test for both, so the suite pays for one extra update job, not two.)"""
+    ref_spec, (ref, _) = grpo_two_ranks
+    spec = make_spec(workdir, base_model, rows, "nodes", *SLURM_UPDATE, "cluster.nodes=2",
+                     "cluster.tasks_per_node=1")
+    job = submit_update(spec)
+    deadline = time.monotonic() + 600
+    while "step 1/4" not in (job.stderr() or ""):
+        assert job.state not in ("FAILED", "COMPLETED"), job.stderr()
+        assert time.monotonic() < deadline, f"no step 1 in 10 min:\n{squeue()}"
+        time.sleep(1)
+    nodes = ("rlver-n1", "rlver-n2")
+    for rank, node in enumerate(nodes):
+        log = job.task(rank).stderr() or ""
+        assert f"rank {rank}/2 (local rank 0) on {node}; nodes {','.join(nodes)}; " \
+               f"rendezvous at {nodes[0]}:" in log, log[-3000:]
+    assert kill_node(nodes[1])
+    while squeue("-j", job.job_id, fmt="%T") != "PENDING":
+        assert time.monotonic() < deadline, f"the job was not requeued:\n{squeue()}"
+        time.sleep(1)
+    # not responding (`*`), or already down: the requeue can come first
+    assert "*" in squeue_nodes(nodes[1]) or "down" in squeue_nodes(nodes[1])
+    subprocess.run([str(CLUSTER), "start", "--nodes", "2"], check=True, timeout=600)
+    got, rank1 = job.results()
+    assert job.stderr().count("rank 0/2 (local rank 0) on rlver-n1") == 2  # run, rerun
+    assert got["world_size"] == 2 and got["resumed_at_steps"] == []
+    assert_same_trajectory(ref, got, rel=1e-5, abs=1e-7)
+    assert got["weights_sha256"] == rank1["weights_sha256"]
+    w_ref, w_got = weights(ref_spec.out_policy_dir), weights(spec.out_policy_dir)
+    assert w_ref.keys() == w_got.keys()
+    assert max((w_ref[k] - w_got[k]).abs().max().item() for k in w_ref) <= 1e-6
+    # one export, renamed into place whole: no second copy, no temporary folder left
+    assert [p.name for p in Path(spec.out_policy_dir).parent.iterdir()] == ["policy"]
+
+
+def squeue_nodes(name: str) -> str:
+    """Slurm's state of node `name` (sinfo)."""
+    return subprocess.run(["sinfo", "-h", "-n", name, "-o", "%T"], capture_output=True,
+                          text=True, check=False).stdout

@@ -15,6 +15,7 @@ the weights of an uninterrupted run.
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,8 +154,13 @@ class UpdateJob(submitit.helpers.Checkpointable):
         # torch.distributed's variables come from submitit's view of this job only: any
         # inherited from the submitting process (an in-process vLLM engine sets
         # LOCAL_WORLD_SIZE, for one) describe another job, so they are overwritten.
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
-                                                              overwrite=True)
+        dist = submitit.helpers.TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=False, overwrite=True)
+        # Which host each rank landed on: a multi-node job's logs name all its nodes.
+        nodes = ",".join(submitit.JobEnvironment().hostnames)
+        print(f"update: rank {dist.rank}/{dist.world_size} (local rank {dist.local_rank}) on "
+              f"{socket.gethostname()}; nodes {nodes}; rendezvous at "
+              f"{dist.master_addr}:{dist.master_port}", file=sys.stderr, flush=True)
         return train(spec, cfg, resume=self.resume, preemption=Preemption())
 
     def checkpoint(self, spec: UpdateSpec) -> submitit.helpers.DelayedSubmission:
