@@ -25,7 +25,7 @@ from rlver import config as rconfig
 from rlver import faults, layout
 from rlver.errors import RlverInputError
 from rlver.io import atomic_path, read_json_object
-from rlver.reporting import plots
+from rlver.reporting import health, plots
 from rlver.reporting import table as rtable
 from rlver.schema import OUTCOMES, read_metadata
 
@@ -79,16 +79,6 @@ _OUTCOME_COLORS = {
 }
 _FIGURES = ("learning_curve.png", "outcomes.png", "emotion_trajectories.png",
             "training_health.png")
-#: The update's health numbers (rlver.train.metrics), by iteration: (column, key, format).
-_HEALTH = [("reply length", "reply_length_mean", "{:.1f}"),
-           ("longest reply", "reply_length_max", "{:.0f}"),
-           ("replies cut", "truncated_share", "{:.0%}"),
-           ("zero-spread groups", "zero_spread_groups", "{:.0%}"),
-           ("advantage std", "adv_std", "{:.3g}"),
-           ("entropy", "entropy", "{:.3g}"),
-           ("approx KL", "approx_kl", "{:.3g}"),
-           ("clip fraction", "clip_fraction", "{:.3g}")]
-
 
 @dataclass
 class _Iteration:
@@ -227,11 +217,8 @@ def _plot_all(
         _plot_emotions(
             eval_rows, last_eval.index if last_eval else None, out / "emotion_trajectories.png"
         )
-        _plot_health(iterations, out / "training_health.png")
-
-
-def _no_data(ax: Any, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="gray")
+        health.plot([(it.index, it.update) for it in iterations if it.update is not None],
+                    out / "training_health.png")
 
 
 def _plot_learning_curve(iterations: list[_Iteration], path: Path) -> None:
@@ -252,7 +239,7 @@ def _plot_learning_curve(iterations: list[_Iteration], path: Path) -> None:
         ax.legend(loc="best")
         ax.set_xticks(sorted({i for i, _ in train} | {i for i, _ in ev}))
     else:
-        _no_data(ax, "no rollouts or evaluations yet")
+        plots.no_data(ax, "no rollouts or evaluations yet")
     ax.set_ylim(0, 100)
     ax.set_xlabel("iteration")
     ax.set_ylabel("emotion (0-100)")
@@ -284,7 +271,7 @@ def _plot_outcomes(iterations: list[_Iteration], path: Path) -> None:
         if xs:
             ax.set_xticks(xs)
         else:
-            _no_data(ax, "no data yet")
+            plots.no_data(ax, "no data yet")
         plots.integer_axis(ax.yaxis)
         ax.set_title(f"Outcomes, {title}")
         ax.set_xlabel("iteration")
@@ -295,42 +282,12 @@ def _plot_outcomes(iterations: list[_Iteration], path: Path) -> None:
     plots.save(fig, path)
 
 
-def _plot_health(iterations: list[_Iteration], path: Path) -> None:
-    """Reply length, the share of replies cut at max_new_tokens and of GRPO groups without
-    reward spread, per update."""
-    fig, axes = plots.figure((10.0, 3.5), ncols=3)
-    updates = [(it.index, it.update) for it in iterations if it.update is not None]
-    panels = [("Reply length (tokens)", [("mean", "reply_length_mean"),
-                                         ("max", "reply_length_max")]),
-              ("Replies cut at max_new_tokens", [("share", "truncated_share")]),
-              ("Groups with zero reward spread", [("share", "zero_spread_groups")])]
-    for ax, (title, series) in zip(axes[0], panels, strict=True):
-        drawn, top = [], 1.0
-        for label, key in series:
-            pts = [(i, float(u[key])) for i, u in updates if u.get(key) is not None]
-            if pts:
-                ax.plot([i for i, _ in pts], [v for _, v in pts], marker="o", label=label)
-                drawn += [i for i, _ in pts]
-                top = max(top, *(v for _, v in pts))
-        if drawn:
-            ax.set_xticks(sorted(set(drawn)))
-            if len(series) > 1:
-                ax.legend(loc="best")
-        else:
-            _no_data(ax, "no update metrics yet")
-        ax.set_ylim(*((0, 1.15 * top) if title == panels[0][0] else (-0.02, 1.02)))
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("iteration")
-        ax.grid(alpha=0.3)
-    plots.save(fig, path)
-
-
 def _health_table(iterations: list[_Iteration]) -> str:
-    rows = [[_e(it.index), *(_num(it.update.get(key), fmt) for _, key, fmt in _HEALTH)]
+    rows = [[_e(it.index), *(_num(it.update.get(key), fmt) for _, key, fmt in health.COLUMNS)]
             for it in iterations if it.update is not None]
     if not rows:
         return "<p>No update yet.</p>"
-    return _table(["iteration", *(name for name, _, _ in _HEALTH)], rows)
+    return _table(["iteration", *(name for name, _, _ in health.COLUMNS)], rows)
 
 
 def _trajectory(row: dict[str, Any]) -> list[int]:
@@ -351,7 +308,7 @@ def _plot_emotions(rows: list[dict[str, Any]], iteration: int | None, path: Path
         ax.legend(loc="best")
         ax.set_title(f"Emotion per turn, eval of iteration {iteration} ({len(rows)} dialogues)")
     else:
-        _no_data(ax, "no evaluation yet")
+        plots.no_data(ax, "no evaluation yet")
         ax.set_title("Emotion per turn")
     ax.set_ylim(0, 100)
     plots.integer_axis(ax.xaxis)
