@@ -30,13 +30,18 @@ def group_advantages(rewards: torch.Tensor, groups: Sequence[str], eps: float,
     return GROUP_NORMS.get(std)(rewards, groups, eps)
 
 
-def _centred(rewards: torch.Tensor, groups: Sequence[str], eps: float,
-             by_group_std: bool) -> torch.Tensor:
-    adv = torch.zeros_like(rewards)
+def _members(groups: Sequence[str]) -> dict[str, list[int]]:
+    """Each group's indices, groups in order of first appearance."""
     index: dict[str, list[int]] = {}
     for i, g in enumerate(groups):
         index.setdefault(g, []).append(i)
-    for members in index.values():
+    return index
+
+
+def _centred(rewards: torch.Tensor, groups: Sequence[str], eps: float,
+             by_group_std: bool) -> torch.Tensor:
+    adv = torch.zeros_like(rewards)
+    for members in _members(groups).values():
         r = rewards[members]
         spread = r.std(unbiased=False)
         if spread > 0:
@@ -66,10 +71,7 @@ def norm_none(rewards: torch.Tensor, groups: Sequence[str], eps: float) -> torch
 
 def zero_spread(rewards: torch.Tensor, groups: Sequence[str]) -> dict[str, bool]:
     """For each group, whether all its rewards are equal (its advantages are all 0)."""
-    index: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        index.setdefault(g, []).append(i)
-    return {g: bool(rewards[m].std(unbiased=False) == 0) for g, m in index.items()}
+    return {g: bool(rewards[m].std(unbiased=False) == 0) for g, m in _members(groups).items()}
 
 
 def turn_spans(positions: Sequence[int]) -> list[list[int]]:

@@ -29,7 +29,6 @@ carrying the dialogue's reward, or the format penalty if its think block is malf
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -239,14 +238,14 @@ class Turns:
     of the original loop): what the policy sampled in, what the simulator said out."""
 
     def __init__(self, dialogues: list[Dialogue], engine: Engine, chat: ChatTokens,
-                 sampling: SamplingSettings, label: str) -> None:
+                 sampling: SamplingSettings, label: str,
+                 iteration: Optional[int] = None) -> None:
         self.dialogues = dialogues
         self.engine = engine
         self.chat = chat
         self.sampling = sampling
-        self.label = label
-        found = re.search(r"iter (\d+)", label)  # "rollout iter 3 shard 1", "evaluate iter 3"
-        self.iteration = int(found.group(1)) if found else None
+        self.label = label  # starts with the stage's name: "rollout iter 3 shard 1"
+        self.iteration = iteration
         self.finished = 0
 
     def sampling_for(self, d: Dialogue) -> SamplingSettings:
@@ -335,6 +334,7 @@ def run_dialogues(
     batch_size: int,
     label: str = "rollout",
     *,
+    iteration: Optional[int] = None,
     think: bool = False,
     schedule: str = "batched",
     sessions: bool = True,
@@ -344,7 +344,8 @@ def run_dialogues(
     `simulator`: one backend, or several instances of one (each serves one batch at a
     time; more instances, more simulator batches in flight). `schedule`: see the module
     docstring; `async` needs an engine that serves concurrent requests. `sessions`
-    (async, nothink): each dialogue's turns share an engine session.
+    (async, nothink): each dialogue's turns share an engine session. `iteration`: the
+    run's iteration, for the stage's kill points (rlver/faults.py).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -354,7 +355,7 @@ def run_dialogues(
     chat = ChatTokens(engine.tokenizer, system_prompt)
     dialogues = start_dialogues(specs, chat, protocol, think)
     sims = [simulator] if isinstance(simulator, Simulator) else list(simulator)
-    run = Turns(dialogues, engine, chat, sampling, label)
+    run = Turns(dialogues, engine, chat, sampling, label, iteration)
     if schedule == "async":
         asyncio.run(_run_async(run, sims, protocol, batch_size, sessions and not think))
     else:

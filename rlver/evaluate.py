@@ -50,6 +50,7 @@ def evaluate_policy(
             cfg.template.system_prompt,
             ev.batch_size,
             label=f"evaluate iter {iteration}",
+            iteration=iteration,
             think=cfg.template.name == "think",
             schedule=cfg.rollout.schedule,
             sessions=cfg.rollout.sessions,

@@ -89,6 +89,7 @@ def rollout_shard(
             cfg.template.system_prompt,
             ro.batch_size,
             label=f"rollout iter {iteration} shard {shard}",
+            iteration=iteration,
             think=cfg.template.name == "think",
             schedule=ro.schedule,
             sessions=ro.sessions,

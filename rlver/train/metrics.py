@@ -68,10 +68,11 @@ def health(rows: list[dict[str, Any]], terms: Terms, which: list[int],
 
 
 def summary(iteration: int, cfg: Any, rows: list[dict[str, Any]], terms: Terms,
-            steps: list[dict[str, Any]], progress: Any, t0: float,
+            zero_spread: dict[str, bool], progress: Any, t0: float,
             world: int) -> dict[str, Any]:
-    """The update's summary: token-weighted means over its steps, the batch's numbers
-    and its health, and every step's record under `steps`."""
+    """The update's summary: token-weighted means over its steps (`progress.steps`), the
+    batch's numbers and its health, and every step's record under `steps`."""
+    steps = progress.steps
     tokens = sum(s["tokens"] for s in steps)
 
     def token_mean(key: str) -> float:
@@ -112,7 +113,7 @@ def summary(iteration: int, cfg: Any, rows: list[dict[str, Any]], terms: Terms,
             "critic_grad_norm": sum(s["critic_grad_norm"] for s in steps) / len(steps),
             "critic_lr": steps[-1]["critic_lr"],
         }
-    metrics |= health(rows, terms, list(range(len(rows))), zero_spread_groups(rows))
+    metrics |= health(rows, terms, list(range(len(rows))), zero_spread)
     metrics["steps"] = steps
     return metrics
 

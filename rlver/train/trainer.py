@@ -152,7 +152,7 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
     if rank != 0:
         torch.distributed.barrier()
         return {"rank": rank, "weights_sha256": weights_hash}
-    metrics = M.summary(spec.iteration, cfg, rows, terms, progress.steps, progress, t0, world)
+    metrics = M.summary(spec.iteration, cfg, rows, terms, zero_spread, progress, t0, world)
     metrics["weights_sha256"] = weights_hash
     M.tensorboard(update_dir / "tensorboard", metrics, spec.iteration * per_iter)
     write_json(update_dir / "metrics.json", metrics)
