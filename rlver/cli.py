@@ -78,11 +78,10 @@ def cmd_digest(a: argparse.Namespace) -> None:
     if a.compare is None:
         print(json.dumps(got, indent=1, sort_keys=True))
         return
-    try:
-        other = json.loads(Path(a.compare).read_text())
-    except (OSError, ValueError) as exc:
-        raise RlverInputError(f"{a.compare}: not a digest ({exc}). Fix: pass the output "
-                              "of `rlver digest RUN_DIR` saved to a file.") from exc
+    from rlver.io import read_json_object
+
+    other = read_json_object(a.compare, "pass the output of `rlver digest RUN_DIR` saved "
+                                        "to a file.")
     lines = differences(other, got)
     for line in lines:
         print(line)

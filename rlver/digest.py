@@ -16,6 +16,7 @@ from typing import Any
 
 from rlver import layout
 from rlver.errors import RlverInputError
+from rlver.io import read_json_object
 
 #: Metrics that depend on wall-clock time or on how a job was interrupted, not on results.
 TIMING_KEYS = ("seconds", "tokens_per_s", "resumed_at_steps")
@@ -37,7 +38,7 @@ def column_hashes(path: Path) -> dict[str, str]:
 
 
 def _metrics(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text())
+    data = read_json_object(path, "delete it and rerun the stage that writes it.")
     for key in TIMING_KEYS:
         data.pop(key, None)
     return data
