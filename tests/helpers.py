@@ -96,19 +96,22 @@ def squeue(*args: str, fmt: str = "%i %j %T %M %R") -> str:
     return res.stdout.strip()
 
 
-def start_cluster(*args: str) -> Iterator[None]:
-    """Start the loopback cluster (`args`: cluster.sh's options, e.g. --nodes 2) with no
-    job queued, for a module fixture to yield from; cancel the jobs afterwards."""
+def start_cluster(*partitions: str) -> Iterator[None]:
+    """Start the loopback cluster in the tests' one layout (this host: partitions cpu and
+    gpu; rlver-n1, rlver-n2: partition nodes) with no job queued in `partitions`, for a
+    fixture to yield from; cancel the jobs there afterwards. One layout and per-partition
+    clean-up: the two pytest workers of `make test` use the cluster at once, and neither
+    restarts it or cancels the other's jobs."""
     if os.geteuid() != 0 and shutil.which("slurmctld") is None:
         pytest.skip("starting the loopback Slurm cluster needs root (apt-get, munged)")
-    subprocess.run([str(CLUSTER), "start", *args], check=True, timeout=600)
-    # Jobs of an earlier test session that was killed would hold the node's CPUs: the
-    # cluster belongs to the tests, so they are cancelled and the node drained of them.
-    user = os.environ.get("USER", "root")
-    subprocess.run(["scancel", "--user", user], check=False)
+    subprocess.run([str(CLUSTER), "start", "--nodes", "2"], check=True, timeout=600)
+    # Jobs of an earlier test session that was killed would hold the nodes' CPUs: the
+    # cluster belongs to the tests, so they are cancelled and the nodes drained of them.
+    where = ["--user", os.environ.get("USER", "root"), "--partition", ",".join(partitions)]
+    subprocess.run(["scancel", *where], check=False)
     deadline = time.monotonic() + 120
-    while squeue():
+    while squeue(*where):
         assert time.monotonic() < deadline, f"leftover jobs were not cancelled:\n{squeue()}"
         time.sleep(1)
     yield
-    subprocess.run(["scancel", "--user", user], check=False)
+    subprocess.run(["scancel", *where], check=False)

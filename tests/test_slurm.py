@@ -1,4 +1,5 @@
-"""The workflow on a real Slurm: the one-node loopback cluster of tests/slurm/cluster.sh.
+"""The workflow on a real Slurm: the host node (partitions cpu, gpu) of the loopback cluster of
+tests/slurm/cluster.sh.
 
 Rollout and evaluate run as Slurm jobs through the Snakemake Slurm executor plugin (test
 profile tests/slurm/profile: profiles/slurm with GPU requests mapped away); the update
@@ -29,7 +30,7 @@ SLURM = [*TINY, "iterations=1", *SLURM_UPDATE]
 
 @pytest.fixture(scope="module")
 def cluster():
-    yield from start_cluster()
+    yield from start_cluster("cpu", "gpu")
 
 
 @pytest.fixture(scope="module")

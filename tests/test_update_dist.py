@@ -1,6 +1,6 @@
 """The update job on several ranks and under preemption, through submitit's local executor
 (gloo on CPU), on the real model and real rollouts; and on two nodes of the loopback Slurm
-cluster (`tests/slurm/cluster.sh start --nodes 2`), one rank on each.
+cluster (`tests/slurm/cluster.sh start --nodes 2`, partition `nodes`), one rank on each.
 
 Every run here is one iteration of 4 optimizer steps (2 epochs x 2 mini-batches of the 4
 rollout rows); one rank accumulates 2 micro-batches per step, two ranks run 1 each.
@@ -154,10 +154,14 @@ def test_zero3_bf16_on_two_ranks_trains_and_exports(workdir, base_model, rows, g
 
 @pytest.fixture()
 def two_nodes():
-    """The loopback cluster with nodes rlver-n1 and rlver-n2: two slurmd on this machine,
-    each in its own UTS namespace; given back in the default layout afterwards."""
-    yield from start_cluster("--nodes", "2")
-    subprocess.run([str(CLUSTER), "start"], check=True, timeout=600)
+    """Nodes rlver-n1 and rlver-n2 of the loopback cluster (partition `nodes`): two slurmd
+    on this machine, each in its own UTS namespace."""
+    yield from start_cluster("nodes")
+
+
+#: The update job on partition `nodes`, one rank on each of its two nodes.
+TWO_NODES = [*(o for o in SLURM_UPDATE if not o.startswith("cluster.partition=")),
+             "cluster.partition=nodes", "cluster.nodes=2", "cluster.tasks_per_node=1"]
 
 
 def kill_node(name: str) -> list[int]:
@@ -186,8 +190,7 @@ def test_two_nodes_follow_two_ranks_on_one_through_a_lost_node(
 
     (One test for both, so the suite pays for one extra update job, not two.)"""
     ref_spec, (ref, _) = grpo_two_ranks
-    spec = make_spec(workdir, base_model, rows, "nodes", *SLURM_UPDATE, "cluster.nodes=2",
-                     "cluster.tasks_per_node=1")
+    spec = make_spec(workdir, base_model, rows, "nodes", *TWO_NODES)
     job = submit_update(spec)
     deadline = time.monotonic() + 600
     while "step 1/4" not in (job.stderr() or ""):
@@ -200,7 +203,9 @@ def test_two_nodes_follow_two_ranks_on_one_through_a_lost_node(
         assert f"rank {rank}/2 (local rank 0) on {node}; nodes {','.join(nodes)}; " \
                f"rendezvous at {nodes[0]}:" in log, log[-3000:]
     assert kill_node(nodes[1])
-    while squeue("-j", job.job_id, fmt="%T") != "PENDING":
+    while (state := squeue("--states=all", "-j", job.job_id, fmt="%T")) != "PENDING":
+        assert state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), \
+            f"the job ended {state} instead of requeueing:\n{job.stderr()[-3000:]}"
         assert time.monotonic() < deadline, f"the job was not requeued:\n{squeue()}"
         time.sleep(1)
     # not responding (`*`), or already down: the requeue can come first

@@ -5,11 +5,15 @@
 #
 #   tests/slurm/cluster.sh start             # one node (this host); idempotent; installs
 #                                            # the Debian packages if missing
-#   tests/slurm/cluster.sh start --nodes 2   # nodes rlver-n1, rlver-n2 on this machine
+#   tests/slurm/cluster.sh start --nodes 2   # and nodes rlver-n1, rlver-n2 (partition
+#                                            # `nodes`) beside this host
 #   tests/slurm/cluster.sh stop              # stops what start started, through its PID
 #                                            # files, and removes its /etc/hosts entry
 #
-# With --nodes N each node's slurmd runs in its own UTS namespace (`unshare --uts`) whose
+# With --nodes N the host node keeps partitions `cpu` and `gpu` and nodes rlver-n1..N form
+# partition `nodes`, so jobs on either side never share a node: the tests start this one
+# layout, and two pytest workers use the cluster at once without restarting it under each
+# other. Each rlver-n node's slurmd runs in its own UTS namespace (`unshare --uts`) whose
 # hostname is the node's name, so its jobs see that name (gloo and submitit take the
 # rendezvous address from it); every node listens on 127.0.0.1 on its own Port=, and the
 # names resolve to 127.0.0.1 through one marked line in /etc/hosts. A start whose layout
@@ -28,9 +32,15 @@ HOST=$(hostname -s)
 NODES=1
 HOSTS_MARK="# rlver tests/slurm/cluster.sh"
 
-# The nodes' names: this host alone, or rlver-n1..N.
+# The extra nodes' names (--nodes N): rlver-n1..N; none for one node.
 node_names() {
-  if [ "$NODES" = 1 ]; then echo "$HOST"; else seq -f "rlver-n%g" "$NODES"; fi
+  if [ "$NODES" != 1 ]; then seq -f "rlver-n%g" "$NODES"; fi
+}
+
+# Every node's name: this host, then the extra nodes.
+all_nodes() {
+  echo "$HOST"
+  node_names
 }
 
 install_packages() {
@@ -90,18 +100,20 @@ CONF
     # A node that stops answering is marked down after 20 s, not 300 (the node-loss test).
     echo "SlurmdTimeout=20"
   fi
-  if [ "$NODES" = 1 ]; then
-    echo "NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$mem_mb State=UNKNOWN"
-  else
-    local i=0 name
-    for name in $(node_names); do
-      echo "NodeName=$name NodeHostname=$name NodeAddr=127.0.0.1 Port=$((6818 + i))" \
-        "CPUs=$(nproc) RealMemory=$mem_mb State=UNKNOWN"
-      i=$((i + 1))
-    done
+  # The host node on the default port; the extra nodes each on the next ports.
+  echo "NodeName=$HOST NodeAddr=127.0.0.1 Port=6818 CPUs=$(nproc) RealMemory=$mem_mb" \
+    "State=UNKNOWN"
+  local i=1 name
+  for name in $(node_names); do
+    echo "NodeName=$name NodeHostname=$name NodeAddr=127.0.0.1 Port=$((6818 + i))" \
+      "CPUs=$(nproc) RealMemory=$mem_mb State=UNKNOWN"
+    i=$((i + 1))
+  done
+  echo "PartitionName=cpu Nodes=$HOST Default=YES MaxTime=INFINITE State=UP"
+  echo "PartitionName=gpu Nodes=$HOST MaxTime=INFINITE State=UP"
+  if [ "$NODES" != 1 ]; then
+    echo "PartitionName=nodes Nodes=$(node_names | paste -sd,) MaxTime=INFINITE State=UP"
   fi
-  echo "PartitionName=cpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
-  echo "PartitionName=gpu Nodes=ALL MaxTime=INFINITE State=UP"
 }
 
 # Install the config; a running cluster of another layout is stopped first (its daemons
@@ -143,6 +155,8 @@ start_slurmd() {
     alive "$DIR/slurmd.pid" || slurmd -c -f "$CONF" -N "$HOST"
     return
   fi
+  mkdir -p "$DIR/spool-$HOST"
+  alive "$DIR/slurmd-$HOST.pid" || slurmd -c -f "$CONF" -N "$HOST"
   for name in $(node_names); do
     mkdir -p "$DIR/spool-$name"
     alive "$DIR/slurmd-$name.pid" \
@@ -168,16 +182,18 @@ start() {
   # (CI, 2026-11-27). -c starts the test cluster with no jobs.
   alive "$DIR/slurmctld.pid" || slurmctld -c -f "$CONF"
   start_slurmd
-  local up
+  local up total
+  total=$(all_nodes | wc -l)
   for _ in $(seq 60); do
-    # Bounded: a client blocks retrying while no controller answers.
-    up=$(timeout 5 sinfo -h -N -p cpu -o %T 2>/dev/null | grep -cE '^(idle|mixed|allocated)') \
-      || true
-    if [ "${up:-0}" -ge "$NODES" ]; then
-      echo "cluster.sh: Slurm is up with $NODES node(s) ($CONF)" >&2
+    # Bounded: a client blocks retrying while no controller answers. A node in two
+    # partitions is listed twice, hence sort -u.
+    up=$(timeout 5 sinfo -h -N -o '%N %T' 2>/dev/null | sort -u \
+      | grep -cE ' (idle|mixed|allocated)$') || true
+    if [ "${up:-0}" -ge "$total" ]; then
+      echo "cluster.sh: Slurm is up with $total node(s) ($CONF)" >&2
       return 0
     fi
-    timeout 5 scontrol update NodeName="$(node_names | paste -sd,)" State=RESUME \
+    timeout 5 scontrol update NodeName="$(all_nodes | paste -sd,)" State=RESUME \
       >/dev/null 2>&1 || true
     sleep 1
   done
