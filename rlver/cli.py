@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -251,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # DeepSpeed, imported by transformers, otherwise warns on every CPU-only start.
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
     args = build_parser().parse_args(argv)
+    if "SLURM_JOB_ID" in os.environ:
+        # Where a stage ran, for a user (or test) placing shards on a multi-node cluster.
+        print(f"rlver {args.command}: Slurm job {os.environ['SLURM_JOB_ID']} on "
+              f"{socket.gethostname()}", file=sys.stderr)
     try:
         args.fn(args)
     except RlverInputError as exc:

@@ -75,24 +75,41 @@ def tiny_run(make_tiny_run):
 
 
 @pytest.fixture(scope="session")
-def rows(tmp_path_factory, base_model) -> list[dict]:
-    """Iteration 0's rollout rows of the tiny config (2 shards of 2 multi-turn dialogues,
-    real rollouts of the base model), with rewards spread inside each group so that every
-    advantage is non-zero: the input of the update tests that run whole jobs."""
+def tiny_shards(tmp_path_factory, base_model) -> list[Path]:
+    """Iteration 0's two rollout shards of the tiny config (2 multi-turn dialogues each,
+    real rollouts of the base model), written in-process on this host with one torch
+    thread, as the workflow's rollout rule runs (`threads: 1`): the log-probs' sums depend
+    on the thread count, so the shards equal the workflow's bit for bit."""
+    import torch
+
     from rlver import config
     from rlver.personas import build_persona_sets
     from rlver.rollout import rollout_shard
-    from rlver.schema import read_trajectories
 
     root = tmp_path_factory.mktemp("rows")
     cfg = config.compose("smoke", TINY, run="tiny")
     config.freeze(cfg, root / "config.yaml")
     build_persona_sets(cfg.personas, root / "train.parquet", root / "test.parquet")
+    paths = [root / f"shard_{shard}.parquet" for shard in (0, 1)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for shard, path in enumerate(paths):
+            rollout_shard(str(root / "config.yaml"), 0, shard, str(base_model),
+                          str(root / "train.parquet"), str(path))
+    finally:
+        torch.set_num_threads(threads)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def rows(tiny_shards) -> list[dict]:
+    """The rows of `tiny_shards`, with rewards spread inside each group so that every
+    advantage is non-zero: the input of the update tests that run whole jobs."""
+    from rlver.schema import read_trajectories
+
     out = []
-    for shard in (0, 1):
-        path = root / f"shard_{shard}.parquet"
-        rollout_shard(str(root / "config.yaml"), 0, shard, str(base_model),
-                      str(root / "train.parquet"), str(path))
+    for path in tiny_shards:
         out += read_trajectories(path)[0].to_pylist()
     for i, row in enumerate(out):
         row["reward"] = 0.2 + 0.6 * (i % 2)

@@ -20,8 +20,12 @@ import torch
 from safetensors.torch import load_file
 from submitit.local.local import LocalJobEnvironment
 
+from rlver.digest import column_hashes
+from rlver.layout import Run
+from rlver.models import link_tree
 from rlver.train import UpdateSpec, run_update, submit_update
 
+from . import helpers as h
 from .helpers import CLUSTER, SLURM_DIR, SLURM_UPDATE, squeue, start_cluster, update_spec
 
 pytestmark = pytest.mark.slow
@@ -227,3 +231,33 @@ def squeue_nodes(name: str) -> str:
     """Slurm's state of node `name` (sinfo)."""
     return subprocess.run(["sinfo", "-h", "-n", name, "-o", "%T"], capture_output=True,
                           text=True, check=False).stdout
+
+
+def test_rollout_shards_on_two_nodes_equal_those_written_here(
+        workdir, base_model, tiny_shards, two_nodes):
+    """The tiny experiment's first rollouts and evaluation through the Slurm profile, on
+    partition `nodes` (LLN: each job on the least loaded node): the two shards land on
+    rlver-n1 and rlver-n2, and each equals the shard written in-process on this host (every
+    column but timings). The update is left out: the two-node update test covers it."""
+    wd = workdir / "spread"
+    link_tree(base_model, wd / "resources" / "models" / base_model.name)
+    run, rel = Run(wd / "results" / "spread"), Run(Path("results") / "spread")
+    targets = [*rel.shards(0, 2), rel.eval_metrics(0)]  # relative to --directory
+    res = subprocess.run(
+        [str(h.BIN / "snakemake"), *map(str, targets), "-s", str(h.ROOT / "Snakefile"),
+         "--directory", str(wd),
+         "--profile", str(h.ROOT / "tests" / "slurm" / "profile"),
+         "--set-resources", "rollout:slurm_partition=nodes", "evaluate:slurm_partition=nodes",
+         "--config", "run=spread", "overrides=" + " ".join([*h.TINY, *SLURM_UPDATE])],
+        capture_output=True, text=True, timeout=900,
+        env=os.environ | {"PATH": f"{h.BIN}:{os.environ['PATH']}"})
+    assert res.returncode == 0, (res.stderr + res.stdout)[-4000:]
+    hosts = {}
+    for rule in ("rollout", "evaluate"):
+        for log in (wd / ".snakemake" / "slurm_logs" / f"rule_{rule}").rglob("*.log"):
+            line = next(x for x in log.read_text().splitlines() if "Slurm job" in x)
+            hosts[log.parent.name] = line.rsplit(" on ", 1)[1]
+    assert set(hosts.values()) == {"rlver-n1", "rlver-n2"}, hosts
+    for mine, here in zip(run.shards(0, 2), tiny_shards, strict=True):
+        assert column_hashes(mine) == column_hashes(here), mine
+    assert run.eval_metrics(0).is_file()

@@ -112,7 +112,9 @@ CONF
   echo "PartitionName=cpu Nodes=$HOST Default=YES MaxTime=INFINITE State=UP"
   echo "PartitionName=gpu Nodes=$HOST MaxTime=INFINITE State=UP"
   if [ "$NODES" != 1 ]; then
-    echo "PartitionName=nodes Nodes=$(node_names | paste -sd,) MaxTime=INFINITE State=UP"
+    # LLN: a one-node job goes to the least loaded node, so concurrent jobs spread.
+    echo "PartitionName=nodes Nodes=$(node_names | paste -sd,) LLN=YES MaxTime=INFINITE" \
+      "State=UP"
   fi
 }
 
