@@ -9,8 +9,6 @@ OTHER.json`): a refactor, a resumed run or a rerun must change none of them.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +23,11 @@ TIMING_KEYS = ("seconds", "tokens_per_s", "resumed_at_steps")
 def column_hashes(path: Path) -> dict[str, str]:
     """sha256 of each column's values (as exact JSON) of a trajectory file, timing
     columns left out."""
-    from rlver.schema import TIMING_COLUMNS, read_trajectories
+    from rlver.schema import TIMING_COLUMNS, column_sha256, read_trajectories
 
     table, _ = read_trajectories(path)
-    out = {}
-    for name in table.column_names:
-        if name in TIMING_COLUMNS:
-            continue
-        values = json.dumps(table.column(name).to_pylist(), sort_keys=True)
-        out[name] = hashlib.sha256(values.encode()).hexdigest()
-    return out
+    return {name: column_sha256(table.column(name)) for name in table.column_names
+            if name not in TIMING_COLUMNS}
 
 
 def _metrics(path: Path) -> dict[str, Any]:

@@ -26,11 +26,12 @@ def evaluate_policy(
     """Stage `evaluate`: benchmark dialogues and metrics.json for one policy."""
     from rlver import config as config_mod
     from rlver.engines import make_engine
-    from rlver.io import weights_sha256, write_json
+    from rlver.io import checked_weights_sha256, write_json
     from rlver.personas import read_personas
     from rlver.schema import write_trajectories
 
     cfg = config_mod.load(config_path)
+    sha = checked_weights_sha256(policy_dir)
     ev = cfg.evaluation
     personas = read_personas(personas_path)[: ev.num_personas]
     specs = [
@@ -59,7 +60,6 @@ def evaluate_policy(
         close_all([*simulators, engine])
     rows = [r for d in dialogues
             for r in d.to_rows(iteration, 0, cfg.algorithm.format_penalty_reward)]
-    sha = weights_sha256(policy_dir)
     out = Path(out_dir)
     write_trajectories(out / "dialogues.parquet", rows, config_hash=config_mod.config_hash(cfg),
                        policy_sha256=sha, kind="eval")

@@ -94,6 +94,11 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+#: Written into every policy folder rlver makes (prepare_model, the update's export): the
+#: folder's weights_sha256 at write time, so a reader detects weights damaged later.
+WEIGHTS_RECORD = "weights.sha256"
+
+
 def weights_sha256(model_dir: str | os.PathLike[str]) -> str:
     """sha256 over a model directory's weight files (name and content, sorted by name).
 
@@ -113,3 +118,47 @@ def weights_sha256(model_dir: str | os.PathLike[str]) -> str:
         h.update(p.name.encode())
         h.update(sha256_file(p).encode())
     return h.hexdigest()
+
+
+def require_policy_dir(path: str | os.PathLike[str]) -> Path:
+    """`path` as a Path if it holds a model (config.json); otherwise RlverInputError."""
+    from rlver.errors import RlverInputError
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise RlverInputError(
+            f"{path}: no policy here (config.json missing). "
+            "Fix: run the stage that writes it (prepare_model / init_policy / update)."
+        )
+    return path
+
+
+def record_weights_sha256(model_dir: str | os.PathLike[str]) -> str:
+    """Write `model_dir`/weights.sha256 (call before the folder is renamed into place)."""
+    sha = weights_sha256(model_dir)
+    write_text(Path(model_dir) / WEIGHTS_RECORD, sha + "\n")
+    return sha
+
+
+def checked_weights_sha256(model_dir: str | os.PathLike[str]) -> str:
+    """weights_sha256 of a policy about to be used, checked against the record written
+    with the folder: a weight file damaged or replaced since stops the stage here, before
+    any of its outputs. A folder without a record (a user's model) is not checked."""
+    from rlver.errors import RlverInputError
+
+    model_dir = require_policy_dir(model_dir)
+    sha = weights_sha256(model_dir)
+    record = model_dir / WEIGHTS_RECORD
+    if record.is_file() and (want := record.read_text().strip()) != sha:
+        parent = model_dir.parent.name
+        maker = "the stage that writes it"
+        if parent.startswith("iter_") and parent[5:].isdigit():
+            i = int(parent[5:])
+            maker = "prepare_model" if i == 0 else f"the update of iteration {i - 1}"
+        raise RlverInputError(
+            f"{model_dir}: its weight files hash to {sha[:12]}, not to the {want[:12]} "
+            f"recorded in {WEIGHTS_RECORD} when it was written: a weight file was damaged "
+            f"or replaced since. Fix: delete {model_dir} and run the workflow again "
+            f"(Snakemake remakes it with {maker})."
+        )
+    return sha

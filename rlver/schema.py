@@ -15,12 +15,18 @@ so the trainer never re-tokenises text:
 - `outcome` and `reward`: how the dialogue ended and final emotion / 100, floored at 0.
 
 File metadata: schema version, config hash, code version, the sha256 of the policy
-weights that sampled the file, and the file's kind (rollout or eval). Readers refuse a
-file written by another schema version.
+weights that sampled the file, the file's kind (rollout or eval), and `content_sha256`
+over all of that and every column's values but timings. Readers refuse a file written by another
+schema version, and a file damaged after it was written: the pages carry Parquet's own
+CRC32 checksums (verified on read), and the content hash catches what a damaged footer
+would change. Files without `content_sha256` (written before it existed) are read
+unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -91,9 +97,25 @@ def write_trajectories(
         "policy_sha256": policy_sha256,
         "kind": kind,
     }
+    meta["content_sha256"] = content_sha256(table, meta)
     table = table.replace_schema_metadata({f"rlver.{k}": v for k, v in meta.items()})
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
+
+
+def column_sha256(column: pa.ChunkedArray) -> str:
+    """sha256 of a column's values as exact JSON: independent of how Parquet chunked,
+    padded or compressed them."""
+    return hashlib.sha256(json.dumps(column.to_pylist(), sort_keys=True).encode()).hexdigest()
+
+
+def content_sha256(table: pa.Table, meta: dict[str, str]) -> str:
+    """sha256 over the metadata (but this hash) and every column's values but timings:
+    a rerun writes the same metadata; timing pages are still covered by their CRC."""
+    parts = {k: v for k, v in meta.items() if k != "content_sha256"}
+    parts |= {f"column.{name}": column_sha256(table.column(name))
+              for name in table.column_names if name not in TIMING_COLUMNS}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -108,9 +130,16 @@ def read_trajectories(path: str | os.PathLike[str]) -> tuple[pa.Table, dict[str,
         table = pf.read()
     except Exception as exc:  # pyarrow raises several types for damaged pages
         raise RlverInputError(
-            f"{path}: cannot read the Parquet data ({exc}). "
-            "Fix: delete the file and rerun the stage that writes it."
+            f"{path}: cannot read the Parquet data ({exc}); it was damaged after it was "
+            "written. Fix: delete the file and rerun the stage that writes it."
         ) from exc
+    want = meta.get("content_sha256")
+    if want is not None and content_sha256(table, meta) != want:
+        raise RlverInputError(
+            f"{path}: its content does not match the content_sha256 recorded when it was "
+            "written: it was damaged since. Fix: delete the file and rerun the stage that "
+            "writes it."
+        )
     return table, meta
 
 
@@ -127,18 +156,24 @@ def _open(path: str | os.PathLike[str]) -> tuple[pq.ParquetFile, dict[str, str]]
     if not path.exists():
         raise RlverInputError(f"{path}: file not found. Fix: run the stage that writes it.")
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, page_checksum_verification=True)
     except Exception as exc:
         raise RlverInputError(
-            f"{path}: not a readable Parquet file ({exc}); it may be truncated. "
+            f"{path}: not a readable Parquet file ({exc}); it may be truncated or damaged. "
             "Fix: delete it and rerun the stage that writes it."
         ) from exc
     raw = pf.schema_arrow.metadata or {}
-    meta = {
-        k.decode()[len("rlver.") :]: v.decode()
-        for k, v in raw.items()
-        if k.decode().startswith("rlver.")
-    }
+    try:
+        meta = {
+            k.decode()[len("rlver.") :]: v.decode()
+            for k, v in raw.items()
+            if k.decode().startswith("rlver.")
+        }
+    except UnicodeDecodeError as exc:
+        raise RlverInputError(
+            f"{path}: its metadata is not UTF-8 text ({exc}); it was damaged after it was "
+            "written. Fix: delete the file and rerun the stage that writes it."
+        ) from exc
     version = meta.get("schema_version")
     if version is None:
         raise RlverInputError(
@@ -156,6 +191,13 @@ def _open(path: str | os.PathLike[str]) -> tuple[pq.ParquetFile, dict[str, str]]
         raise RlverInputError(
             f"{path}: missing columns {missing}. Fix: rerun the stage that writes it."
         )
+    for field in TRAJECTORY_SCHEMA:
+        got = pf.schema_arrow.field(field.name).type
+        if got != field.type:
+            raise RlverInputError(
+                f"{path}: column {field.name} has type {got}, not {field.type}. "
+                "Fix: delete the file and rerun the stage that writes it."
+            )
     return pf, meta
 
 

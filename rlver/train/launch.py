@@ -59,12 +59,14 @@ class UpdateSpec:
 def check_inputs(spec: UpdateSpec) -> None:
     """Refuse rollouts from another config or another policy before any job starts."""
     from rlver import config as config_mod
-    from rlver.io import weights_sha256
+    from rlver.io import checked_weights_sha256
     from rlver.schema import read_metadata
 
     cfg = config_mod.load(spec.config_path)
     want_cfg = config_mod.config_hash(cfg)
-    want_policy = weights_sha256(spec.policy_dir)
+    want_policy = checked_weights_sha256(spec.policy_dir)
+    if spec.reference_dir.is_dir():
+        checked_weights_sha256(spec.reference_dir)
     for path in spec.rollout_paths:
         meta = read_metadata(path)
         if meta["config_hash"] != want_cfg:
