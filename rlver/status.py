@@ -5,9 +5,11 @@
 - The stage running now: a stage whose log exists but whose output does not. Every rule
   writes its log from its first second and Snakemake deletes a job's outputs before it
   starts it, so such a stage has started and not finished. Whether Snakemake is running
-  at all is its lock in the working directory (`.snakemake/locks/`, the folder above
+  is its lock in the working directory (`.snakemake/locks/`, the folder above
   `results/`); without it, those stages stopped unfinished (the next `snakemake` redoes
-  them). Jobs queued on a cluster but not started do not show.
+  them). The lock of another run in the same working directory does not count: a lock
+  file lists the outputs its Snakemake may write. Jobs queued on a cluster but not
+  started do not show.
   Snakemake's own records (`.snakemake/incomplete/`) are not read: their format is
   Snakemake's internal one and differs between its storage backends.
 - Time per iteration: the mean time between two updates' `metrics.json` (the first
@@ -38,6 +40,21 @@ def _workdir(run: layout.Run) -> Path | None:
     return root.parents[1] if root.parent.name == "results" else None
 
 
+def _snakemake_running(run: layout.Run) -> bool:
+    """Whether a Snakemake holds its working directory's lock with an output of this run:
+    its `.snakemake/locks/<n>.output.lock` lists the outputs it may write, one a line."""
+    workdir = _workdir(run)
+    locks = workdir / ".snakemake" / "locks" if workdir else None
+    if locks is None or not locks.is_dir():
+        return False
+    root = run.root.resolve()
+    for lock in locks.glob("*.output.lock"):
+        for line in lock.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.strip() and (workdir / line.strip()).resolve().is_relative_to(root):
+                return True
+    return False
+
+
 def _stages(run: layout.Run, cfg: Any, evaluated: list[int]) -> list[tuple[str, Path, Path]]:
     """(label, log, output) of every stage of the run, in the order they run."""
     out = [("init_policy", run.log("init_policy"), run.policy(0))]
@@ -66,9 +83,7 @@ def status(run_dir: str | Path, now: float | None = None) -> dict[str, Any]:
     evaluated = config.evaluated_iterations(cfg)
     updates = [i for i in range(planned) if run.update_metrics(i).is_file()]
     evals = [i for i in evaluated if run.eval_metrics(i).is_file()]
-    workdir = _workdir(run)
-    locks = workdir / ".snakemake" / "locks" if workdir else None
-    running = bool(locks and locks.is_dir() and any(locks.iterdir()))
+    running = _snakemake_running(run)
     unfinished = [{"stage": label, "log": str(log), "log_age_s": now - log.stat().st_mtime}
                   for label, log, output in _stages(run, cfg, evaluated)
                   if log.is_file() and not output.exists()]

@@ -202,9 +202,13 @@ def test_status_after_the_run_and_mid_run(finished_run, tmp_path, capsys):
                  "logs/evaluate/iter_0002.log", "logs/report.log"):
         (run / path).unlink()
     shutil.rmtree(run / "report")
-    # What a running Snakemake holds in its working directory (the folder above results/).
-    (tmp_path / ".snakemake" / "locks").mkdir(parents=True)
-    (tmp_path / ".snakemake" / "locks" / "0.output.lock").touch()
+    # The lock a running Snakemake holds in its working directory (the folder above
+    # results/): the outputs it may write, first of another run only.
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.output.lock").write_text("results/other/iter_0000/eval/metrics.json\n")
+    assert not status(run)["snakemake_running"]
+    (locks / "1.output.lock").write_text("results/tiny/iter_0001/update/metrics.json\n")
     t0 = 1_700_000_000
     os.utime(run / "config.yaml", (t0, t0))
     os.utime(run / "iter_0000/update/metrics.json", (t0 + 100, t0 + 100))
