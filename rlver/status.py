@@ -44,9 +44,9 @@ def _snakemake_running(run: layout.Run) -> bool:
     """Whether a Snakemake holds its working directory's lock with an output of this run:
     its `.snakemake/locks/<n>.output.lock` lists the outputs it may write, one a line."""
     workdir = _workdir(run)
-    locks = workdir / ".snakemake" / "locks" if workdir else None
-    if locks is None or not locks.is_dir():
+    if workdir is None or not (workdir / ".snakemake" / "locks").is_dir():
         return False
+    locks = workdir / ".snakemake" / "locks"
     root = run.root.resolve()
     for lock in locks.glob("*.output.lock"):
         for line in lock.read_text(encoding="utf-8", errors="replace").splitlines():
