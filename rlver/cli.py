@@ -91,6 +91,13 @@ def cmd_digest(a: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def cmd_status(a: argparse.Namespace) -> None:
+    from rlver.status import status, to_json, to_text
+
+    st = status(a.run_dir)
+    print(to_json(st) if a.json else to_text(st))
+
+
 def cmd_update(a: argparse.Namespace) -> None:
     from rlver.train import UpdateSpec, run_update
 
@@ -235,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", metavar="RUN_DIR", help="a results/<run> directory")
     s.add_argument("--compare", default=None, metavar="DIGEST_JSON",
                    help="print what differs from this saved digest; exit 1 if anything does")
+
+    s = add("status", cmd_status,
+            "where a run is: iterations done, the stage running, rewards, time left")
+    s.add_argument("run_dir", metavar="RUN_DIR", help="a results/<run> directory")
+    s.add_argument("--json", action="store_true", help="one JSON object")
 
     s = add("calibrate", cmd_calibrate,
             "replay logged SAGE dialogues through a simulator; compare emotion changes")

@@ -395,6 +395,13 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     return [] if a == b else [(prefix.rstrip("."), a, b)]
 
 
+def evaluated_iterations(cfg: DictConfig) -> list[int]:
+    """The iterations whose policy is evaluated: 0, every, 2*every, ... and always the
+    final policy (iteration `iterations`)."""
+    n, every = cfg.iterations, cfg.evaluation.every
+    return sorted(set(range(0, n + 1, every)) | {n})
+
+
 def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed from (run seed, iteration, shard, dialogue, ...), stable across runs."""
     blob = "/".join(str(p) for p in parts).encode()

@@ -4,7 +4,8 @@ The original benchmark: each test persona opens with its own line, emotion start
 40, the change per turn is clipped to +-10, at most 10 assistant replies; the policy
 decodes greedily. Score = mean final emotion; success = final emotion reaching 100;
 failure = final emotion below 10. The dialogues use the trajectory schema, so the
-report and `rlver score` read them like rollouts.
+report and `rlver score` read them like rollouts. The metrics also go to the run's
+TensorBoard (`eval/*` at the iteration, rlver.scalars).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rlver import scalars
 from rlver.config import derive_seed
 from rlver.dialogue import DialogueSpec, close_all, run_dialogues, simulator_instances
 from rlver.engines import SamplingSettings
+from rlver.layout import Run
 from rlver.metrics import benchmark_metrics
 from rlver.simulator.protocol import ProtocolSettings
 
@@ -69,6 +72,8 @@ def evaluate_policy(
         [r["num_turns"] for r in firsts], failure_below=ev.failure_below,
     )
     write_json(out / "metrics.json", metrics)
+    scalars.write(Run.of_config(config_path), "evaluate", iteration,
+                  scalars.numbers(metrics, "eval", iteration))
     print(f"evaluate iter {iteration}: score {metrics['score']:.1f}, success "
           f"{metrics['success']}/{metrics['n']}, failure {metrics['failure']}/{metrics['n']}",
           file=sys.stderr)

@@ -7,8 +7,10 @@ of a run (README, "What a run produces") is written in one place:
     results/<run>/iter_<i>/policy/                     the policy of iteration i
     results/<run>/iter_<i>/rollouts/shard_<s>.parquet  its training dialogues
     results/<run>/iter_<i>/update/                     update i: metrics.json,
-        tensorboard/, submitit/, job.json, state/, critic/, resume/
+        submitit/, job.json, state/, critic/, resume/
     results/<run>/iter_<i>/eval/                       metrics.json, dialogues.parquet
+    results/<run>/tensorboard/                         every stage's scalars, one
+        event file per stage, iteration and shard (rlver/scalars.py)
     results/<run>/report/, results/<run>/logs/
 
 Iterations and shards are numbers; a string is passed through unchanged, so the rules can
@@ -89,6 +91,18 @@ class Run:
             return self.logs / f"{stage}.log"
         name = f"iter_{it(i)}" + ("" if shard is None else f"_shard_{sh(shard)}")
         return self.logs / stage / f"{name}.log"
+
+    @property
+    def tensorboard(self) -> Path:
+        """The run's one TensorBoard folder: `tensorboard --logdir results` shows one run
+        per run, whichever stages and jobs wrote into it."""
+        return self.root / "tensorboard"
+
+    def events(self, stage: str, i: Index, shard: Index | None = None) -> Path:
+        """The event file of one writer: a stage of iteration i (and shard s). Its name is
+        fixed, so a rerun replaces it; TensorBoard reads any name holding "tfevents"."""
+        name = f"events.out.tfevents.{stage}.iter_{it(i)}"
+        return self.tensorboard / (name + ("" if shard is None else f".shard_{sh(shard)}"))
 
     def iteration(self, i: Index) -> Path:
         return self.root / f"iter_{it(i)}"

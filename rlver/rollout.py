@@ -2,19 +2,23 @@
 
 Each iteration draws its personas (seeded), gives each persona's group of dialogues to
 one shard, runs them through the dialogue loop (`rlver.dialogue`: the turns, the
-schedules, the rows) and writes the shard's trajectories.
+schedules, the rows) and writes the shard's trajectories, and its numbers to the run's
+TensorBoard (rlver.scalars).
 """
 
 from __future__ import annotations
 
 import random
 import sys
-from typing import Optional
+from typing import Any, Optional
 
+from rlver import scalars
 from rlver.config import derive_seed
-from rlver.dialogue import DialogueSpec, close_all, run_dialogues, simulator_instances
+from rlver.dialogue import Dialogue, DialogueSpec, close_all, run_dialogues, simulator_instances
 from rlver.engines import Engine, SamplingSettings
+from rlver.layout import Run
 from rlver.personas import Persona
+from rlver.schema import OUTCOMES
 from rlver.simulator.protocol import ProtocolSettings
 
 
@@ -105,6 +109,24 @@ def rollout_shard(
             for r in d.to_rows(iteration, shard, cfg.algorithm.format_penalty_reward)]
     write_trajectories(out_path, rows, config_hash=config_mod.config_hash(cfg),
                        policy_sha256=policy_sha, kind="rollout")
-    mean = sum(r["reward"] for r in rows) / len(rows)
+    metrics = shard_metrics(dialogues, rows)
+    scalars.write(Run.of_config(config_path), "rollout", iteration,
+                  scalars.numbers(metrics, "rollout", iteration), shard)
     print(f"rollout: wrote {len(rows)} samples of {len(dialogues)} dialogues to {out_path} "
-          f"(mean reward {mean:.3f})", file=sys.stderr)
+          f"(mean reward {metrics['reward_mean']:.3f})", file=sys.stderr)
+
+
+def shard_metrics(dialogues: list[Dialogue], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A shard's numbers for TensorBoard: the mean reward of its samples, the final
+    emotion, reply length and share cut at max_new_tokens, turns, and the share of
+    dialogues by outcome."""
+    replies = [t.sampled for d in dialogues for t in d.turns]
+    outcomes = [d.outcome or "error" for d in dialogues]
+    return {
+        "reward_mean": sum(r["reward"] for r in rows) / len(rows),
+        "final_emotion_mean": sum(d.current_emotion for d in dialogues) / len(dialogues),
+        "reply_length_mean": sum(len(r.token_ids) for r in replies) / max(1, len(replies)),
+        "truncated_share": sum(not r.finished for r in replies) / max(1, len(replies)),
+        "turns_mean": sum(len(d.emotion) for d in dialogues) / len(dialogues),
+        "outcome_share": {o: outcomes.count(o) / len(outcomes) for o in OUTCOMES},
+    }

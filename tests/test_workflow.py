@@ -6,6 +6,7 @@ resources/ of the checkout are never touched.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -139,3 +140,93 @@ def test_missing_model_path_is_named(workdir):
     assert res.returncode != 0
     assert "model.source" in res.stderr and "/no/such/model" in res.stderr
     assert not (workdir / "results" / "bad").exists()
+
+
+def test_one_tensorboard_run_holds_every_stage(finished_run):
+    """Every update, rollout shard and evaluation writes its own event file into the run's
+    one folder, and TensorBoard reads them as one run with curves over the iterations."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rlver.io import read_json_object
+
+    folders = {p.parent for p in finished_run.rglob("*tfevents*")}
+    assert folders == {finished_run / "tensorboard"}
+    assert sorted(p.name for p in (finished_run / "tensorboard").iterdir()) == sorted(
+        [f"events.out.tfevents.update.iter_000{i}" for i in (0, 1)]
+        + [f"events.out.tfevents.rollout.iter_000{i}.shard_00{s}" for i in (0, 1)
+           for s in (0, 1)]
+        + [f"events.out.tfevents.evaluate.iter_000{i}" for i in (0, 1, 2)])
+    events = EventAccumulator(str(finished_run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+
+    def curve(tag: str) -> list[tuple[int, float]]:
+        return [(e.step, e.value) for e in events.Scalars(tag)]
+
+    updates = [read_json_object(finished_run / f"iter_000{i}/update/metrics.json", "")
+               for i in (0, 1)]
+    steps = updates[0]["optimizer_steps"]
+    assert [s for s, _ in curve("step/loss")] == list(range(2 * steps))
+    assert curve("update/reward_mean") == [
+        (i, pytest.approx(m["reward_mean"])) for i, m in enumerate(updates)]
+    assert [s for s, _ in curve("rollout/reward_mean")] == [0, 0, 1, 1]  # one per shard
+    assert [s for s, _ in curve("rollout/outcome_share/max_turns")] == [0, 0, 1, 1]
+    assert [s for s, _ in curve("rollout/reply_length_mean")] == [0, 0, 1, 1]
+    scores = [read_json_object(finished_run / f"iter_000{i}/eval/metrics.json", "")["score"]
+              for i in (0, 1, 2)]
+    assert curve("eval/score") == [(i, pytest.approx(s)) for i, s in enumerate(scores)]
+    assert [s for s, _ in curve("eval/success")] == [0, 1, 2]
+    assert [s for s, _ in curve("eval/failure")] == [0, 1, 2]
+
+
+def test_status_after_the_run_and_mid_run(finished_run, tmp_path, capsys):
+    """`rlver status` of the finished run, then of a copy cut back to iteration 1's
+    rollouts (shard 1 running), with file times set so the estimate is known."""
+    from rlver.cli import main
+    from rlver.io import read_json_object
+    from rlver.reporting.report import build_report
+    from rlver.status import status
+
+    done = status(finished_run)
+    assert done["finished"] and not done["unfinished"]
+    assert done["iterations"]["done"] == done["iterations"]["planned"] == 2
+    assert done["evaluations"] == {"planned": [0, 1, 2], "done": [0, 1, 2]}
+    assert done["eta_seconds"] == 0 and done["seconds_per_iteration"] > 0
+    last = read_json_object(finished_run / "iter_0001/update/metrics.json", "")
+    assert done["train_reward"] == {"iteration": 1, "reward_mean": last["reward_mean"]}
+    assert done["evaluation"]["iteration"] == 2
+    assert done["evaluation_first"]["iteration"] == 0
+
+    run = _copy_workdir(finished_run, tmp_path / "results" / "tiny")
+    for path in ("iter_0001/rollouts/shard_001.parquet", "iter_0001/update/metrics.json",
+                 "iter_0002/eval/metrics.json", "logs/update/iter_0001.log",
+                 "logs/evaluate/iter_0002.log", "logs/report.log"):
+        (run / path).unlink()
+    shutil.rmtree(run / "report")
+    # The lock a running Snakemake holds in its working directory (the folder above
+    # results/): the outputs it may write, first of another run only.
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.output.lock").write_text("results/other/iter_0000/eval/metrics.json\n")
+    assert not status(run)["snakemake_running"]
+    (locks / "1.output.lock").write_text("results/tiny/iter_0001/update/metrics.json\n")
+    t0 = 1_700_000_000
+    os.utime(run / "config.yaml", (t0, t0))
+    os.utime(run / "iter_0000/update/metrics.json", (t0 + 100, t0 + 100))
+    mid = status(run, now=t0 + 130)
+    assert mid["snakemake_running"] and not mid["finished"]
+    assert mid["iterations"] == {"planned": 2, "done": 1,
+                                 "next_rollout_shards": {"done": 1, "planned": 2}}
+    assert mid["evaluations"]["done"] == [0, 1]
+    assert [u["stage"] for u in mid["unfinished"]] == ["rollout iter 1 shard 1"]
+    assert mid["seconds_per_iteration"] == pytest.approx(100)
+    assert mid["eta_seconds"] == pytest.approx(70)  # one more iteration, 30 s into it
+    assert mid["evaluation"]["iteration"] == 1 and mid["report"] is None
+
+    assert main(["status", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert "iterations: 1 of 2 done; rollouts of iteration 1: 1 of 2 shards" in text
+    assert "now: rollout iter 1 shard 1" in text
+    assert main(["status", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["iterations"]["done"] == 1
+    # The report can be built from what a run holds at any time.
+    assert build_report(run, tmp_path / "report-now").is_file()

@@ -1,5 +1,5 @@
 """The update's numbers: per optimizer step and for the whole update, in `metrics.json`
-and TensorBoard.
+and the run's TensorBoard.
 
 Besides the losses and CleanRL's diagnostics (clip fraction, approx KL, entropy, gradient
 norm, explained variance), the health numbers RL-for-LLM users look for first (verl
@@ -11,12 +11,12 @@ advantages' spread, and the mean reward by how dialogues ended.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from rlver import algorithms as A
+from rlver.scalars import Point, numbers
 from rlver.schema import OUTCOMES
 from rlver.train.batch import Terms, action_positions
 
@@ -118,15 +118,11 @@ def summary(iteration: int, cfg: Any, rows: list[dict[str, Any]], terms: Terms,
     return metrics
 
 
-def tensorboard(folder: Path, metrics: dict[str, Any], first_step: int) -> None:
-    """The summary at the iteration, and every optimizer step's record at its global step."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    with SummaryWriter(str(folder)) as writer:
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and key != "iteration":
-                writer.add_scalar(f"update/{key}", value, metrics["iteration"])
-        for k, record in enumerate(metrics["steps"]):
-            for key, value in record.items():
-                if isinstance(value, (int, float)):
-                    writer.add_scalar(f"step/{key}", value, first_step + k)
+def points(metrics: dict[str, Any], first_step: int) -> list[Point]:
+    """The summary at the iteration (`update/*`), and every optimizer step's record at its
+    global step (`step/*`), for the run's TensorBoard (rlver.scalars)."""
+    iteration = metrics["iteration"]
+    out = numbers({k: v for k, v in metrics.items() if k != "steps"}, "update", iteration)
+    for k, record in enumerate(metrics["steps"]):
+        out += numbers(record, "step", first_step + k, ())
+    return out

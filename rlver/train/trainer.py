@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 
 from rlver import algorithms as A
-from rlver import faults
+from rlver import faults, layout, scalars
 from rlver.io import write_json
 from rlver.train import metrics as M
 from rlver.train import state as S
@@ -154,7 +154,8 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
         return {"rank": rank, "weights_sha256": weights_hash}
     metrics = M.summary(spec.iteration, cfg, rows, terms, zero_spread, progress, t0, world)
     metrics["weights_sha256"] = weights_hash
-    M.tensorboard(update_dir / "tensorboard", metrics, spec.iteration * per_iter)
+    scalars.write(layout.Run.of_config(spec.config_path), "update", spec.iteration,
+                  M.points(metrics, spec.iteration * per_iter))
     write_json(update_dir / "metrics.json", metrics)
     shutil.rmtree(resume_dir, ignore_errors=True)
     S.retention(spec, alg.keep_state_iterations)

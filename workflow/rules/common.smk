@@ -81,9 +81,7 @@ def log_path(stage, i=None, shard=None):
 
 
 def evaluated_iterations():
-    """0, every, 2*every, ... and always the final policy."""
-    every = CFG.evaluation.every
-    return sorted(set(range(0, ITERATIONS + 1, every)) | {ITERATIONS})
+    return rlver_config.evaluated_iterations(CFG)
 
 
 wildcard_constraints:
