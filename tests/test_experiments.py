@@ -40,14 +40,6 @@ def _parts(experiment: str) -> tuple[str, str, str]:
     return alg, template, difficulty
 
 
-@pytest.fixture(scope="module")
-def stub_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = tmp_path_factory.mktemp("models") / "Qwen2.5-7B-Instruct"
-    model.mkdir()
-    (model / "config.json").write_text("{}\n")
-    return model
-
-
 def _compose(experiment: str, scale: str, model: Path, *more: str) -> DictConfig:
     user = [f"model.source={model}", *USER_KEYS] if scale == "paper" else []
     return config.compose(experiment, [f"scale={scale}", *user, *more])
