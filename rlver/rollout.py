@@ -102,7 +102,7 @@ def rollout_shard(
           f"session", file=sys.stderr)
     rows = [r for d in dialogues
             for r in d.to_rows(iteration, shard, cfg.algorithm.format_penalty_reward)]
-    write_trajectories(out_path, rows, config_hash=config_mod.config_hash(cfg),
+    write_trajectories(out_path, rows, config_hash=config_mod.run_hash(config_path),
                        policy_sha256=weights_sha256(policy_dir), kind="rollout")
     mean = sum(r["reward"] for r in rows) / len(rows)
     print(f"rollout: wrote {len(rows)} samples of {len(dialogues)} dialogues to {out_path} "

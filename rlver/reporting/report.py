@@ -122,7 +122,7 @@ def build_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
         images = {name: (tmp / name).read_bytes() for name in _FIGURES}
         rtable.write_table(table_rows, tmp / "table")
         page = _render_page(
-            cfg_dict, rconfig.config_hash(cfg), iterations, last_eval, eval_rows, images,
+            cfg_dict, rconfig.run_hash(cfg_path), iterations, last_eval, eval_rows, images,
             _paper_table(table_rows, bool(own_rows)),
         )
         (tmp / "index.html").write_text(page, encoding="utf-8")
