@@ -11,6 +11,7 @@ file (`config_changes.yaml`, each with its UTC time) and `load` applies them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from rlver import layout
-from rlver.config_schema import RlverConfig
+from rlver.config_schema import JobResources, RlverConfig
 from rlver.errors import RlverInputError
 from rlver.io import write_text
 from rlver.registry import (
@@ -313,13 +314,13 @@ def _one_of(registry: Registry) -> str:
     return "one of: " + ", ".join(registry.names())
 
 
-_JOB_DEFAULTS = {"partition": "", "account": "", "gpus": 0, "cpus": 1, "mem_mb": 4000,
-                 "runtime_min": 120}
+_JOB_DEFAULTS = dataclasses.asdict(JobResources())
 
 #: Keys added to the schema after runs had been frozen without them, with their defaults.
-#: At its default such a key is left out of the frozen file, the hash and the comparison
-#: with a frozen file, so a run frozen before the key existed keeps its hash (its stages'
-#: outputs stay valid) and goes on under the new code; set to anything else, it is in.
+#: At its default such a key is left out of the frozen file and the hash, so a run frozen
+#: before the key existed keeps its hash (its stages' outputs stay valid) and goes on under
+#: the new code (a frozen file without the key reads its default, which the comparison
+#: of `check_unchanged` sees); set to anything else, it is in.
 ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_group": 0,
                               "algorithm.keep_policies": "evaluated",
                               "algorithm.adv_estimator": "", "algorithm.policy_loss": "ppo_clip",
