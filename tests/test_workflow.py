@@ -148,6 +148,20 @@ def test_extended_run_adds_one_iteration_and_redoes_nothing(finished_run, workdi
     assert "iterations 2 -> 3" in res.stderr
 
 
+def test_finished_ppo_run_is_refused_more_iterations(workdir):
+    """The last update of a plan keeps no critic: a PPO run cannot get more iterations once
+    that update is done (a dry run on a frozen run whose last update left its metrics)."""
+    ppo = [*TINY, "algorithm=ppo", "rollout.samples_per_persona=1"]
+    run = workdir / "results" / "ppo_done"
+    config.freeze(config.compose("smoke", ppo, run="ppo_done"), run / "config.yaml")
+    (run / "iter_0001" / "update").mkdir(parents=True)
+    (run / "iter_0001" / "update" / "metrics.json").write_text("{}\n")
+    res = snakemake(workdir, "ppo_done", [*ppo, "iterations=3"], args=("-n",))
+    assert res.returncode != 0
+    assert "kept no critic" in res.stderr and "iterations: 2 -> 3" in res.stderr
+    assert not (run / "config_changes.yaml").exists()
+
+
 def test_unknown_key_is_named(workdir):
     res = snakemake(workdir, "bad", ["rollout.shardz=3"], args=("-n",))
     assert res.returncode != 0 and "rollout.shardz" in res.stderr
