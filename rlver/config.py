@@ -5,22 +5,26 @@ The config tree under `config/` is composed once per run (by the Snakefile, or b
 key fails at once with its name), and frozen to `results/<run>/config.yaml`. Every stage
 reads the frozen file, never the tree: editing `config/` later cannot change a
 half-finished run, and a run whose composed config differs from its frozen one refuses to
-continue.
+continue, except in the keys of `EXTENDABLE`: their changes are recorded beside the frozen
+file (`config_changes.yaml`, each with its UTC time) and `load` applies them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
 import shlex
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlver.config_schema import RlverConfig
+from rlver import layout
+from rlver.config_schema import JobResources, RlverConfig
 from rlver.errors import RlverInputError
 from rlver.io import write_text
 from rlver.registry import (
@@ -255,6 +259,9 @@ def _ranges(cfg: DictConfig) -> list[Check]:
         ("algorithm.zero_stage", alg.zero_stage in {0, 1, 2, 3}, "0, 1, 2 or 3"),
         ("cluster.signal_delay_s", cl.signal_delay_s >= 0, "0 or more"),
         ("cluster.max_requeues", cl.max_requeues >= 0, "0 or more"),
+        *((f"cluster.{job}.{key}", getattr(cl[job], key) >= low, f"at least {low}")
+          for job in ("rollout", "evaluate")
+          for key, low in (("gpus", 0), ("cpus", 1), ("mem_mb", 1), ("runtime_min", 1))),
         ("run", bool(cfg.run) and "/" not in cfg.run, "a name without '/'"),
     ]
 
@@ -307,32 +314,71 @@ def _one_of(registry: Registry) -> str:
     return "one of: " + ", ".join(registry.names())
 
 
+_JOB_DEFAULTS = dataclasses.asdict(JobResources())
+
 #: Keys added to the schema after runs had been frozen without them, with their defaults.
-#: At its default such a key is left out of the frozen file, the hash and the comparison
-#: with a frozen file, so a run frozen before the key existed keeps its hash (its stages'
-#: outputs stay valid) and goes on under the new code; set to anything else, it is in.
+#: At its default such a key is left out of the frozen file and the hash, so a run frozen
+#: before the key existed keeps its hash (its stages' outputs stay valid) and goes on under
+#: the new code (a frozen file without the key reads its default, which the comparison
+#: of `check_unchanged` sees); set to anything else, it is in.
 ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_group": 0,
                               "algorithm.keep_policies": "evaluated",
                               "algorithm.adv_estimator": "", "algorithm.policy_loss": "ppo_clip",
-                              "simulator.structured_feel": True}
+                              "simulator.structured_feel": True,
+                              "cluster.rollout": _JOB_DEFAULTS, "cluster.evaluate": _JOB_DEFAULTS}
+
+
+#: Keys a run may change when it continues. None of them changes a file already written,
+#: so the frozen config.yaml and the stamp of every output (`run_hash`) stay as they are
+#: and nothing is redone:
+#: - `iterations`, upwards only: the added updates come after the last one (fewer would
+#:   leave written iterations outside the run). The learning-rate warm-up keeps the length
+#:   planned when the run was frozen (`schedule_iterations`); the added steps run after it.
+#: - `evaluation.every`: which policies are evaluated; an evaluation does not depend on
+#:   the others. `algorithm.keep_policies`: which policies stay on disk.
+#: - the queue, account, memory and time limit of the update, rollout and evaluate jobs:
+#:   where and how long they run, not what they compute (a job requeued at its time
+#:   limit ends with the same weights). Their GPUs and CPUs are not among them: a GPU
+#:   samples other tokens than a CPU, and the number of threads changes sums' order.
+#: The report has no settings in the config: it is rebuilt from the run's files.
+EXTENDABLE = frozenset({
+    "iterations", "evaluation.every", "algorithm.keep_policies",
+    "cluster.partition", "cluster.account", "cluster.qos", "cluster.mem_gb",
+    "cluster.timeout_min", "cluster.signal_delay_s", "cluster.max_requeues",
+    *(f"cluster.{job}.{key}" for job in ("rollout", "evaluate")
+      for key in ("partition", "account", "mem_mb", "runtime_min")),
+})
+
+Change = tuple[str, Any, Any]
+
+
+def _drop(tree: dict[str, Any], dotted: str, *, if_equal: Any = ...) -> None:
+    """Delete the nested key `dotted` from `tree` (only if its value is `if_equal`, if given)."""
+    *parents, leaf = dotted.split(".")
+    node: Any = tree
+    for key in parents:
+        node = node.get(key) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf in node and (if_equal is ... or node[leaf] == if_equal):
+        del node[leaf]
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     out: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     for dotted, default in ADDED_KEYS.items():
-        *parents, leaf = dotted.split(".")
-        node: Any = out
-        for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node and node[leaf] == default:
-            del node[leaf]
+        _drop(out, dotted, if_equal=default)
     return out
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """sha256 of the resolved config; recorded in every file a stage writes."""
+    """sha256 of the resolved config."""
     blob = json.dumps(to_container(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_hash(path: str | os.PathLike[str]) -> str:
+    """The stamp recorded in every file a stage writes: the hash of the run's config as
+    frozen at `path`, so that changes of `EXTENDABLE` keys since leave it as it was."""
+    return config_hash(load(path, with_changes=False))
 
 
 def to_json(node: DictConfig) -> str:
@@ -345,30 +391,73 @@ def to_yaml(cfg: DictConfig) -> str:
 
 
 def freeze(cfg: DictConfig, path: str | os.PathLike[str]) -> None:
-    """Write the frozen config once; if it exists, refuse any difference."""
+    """Write the frozen config once; if it exists, refuse any difference but in the
+    `EXTENDABLE` keys, whose changes are recorded (`record_changes`)."""
     path = Path(path)
     if path.exists():
-        check_unchanged(cfg, path)
+        record_changes(path, check_unchanged(cfg, path))
         return
     write_text(path, to_yaml(cfg))
 
 
-def check_unchanged(cfg: DictConfig, path: str | os.PathLike[str]) -> None:
-    """Raise, listing the differing keys, if `cfg` differs from the frozen file."""
-    frozen = to_container(load(path))
-    current = to_container(cfg)
-    diff = _diff(frozen, current)
-    if diff:
-        lines = "\n".join(f"  {k}: frozen {a!r} -> now {b!r}" for k, a, b in diff)
+def check_unchanged(cfg: DictConfig, path: str | os.PathLike[str]) -> list[Change]:
+    """The (key, frozen, now) changes of `EXTENDABLE` keys of `cfg` against the frozen
+    file (with its recorded changes); raise, listing the differing keys, if any other key
+    differs or `iterations` shrinks."""
+    # Every key, those of ADDED_KEYS too: a file frozen without one reads its default.
+    diff = _diff(OmegaConf.to_container(load(path), resolve=True),
+                 OmegaConf.to_container(cfg, resolve=True))
+    refused = [(k, a, b) for k, a, b in diff if k not in EXTENDABLE
+               or (k == "iterations" and b < a)]
+    if refused:
+        lines = "\n".join(f"  {k}: frozen {a!r} -> now {b!r}" for k, a, b in refused)
         raise RlverInputError(
             f"{path}: run '{cfg.run}' was started with another config; differing keys:\n"
             f"{lines}\nFix: give the changed config a new run name (--config run=NAME), "
-            "or undo the change to continue this run."
+            "or undo the change to continue this run (a run continues with other values "
+            f"of {', '.join(sorted(EXTENDABLE))} only; iterations only upwards)."
         )
+    return diff
 
 
-def load(path: str | os.PathLike[str]) -> DictConfig:
-    """Load a frozen run config, validated against the schema."""
+def record_changes(path: str | os.PathLike[str], changes: list[Change]) -> None:
+    """Append `changes` of the run frozen at `path` to its config_changes.yaml, with the
+    UTC time; `load` applies them."""
+    if not changes:
+        return
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    entries = recorded_changes(path) + [
+        {"time": now, "key": k, "frozen": a, "now": b} for k, a, b in changes]
+    write_text(layout.Run.of_config(path).config_changes,
+               OmegaConf.to_yaml(OmegaConf.create({"changes": entries})))
+
+
+def recorded_changes(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The changes recorded for the run frozen at `path`, oldest first."""
+    changes = layout.Run.of_config(path).config_changes
+    if not changes.is_file():
+        return []
+    data = OmegaConf.to_container(OmegaConf.load(changes))
+    entries = data.get("changes") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and e.get("key") in EXTENDABLE and "now" in e for e in entries):
+        raise RlverInputError(
+            f"{changes}: field changes must be a list of {{time, key, frozen, now}} with "
+            f"keys among {', '.join(sorted(EXTENDABLE))}. Fix: restore the file, or delete "
+            "it to continue the run with its frozen values."
+        )
+    return entries
+
+
+def schedule_iterations(path: str | os.PathLike[str]) -> int:
+    """The iterations the learning-rate schedule plans for: those of the frozen file, so
+    that extending a run keeps its warm-up as it was."""
+    return int(load(path, with_changes=False).iterations)
+
+
+def load(path: str | os.PathLike[str], *, with_changes: bool = True) -> DictConfig:
+    """Load a frozen run config, validated against the schema, with the changes recorded
+    since (`record_changes`) unless with_changes is false."""
     path = Path(path)
     if not path.exists():
         raise RlverInputError(
@@ -382,6 +471,8 @@ def load(path: str | os.PathLike[str]) -> DictConfig:
         raise RlverInputError(
             f"{path}: not a valid rlver run config ({exc}). Fix: restore it, or start a new run."
         ) from exc
+    for change in recorded_changes(path) if with_changes else []:
+        OmegaConf.update(cfg, change["key"], change["now"])
     validate(cfg)  # type: ignore[arg-type]
     return cfg  # type: ignore[return-value]
 

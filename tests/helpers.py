@@ -83,9 +83,12 @@ def update_spec(workdir: Path, base_model: Path, rows: list[dict], name: str,
                       str(run / "iter_0001" / "policy"), str(run / "iter_0000" / "update"))
 
 
-#: Overrides that send the update job to the loopback Slurm cluster (no GPUs, small).
+#: Overrides that send the update job to the loopback Slurm cluster (no GPUs, small), and
+#: size its rollout and evaluate jobs for it (config/cluster/slurm.yaml's are a 7B job's).
 SLURM_UPDATE = ["cluster=slurm", "cluster.partition=gpu", "cluster.gpus_per_node=0",
-                "cluster.cpus_per_task=1", "cluster.mem_gb=3", "cluster.timeout_min=10"]
+                "cluster.cpus_per_task=1", "cluster.mem_gb=3", "cluster.timeout_min=10",
+                *(f"cluster.{job}.{key}" for job in ("rollout", "evaluate")
+                  for key in ("gpus=0", "cpus=1", "mem_mb=2000", "runtime_min=30"))]
 
 
 def squeue(*args: str, fmt: str = "%i %j %T %M %R") -> str:

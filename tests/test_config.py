@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import pytest
 
 from rlver import config
@@ -48,6 +50,46 @@ def test_freeze_refuses_changed_config_with_differing_keys(tmp_path):
     assert "rollout.shards: frozen 2 -> now 3" in msg and "seed: frozen 0 -> now 5" in msg
     assert "new run name" in msg
     assert config.load(path).rollout.shards == 2
+
+
+def test_extendable_keys_change_and_each_change_is_recorded(tmp_path):
+    path = tmp_path / "config.yaml"
+    cfg = config.compose("smoke")
+    config.freeze(cfg, path)
+    frozen_text = path.read_text()
+    longer = config.compose("smoke", ["iterations=3", "evaluation.every=2"])
+    config.freeze(longer, path)
+    config.freeze(longer, path)  # continuing as changed records nothing more
+    # The frozen file and the stamp of every output stay: nothing already made is redone.
+    assert path.read_text() == frozen_text
+    loaded = config.load(path)
+    assert (loaded.iterations, loaded.evaluation.every) == (3, 2)
+    assert config.run_hash(path) == config.config_hash(cfg)
+    assert config.schedule_iterations(path) == 2  # the warm-up as planned at the start
+    changes = config.recorded_changes(path)
+    assert [(c["key"], c["frozen"], c["now"]) for c in changes] == [
+        ("evaluation.every", 1, 2), ("iterations", 2, 3)]
+    assert all(datetime.fromisoformat(c["time"]).tzinfo == timezone.utc for c in changes)
+
+
+def test_fewer_iterations_and_other_keys_stay_refused(tmp_path):
+    path = tmp_path / "config.yaml"
+    config.freeze(config.compose("smoke", ["iterations=3"]), path)
+    with pytest.raises(RlverInputError, match="iterations: frozen 3 -> now 2"):
+        config.freeze(config.compose("smoke"), path)
+    with pytest.raises(RlverInputError) as err:
+        config.freeze(config.compose("smoke", ["iterations=4", "rollout.shards=3"]), path)
+    assert "rollout.shards: frozen 2 -> now 3" in str(err.value)
+    assert "iterations:" not in str(err.value) and "iterations only upwards" in str(err.value)
+    assert config.recorded_changes(path) == []
+
+
+def test_a_damaged_change_record_is_named(tmp_path):
+    path = tmp_path / "config.yaml"
+    config.freeze(config.compose("smoke"), path)
+    (tmp_path / "config_changes.yaml").write_text("changes: [{key: seed, now: 3}]\n")
+    with pytest.raises(RlverInputError, match="config_changes.yaml: field changes"):
+        config.load(path)
 
 
 def test_load_roundtrip_and_hash_is_stable(tmp_path):

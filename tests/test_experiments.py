@@ -40,14 +40,6 @@ def _parts(experiment: str) -> tuple[str, str, str]:
     return alg, template, difficulty
 
 
-@pytest.fixture(scope="module")
-def stub_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = tmp_path_factory.mktemp("models") / "Qwen2.5-7B-Instruct"
-    model.mkdir()
-    (model / "config.json").write_text("{}\n")
-    return model
-
-
 def _compose(experiment: str, scale: str, model: Path, *more: str) -> DictConfig:
     user = [f"model.source={model}", *USER_KEYS] if scale == "paper" else []
     return config.compose(experiment, [f"scale={scale}", *user, *more])
@@ -215,7 +207,8 @@ def dry_runs(stub_model: Path, tmp_path_factory: pytest.TempPathFactory
     a Hydra composition; one after the other they take minutes on a small machine). At
     paper scale 3 iterations keep the plan small (one rule per update);
     test_dry_run_of_the_full_schedule plans all 1000."""
-    paper = [f"model.source={stub_model}", *USER_KEYS, "iterations=3"]
+    paper = [f"model.source={stub_model}", *USER_KEYS, "iterations=3",
+             "cluster.account=myproj"]
     combos = list(itertools.product(EXPERIMENTS, SCALES))
     dirs = {c: tmp_path_factory.mktemp("dry") for c in combos}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
@@ -239,6 +232,49 @@ def test_dry_run(experiment: str, scale: str, dry_runs: dict) -> None:
     run = experiment if scale == "paper" else f"{experiment}-cpu"
     assert f"results/{run}/config.yaml" in res.stderr
     assert not (workdir / "results").exists()
+
+
+def _job_resources(log: str, rule: str) -> dict[str, str]:
+    """The resources Snakemake planned for the first job of `rule`."""
+    block = log.split(f"rule {rule}:", 1)[1]
+    line = re.search(r"^\s+resources: (.*)$", block, re.M)
+    assert line, block[:500]
+    return dict(item.split("=", 1) for item in line.group(1).split(", "))
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_dry_run_sizes_rollout_and_evaluate_from_the_config(scale: str, dry_runs: dict) -> None:
+    """Paper scale: config/cluster/slurm.yaml's 7B vLLM job, on the update's partition and
+    account; cpu scale: the embedded model's one CPU, no partition (the site's default)."""
+    _, res = dry_runs["paper_grpo_nothink_vanilla", scale]
+    for rule in ("rollout", "evaluate"):
+        got = _job_resources(res.stderr, rule)
+        if scale == "paper":
+            assert (got["slurm_partition"], got["slurm_account"], got["gpu"], got["mem_mb"],
+                    got["cpus_per_task"], got["runtime"]) == (
+                "gpu", "myproj", "1", "64000", "8", "240"), rule
+        else:
+            assert "slurm_partition" not in got and "slurm_account" not in got
+            assert (got["gpu"], got["mem_mb"], got["cpus_per_task"]) == ("0", "4000", "1")
+
+
+def test_dry_run_with_the_slurm_profile_takes_each_jobs_own_sizes(
+        stub_model: Path, tmp_path: Path) -> None:
+    """profiles/slurm names no partition: a job's own config wins over the update's. The
+    Slurm executor is swapped for the local one: the plan is the same, and this machine
+    need not be a Slurm submit host."""
+    own = ["cluster.rollout.partition=a100", "cluster.rollout.mem_mb=96000",
+           "cluster.evaluate.account=evalproj", "cluster.partition=h100"]
+    res = snakemake(tmp_path, None, [f"model.source={stub_model}", *USER_KEYS, "iterations=1",
+                                     *own],
+                    args=("-n", "--profile", str(ROOT / "profiles" / "slurm"),
+                          "--executor", "local"),
+                    config=("experiment=paper_ppo_nothink_vanilla",), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rollout, evaluate = (_job_resources(res.stderr, r) for r in ("rollout", "evaluate"))
+    assert (rollout["slurm_partition"], rollout["mem_mb"]) == ("a100", "96000")
+    assert (evaluate["slurm_partition"], evaluate["slurm_account"], evaluate["mem_mb"]) == (
+        "h100", "evalproj", "64000")
 
 
 @pytest.mark.slow

@@ -89,6 +89,7 @@ def _make_run(root: Path, *, iterations: int = 2, evals: int = 3) -> Path:
                 "num_tokens": 100,
                 "grad_norm": 1.5,
                 "lr": 2e-6,
+                "optimizer_steps": 1,
                 "seconds": 1.0,
                 "tokens_per_s": 100.0,
                 "reply_length_mean": 20.0 + i,
@@ -149,6 +150,9 @@ def test_full_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "reaction 0 &amp; more" in page
     # The simulator's verdict on reply 0 of the best dialogue: 40 -> 50.
     assert "emotion 50 (delta +10)" in page
+    # One reward column; a two-step run says what it can and cannot show.
+    assert "<th>train reward</th>" in page and "update reward" not in page
+    assert "2 optimizer steps (lr 2e-06)" in page and "say nothing about the method" in page
     _check_pngs(out)
     assert "report: wrote" in capsys.readouterr().err
     # Deterministic: a rebuild gives identical files.

@@ -2,8 +2,8 @@
 tests/slurm/cluster.sh.
 
 Rollout and evaluate run as Slurm jobs through the Snakemake Slurm executor plugin (test
-profile tests/slurm/profile: profiles/slurm with GPU requests mapped away); the update
-rule submits its training job to Slurm through submitit.
+profile tests/slurm/profile; their partition, GPUs and memory from the config,
+helpers.SLURM_UPDATE); the update rule submits its training job to Slurm through submitit.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from rlver import config
 from rlver.models import link_tree
 from rlver.schema import TIMING_COLUMNS
 
@@ -127,6 +128,39 @@ def test_changed_config_is_refused_with_the_differing_keys(finished_run, workdir
     assert res.returncode != 0
     assert "rollout.max_new_tokens: frozen 12 -> now 20" in res.stderr
     assert "new run name" in res.stderr
+
+
+def test_extended_run_adds_one_iteration_and_redoes_nothing(finished_run, workdir, tmp_path):
+    """iterations 2 -> 3 on a copy of the finished run, up to the added update: the third
+    iteration's jobs run, every file already made stays as it was, the change is recorded."""
+    copy = _copy_workdir(workdir, tmp_path / "wf")
+    run = copy / finished_run.relative_to(workdir)
+    made = [p for p in run.rglob("*") if p.is_file() and "report" not in p.parts
+            and "logs" not in p.parts]
+    before = {p: p.stat().st_mtime_ns for p in made}
+    longer = [o for o in TINY if not o.startswith("iterations=")] + ["iterations=3"]
+    res = snakemake(copy, "tiny", longer, args=("--until", "update_0002"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert job_counts(res.stderr) == {"rollout": 2, "update_0002": 1}
+    assert {p: p.stat().st_mtime_ns for p in made} == before
+    assert (run / "iter_0003/policy/model.safetensors").exists()
+    changes = config.recorded_changes(run / "config.yaml")
+    assert [(c["key"], c["frozen"], c["now"]) for c in changes] == [("iterations", 2, 3)]
+    assert "iterations 2 -> 3" in res.stderr
+
+
+def test_finished_ppo_run_is_refused_more_iterations(workdir):
+    """The last update of a plan keeps no critic: a PPO run cannot get more iterations once
+    that update is done (a dry run on a frozen run whose last update left its metrics)."""
+    ppo = [*TINY, "algorithm=ppo", "rollout.samples_per_persona=1"]
+    run = workdir / "results" / "ppo_done"
+    config.freeze(config.compose("smoke", ppo, run="ppo_done"), run / "config.yaml")
+    (run / "iter_0001" / "update").mkdir(parents=True)
+    (run / "iter_0001" / "update" / "metrics.json").write_text("{}\n")
+    res = snakemake(workdir, "ppo_done", [*ppo, "iterations=3"], args=("-n",))
+    assert res.returncode != 0
+    assert "kept no critic" in res.stderr and "iterations: 2 -> 3" in res.stderr
+    assert not (run / "config_changes.yaml").exists()
 
 
 def test_unknown_key_is_named(workdir):

@@ -1,10 +1,10 @@
 """The paper's published results, shown next to a run's own numbers for reference.
 
-Transcribed from RLVER (Wang et al., arXiv 2507.03112) as quoted in the project's
-reference notes (paper.md): Table 1, the Sentient benchmark's score / success / failure
-(its chit-chat columns are left out: we have no chit-chat benchmark), and Table 3, the
-PPO simulator ablation, which publishes scores only. Settings use our config names:
-algorithm.name, template.name and the training simulator.difficulty.
+Transcribed from RLVER (Wang et al., arXiv 2507.03112): Table 1, the Sentient
+benchmark's score / success / failure (its chit-chat columns are left out: we have no
+chit-chat benchmark), and Table 3, the PPO simulator ablation, which publishes scores only.
+Settings use our config names: algorithm.name, template.name and the training
+simulator.difficulty.
 """
 
 from __future__ import annotations

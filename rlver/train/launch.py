@@ -62,8 +62,7 @@ def check_inputs(spec: UpdateSpec) -> None:
     from rlver.io import checked_weights_sha256
     from rlver.schema import read_metadata
 
-    cfg = config_mod.load(spec.config_path)
-    want_cfg = config_mod.config_hash(cfg)
+    want_cfg = config_mod.run_hash(spec.config_path)
     want_policy = checked_weights_sha256(spec.policy_dir)
     if spec.reference_dir.is_dir():
         checked_weights_sha256(spec.reference_dir)

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import torch
 
 from rlver import algorithms as A
+from rlver import config as config_mod
 from rlver import faults, layout, scalars
 from rlver.io import write_json
 from rlver.train import metrics as M
@@ -67,7 +68,8 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
     plan = make_plan(lengths, actions, alg, cfg.seed, spec.iteration, rank, world)
     grad_accum = max(len(s.micro) for s in plan)
     per_iter = len(plan)
-    total_steps = cfg.iterations * per_iter
+    # The schedule of the plan the run was frozen with: an extended run keeps its warm-up.
+    total_steps = config_mod.schedule_iterations(spec.config_path) * per_iter
 
     # --- the engines: the policy, and PPO's critic (carried from update i-1 if kept)
     model, tokenizer = load_policy(spec.policy_dir, "float32")

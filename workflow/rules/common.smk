@@ -14,14 +14,37 @@ from rlver.personas import check_persona_set
 
 def compose_run_config(snakemake_config):
     """The run's config from --config (see rlver.config.snakemake_overrides), refused if it
-    differs from the run's frozen config."""
+    differs from the run's frozen config but in extendable keys, whose changes are recorded
+    (not by a dry run)."""
     experiment, run, overrides = rlver_config.snakemake_overrides(snakemake_config)
     cfg = rlver_config.compose(experiment, overrides, run=run)
-    frozen = f"results/{cfg.run}/config.yaml"
-    if os.path.exists(frozen):
-        rlver_config.check_unchanged(cfg, frozen)
+    run_dir = layout.Run(f"results/{cfg.run}")
+    if run_dir.config.exists():
+        changes = rlver_config.check_unchanged(cfg, run_dir.config)
+        check_carried_state(cfg, run_dir, changes)
+        for key, frozen, now in changes:
+            print(f"rlver: run {cfg.run}: {key} {frozen!r} -> {now!r}"
+                  + (" (dry run: not recorded)" if workflow.dryrun else ""), file=sys.stderr)
+        if not workflow.dryrun:
+            rlver_config.record_changes(run_dir.config, changes)
     check_source(cfg.model.source)
     return cfg
+
+
+def check_carried_state(cfg, run_dir, changes):
+    """PPO's critic carries over from update to update, but the last update of a plan
+    keeps none: a PPO run can get more iterations only before its last update is done."""
+    planned = next((frozen for key, frozen, _ in changes if key == "iterations"), None)
+    if planned is None or cfg.algorithm.name != "ppo":
+        return
+    last = planned - 1
+    if run_dir.update_metrics(last).exists() and not run_dir.critic(last).exists():
+        raise RlverInputError(
+            f"{run_dir.update_metrics(last)}: the run's last planned update is done and kept "
+            f"no critic (field iterations: {planned} -> {cfg.iterations}), so update "
+            f"{planned} would train a new critic from scratch. Fix: start a new run "
+            "(--config run=NAME), or extend a PPO run before its last update ends."
+        )
 
 
 def compose_args(snakemake_config):
@@ -74,6 +97,23 @@ def update_metrics(i):
 
 def eval_metrics(i):
     return str(L.eval_metrics(i))
+
+
+def slurm_resources(job):
+    """The resources of a rollout or evaluate job (config cluster.<job>), named as
+    Snakemake's Slurm executor plugin reads them; partition and account fall back to the
+    update job's, and an empty one is left out (the site's default)."""
+    want = CFG.cluster[job]
+    named = {
+        "slurm_partition": want.partition or CFG.cluster.partition,
+        "slurm_account": want.account or CFG.cluster.account,
+    }
+    return {k: v for k, v in named.items() if v} | {
+        "gpu": want.gpus,
+        "cpus_per_task": want.cpus,
+        "mem_mb": want.mem_mb,
+        "runtime": want.runtime_min,
+    }
 
 
 def log_path(stage, i=None, shard=None):

@@ -17,7 +17,10 @@ rule freeze_config:
         "rlver compose {params.args} --out {output} 2>&1 | tee {log}"
 
 
+# A conversion on the submit host: no queue wait, and the model source is read where it
+# was given.
 rule prepare_model:
+    localrule: True
     output:
         directory(MODEL),
     params:

@@ -13,12 +13,11 @@ rule evaluate:
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     log:
         log_path("evaluate", "{iteration}"),
-    threads: 1
+    threads: CFG.cluster.evaluate.cpus
     conda:
         ENV
     resources:
-        mem_mb=4000,
-        runtime=120,
+        **slurm_resources("evaluate"),
     shell:
         "rlver evaluate --config {input.config} --iteration {wildcards.iteration} "
         "--policy {input.policy} --personas {input.personas} --out-dir {params.out_dir} "

@@ -10,12 +10,11 @@ rule rollout:
         str(L.shard("{iteration}", "{shard}")),
     log:
         log_path("rollout", "{iteration}", "{shard}"),
-    threads: 1
+    threads: CFG.cluster.rollout.cpus
     conda:
         ENV
     resources:
-        mem_mb=4000,
-        runtime=120,
+        **slurm_resources("rollout"),
     shell:
         "rlver rollout --config {input.config} --iteration {wildcards.iteration} "
         "--shard {wildcards.shard} --policy {input.policy} --personas {input.personas} "
