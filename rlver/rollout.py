@@ -15,6 +15,7 @@ from rlver.config import derive_seed
 from rlver.dialogue import DialogueSpec, close_all, run_dialogues, simulator_instances
 from rlver.engines import Engine, SamplingSettings
 from rlver.personas import Persona
+from rlver.simulator import health
 from rlver.simulator.protocol import ProtocolSettings
 
 
@@ -57,7 +58,9 @@ def rollout_shard(
     """Stage `rollout`: write one shard of iteration `iteration`'s training dialogues.
 
     `engine`: an engine already holding the policy at `policy_dir` (tests, benchmarks);
-    by default one is started for this shard and closed after it."""
+    by default one is started for this shard and closed after it. An HTTP simulator's
+    endpoint is checked first; the shard fails, writing nothing, if more of its simulator
+    turns fell back than simulator.max_fallback_rate (rlver.simulator.health)."""
     from rlver import config as config_mod
     from rlver.engines import make_engine
     from rlver.io import weights_sha256
@@ -73,6 +76,7 @@ def rollout_shard(
     specs = shard_specs(personas, ro.samples_per_persona, ro.shards, shard, cfg.seed, iteration,
                         ro.greedy_per_group)
     sim = cfg.simulator
+    health.check_endpoint(sim)
     own = engine is None
     if engine is None:
         engine = make_engine(ro.engine, policy_dir, cfg.model.dtype, dict(ro.vllm_args))
@@ -102,8 +106,11 @@ def rollout_shard(
           f"session", file=sys.stderr)
     rows = [r for d in dialogues
             for r in d.to_rows(iteration, shard, cfg.algorithm.format_penalty_reward)]
+    stats = health.fallback_stats(rows)
+    health.check_fallback_rate(stats, sim, f"rollout iter {iteration} shard {shard}")
     write_trajectories(out_path, rows, config_hash=config_mod.config_hash(cfg),
-                       policy_sha256=weights_sha256(policy_dir), kind="rollout")
+                       policy_sha256=weights_sha256(policy_dir), kind="rollout", extra=stats)
     mean = sum(r["reward"] for r in rows) / len(rows)
     print(f"rollout: wrote {len(rows)} samples of {len(dialogues)} dialogues to {out_path} "
-          f"(mean reward {mean:.3f})", file=sys.stderr)
+          f"(mean reward {mean:.3f}, simulator fallback rate "
+          f"{stats[health.RATE_KEY]:.1%})", file=sys.stderr)

@@ -15,15 +15,17 @@ so the trainer never re-tokenises text:
 - `outcome` and `reward`: how the dialogue ended and final emotion / 100, floored at 0.
 
 File metadata: schema version, config hash, code version, the sha256 of the policy
-weights that sampled the file, and the file's kind (rollout or eval). Readers refuse a
-file written by another schema version.
+weights that sampled the file, and the file's kind (rollout or eval); a rollout shard
+also has its simulator's fallback numbers (`simulator_fallback_rate` and the others of
+rlver.simulator.health.fallback_stats). Readers refuse a file written by another schema
+version.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -79,8 +81,10 @@ def write_trajectories(
     config_hash: str,
     policy_sha256: str,
     kind: str,
+    extra: Optional[dict[str, Any]] = None,
 ) -> None:
-    """Validate `rows` against the schema and write them atomically with metadata."""
+    """Validate `rows` against the schema and write them atomically with metadata;
+    `extra`: more `rlver.<key>` metadata (the stage's metrics), stored as strings."""
     for i, row in enumerate(rows):
         _check_row(row, f"{path}: row {i}")
     table = pa.Table.from_pylist(rows, schema=TRAJECTORY_SCHEMA)
@@ -90,7 +94,7 @@ def write_trajectories(
         "code_version": __version__,
         "policy_sha256": policy_sha256,
         "kind": kind,
-    }
+    } | {k: str(v) for k, v in (extra or {}).items()}
     table = table.replace_schema_metadata({f"rlver.{k}": v for k, v in meta.items()})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
