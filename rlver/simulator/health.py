@@ -114,9 +114,12 @@ def workflow_note(sim: Any) -> str:
         return ""
     from rlver.simulator.llm_backends import OpenAIHTTPBackend
 
-    problem = OpenAIHTTPBackend.from_config(sim).probe(min(NOTE_TIMEOUT_S, sim.timeout_s))
-    now = (f"NOT reachable from this machine now ({problem})" if problem
-           else "reachable from this machine now")
+    try:
+        problem = OpenAIHTTPBackend.from_config(sim).probe(min(NOTE_TIMEOUT_S, sim.timeout_s))
+        now = (f"NOT reachable from this machine now ({problem})" if problem
+               else "reachable from this machine now")
+    except RlverInputError as exc:  # e.g. the key's variable is set only in the jobs
+        now = f"not checked from this machine ({exc})"
     return (f"rlver: the simulator is the HTTP endpoint {endpoint(sim)}; rollout and evaluate "
             "jobs need it reachable from their nodes and check it before their first "
             f"dialogue; {now}.")
