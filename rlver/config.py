@@ -243,6 +243,8 @@ def _ranges(cfg: DictConfig) -> list[Check]:
         ("rollout.max_new_tokens", ro.max_new_tokens >= 1, "at least 1"),
         ("rollout.samples_per_persona", ro.samples_per_persona >= 1, "at least 1"),
         ("simulator.max_turns", cfg.simulator.max_turns >= 1, "at least 1"),
+        ("simulator.max_fallback_rate", 0 <= cfg.simulator.max_fallback_rate <= 1,
+         "in [0, 1]"),
         ("evaluation.max_turns", cfg.evaluation.max_turns >= 1, "at least 1"),
         ("evaluation.every", cfg.evaluation.every >= 1, "at least 1"),
         ("algorithm.ppo_epochs", alg.ppo_epochs >= 1, "at least 1"),
@@ -325,6 +327,7 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "algorithm.keep_policies": "evaluated",
                               "algorithm.adv_estimator": "", "algorithm.policy_loss": "ppo_clip",
                               "simulator.structured_feel": True,
+                              "simulator.max_fallback_rate": 0.05,
                               "cluster.rollout": _JOB_DEFAULTS, "cluster.evaluate": _JOB_DEFAULTS}
 
 

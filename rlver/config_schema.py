@@ -73,6 +73,11 @@ class SimulatorConfig:
     #: After the retries, an unparsable answer is recorded as parse_error and either
     #: changes nothing (`zero_delta`) or ends the dialogue with outcome `error`.
     on_parse_error: str = "zero_delta"
+    #: The most a rollout shard or an evaluation may have of simulator turns that fell
+    #: back (no usable answer after the retries, delta 0); more fails the stage, naming
+    #: the endpoint and the most common error. The share is `simulator_fallback_rate` in
+    #: the stage's metrics.
+    max_fallback_rate: float = 0.05
     #: Step one asked against a JSON schema (vLLM structured outputs in-process,
     #: `response_format` over HTTP), so the answer parses by construction; an endpoint that
     #: refuses `response_format` gets free text. false: always free text.

@@ -12,21 +12,27 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from rlver import scalars
 from rlver.config import derive_seed
 from rlver.dialogue import DialogueSpec, close_all, run_dialogues, simulator_instances
-from rlver.engines import SamplingSettings
+from rlver.engines import Engine, SamplingSettings
 from rlver.layout import Run
 from rlver.metrics import benchmark_metrics
+from rlver.simulator import health
 from rlver.simulator.protocol import ProtocolSettings
 
 
 def evaluate_policy(
-    config_path: str, iteration: int, policy_dir: str, personas_path: str, out_dir: str
+    config_path: str, iteration: int, policy_dir: str, personas_path: str, out_dir: str,
+    engine: Optional[Engine] = None,
 ) -> dict[str, Any]:
-    """Stage `evaluate`: benchmark dialogues and metrics.json for one policy."""
+    """Stage `evaluate`: benchmark dialogues and metrics.json for one policy.
+
+    `engine`: an engine already holding the policy at `policy_dir` (tests, benchmarks);
+    by default one is started and closed after the evaluation. Fails, writing nothing, if
+    more of the simulator's turns fell back than simulator.max_fallback_rate."""
     from rlver import config as config_mod
     from rlver.engines import make_engine
     from rlver.io import checked_weights_sha256, write_json
@@ -36,13 +42,16 @@ def evaluate_policy(
     cfg = config_mod.load(config_path)
     sha = checked_weights_sha256(policy_dir)
     ev = cfg.evaluation
+    own = engine is None
     personas = read_personas(personas_path)[: ev.num_personas]
     specs = [
         DialogueSpec(p, k, f"eval-{p.persona_id}", derive_seed(cfg.seed, "eval", k))
         for k, p in enumerate(personas)
     ]
-    engine = make_engine(cfg.rollout.engine, policy_dir, cfg.model.dtype,
-                         dict(cfg.rollout.vllm_args))
+    health.check_endpoint(cfg.simulator)
+    if engine is None:
+        engine = make_engine(cfg.rollout.engine, policy_dir, cfg.model.dtype,
+                             dict(cfg.rollout.vllm_args))
     simulators = simulator_instances(cfg.simulator, len(specs))
     try:
         dialogues = run_dialogues(
@@ -60,9 +69,11 @@ def evaluate_policy(
             sessions=cfg.rollout.sessions,
         )
     finally:
-        close_all([*simulators, engine])
+        close_all([*simulators, engine] if own else simulators)
     rows = [r for d in dialogues
             for r in d.to_rows(iteration, 0, cfg.algorithm.format_penalty_reward)]
+    stats = health.fallback_stats(rows)
+    health.check_fallback_rate(stats, cfg.simulator, f"evaluate iter {iteration}")
     out = Path(out_dir)
     write_trajectories(out / "dialogues.parquet", rows,
                        config_hash=config_mod.run_hash(config_path), policy_sha256=sha,
@@ -71,11 +82,11 @@ def evaluate_policy(
     metrics = {"iteration": iteration, "policy_sha256": sha} | benchmark_metrics(
         [r["final_emotion"] for r in firsts], [r["outcome"] for r in firsts],
         [r["num_turns"] for r in firsts], failure_below=ev.failure_below,
-    )
+    ) | stats
     write_json(out / "metrics.json", metrics)
     scalars.write(Run.of_config(config_path), "evaluate", iteration,
                   scalars.numbers(metrics, "eval", iteration))
     print(f"evaluate iter {iteration}: score {metrics['score']:.1f}, success "
-          f"{metrics['success']}/{metrics['n']}, failure {metrics['failure']}/{metrics['n']}",
-          file=sys.stderr)
+          f"{metrics['success']}/{metrics['n']}, failure {metrics['failure']}/{metrics['n']}, "
+          f"simulator fallback rate {metrics[health.RATE_KEY]:.1%}", file=sys.stderr)
     return metrics

@@ -19,6 +19,7 @@ from rlver.engines import Engine, SamplingSettings
 from rlver.layout import Run
 from rlver.personas import Persona
 from rlver.schema import OUTCOMES
+from rlver.simulator import health
 from rlver.simulator.protocol import ProtocolSettings
 
 
@@ -61,7 +62,9 @@ def rollout_shard(
     """Stage `rollout`: write one shard of iteration `iteration`'s training dialogues.
 
     `engine`: an engine already holding the policy at `policy_dir` (tests, benchmarks);
-    by default one is started for this shard and closed after it."""
+    by default one is started for this shard and closed after it. An HTTP simulator's
+    endpoint is checked first; the shard fails, writing nothing, if more of its simulator
+    turns fell back than simulator.max_fallback_rate (rlver.simulator.health)."""
     from rlver import config as config_mod
     from rlver.engines import make_engine
     from rlver.io import checked_weights_sha256
@@ -78,6 +81,7 @@ def rollout_shard(
     specs = shard_specs(personas, ro.samples_per_persona, ro.shards, shard, cfg.seed, iteration,
                         ro.greedy_per_group)
     sim = cfg.simulator
+    health.check_endpoint(sim)
     own = engine is None
     if engine is None:
         engine = make_engine(ro.engine, policy_dir, cfg.model.dtype, dict(ro.vllm_args))
@@ -107,13 +111,16 @@ def rollout_shard(
           f"session", file=sys.stderr)
     rows = [r for d in dialogues
             for r in d.to_rows(iteration, shard, cfg.algorithm.format_penalty_reward)]
+    stats = health.fallback_stats(rows)
+    health.check_fallback_rate(stats, sim, f"rollout iter {iteration} shard {shard}")
     write_trajectories(out_path, rows, config_hash=config_mod.run_hash(config_path),
-                       policy_sha256=policy_sha, kind="rollout")
-    metrics = shard_metrics(dialogues, rows)
+                       policy_sha256=policy_sha, kind="rollout", extra=stats)
+    metrics = shard_metrics(dialogues, rows) | {health.RATE_KEY: stats[health.RATE_KEY]}
     scalars.write(Run.of_config(config_path), "rollout", iteration,
                   scalars.numbers(metrics, "rollout", iteration), shard)
     print(f"rollout: wrote {len(rows)} samples of {len(dialogues)} dialogues to {out_path} "
-          f"(mean reward {metrics['reward_mean']:.3f})", file=sys.stderr)
+          f"(mean reward {metrics['reward_mean']:.3f}, simulator fallback rate "
+          f"{stats[health.RATE_KEY]:.1%})", file=sys.stderr)
 
 
 def shard_metrics(dialogues: list[Dialogue], rows: list[dict[str, Any]]) -> dict[str, Any]:

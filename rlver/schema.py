@@ -15,12 +15,13 @@ so the trainer never re-tokenises text:
 - `outcome` and `reward`: how the dialogue ended and final emotion / 100, floored at 0.
 
 File metadata: schema version, config hash, code version, the sha256 of the policy
-weights that sampled the file, the file's kind (rollout or eval), and `content_sha256`
-over all of that and every column's values but timings. Readers refuse a file written by another
-schema version, and a file damaged after it was written: the pages carry Parquet's own
-CRC32 checksums (verified on read), and the content hash catches what a damaged footer
-would change. Files without `content_sha256` (written before it existed) are read
-unchecked.
+weights that sampled the file, the file's kind (rollout or eval); a rollout shard also has
+its simulator's fallback numbers (`simulator_fallback_rate` and the others of
+rlver.simulator.health.fallback_stats); and `content_sha256` over all of that and every
+column's values but timings. Readers refuse a file written by another schema version, and
+a file damaged after it was written: the pages carry Parquet's own CRC32 checksums
+(verified on read), and the content hash catches what a damaged footer would change.
+Files without `content_sha256` (written before it existed) are read unchecked.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -85,8 +86,10 @@ def write_trajectories(
     config_hash: str,
     policy_sha256: str,
     kind: str,
+    extra: Optional[dict[str, Any]] = None,
 ) -> None:
-    """Validate `rows` against the schema and write them atomically with metadata."""
+    """Validate `rows` against the schema and write them atomically with metadata;
+    `extra`: more `rlver.<key>` metadata (the stage's metrics), stored as strings."""
     for i, row in enumerate(rows):
         _check_row(row, f"{path}: row {i}")
     table = pa.Table.from_pylist(rows, schema=TRAJECTORY_SCHEMA)
@@ -96,7 +99,7 @@ def write_trajectories(
         "code_version": __version__,
         "policy_sha256": policy_sha256,
         "kind": kind,
-    }
+    } | {k: str(v) for k, v in (extra or {}).items()}
     meta["content_sha256"] = content_sha256(table, meta)
     table = table.replace_schema_metadata({f"rlver.{k}": v for k, v in meta.items()})
     with atomic_path(path) as tmp:

@@ -118,3 +118,20 @@ def start_cluster(*partitions: str) -> Iterator[None]:
         time.sleep(1)
     yield
     subprocess.run(["scancel", *where], check=False)
+
+
+class CharTokenizer:
+    """Just enough tokenizer for ChatTokens and decoding, for engines the tests script:
+    one id per character, 0 the end of a turn."""
+
+    eos_token_id = 0
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+        text = "".join(f"<{m['role']}>{m['content']}</>" for m in messages)
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(chr(i) for i in ids if i)

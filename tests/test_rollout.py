@@ -24,6 +24,8 @@ from rlver.schema import TIMING_COLUMNS, read_trajectories
 from rlver.simulator import Feeling, SimRequest, Simulator, Utterance
 from rlver.simulator.protocol import ProtocolSettings
 
+from .helpers import CharTokenizer
+
 
 def _shard(run, personas, shard: int, out):
     rollout_shard(str(run / "config.yaml"), 0, shard, str(run / "iter_0000" / "policy"),
@@ -168,27 +170,11 @@ def test_after_reply_keeps_only_the_visible_reply(base_model):
 # --- schedules, with fakes -----------------------------------------------------------------
 
 
-class _Tok:
-    """Just enough tokenizer for ChatTokens and decoding: one id per character."""
-
-    eos_token_id = 0
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
-        text = "".join(f"<{m['role']}>{m['content']}</>" for m in messages)
-        return text + ("<assistant>" if add_generation_prompt else "")
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [ord(c) for c in text]}
-
-    def decode(self, ids, skip_special_tokens=False):
-        return "".join(chr(i) for i in ids if i)
-
-
 class FakeEngine(Engine):
     """Replies "ok" + stop after `gen_s`; logs (start, end, prompt length) per call."""
 
     def __init__(self, gen_s: float, concurrent: bool) -> None:
-        self.tokenizer = _Tok()
+        self.tokenizer = CharTokenizer()
         self.max_context = 10**6
         self.concurrent = concurrent
         self.gen_s = gen_s

@@ -28,9 +28,11 @@ from rlver.io import atomic_path, read_json_object
 from rlver.reporting import health, plots
 from rlver.reporting import table as rtable
 from rlver.schema import OUTCOMES, read_metadata
+from rlver.simulator.health import RATE_KEY, fallback_stats
 
 #: Columns the report needs from rollout files; token columns are skipped (large).
-_TRAIN_COLUMNS = ["sample", "reward", "outcome", "final_emotion", "num_turns"]
+_TRAIN_COLUMNS = ["sample", "reward", "outcome", "final_emotion", "num_turns", "parse_error",
+                  "reason"]
 #: Columns the report needs from eval dialogues.
 _EVAL_COLUMNS = [
     "dialogue",
@@ -88,6 +90,7 @@ class _Iteration:
     train_dialogues: int = 0
     train_reward: float | None = None
     train_outcomes: dict[str, int] = field(default_factory=dict)
+    train_fallback_rate: float | None = None
     update: dict[str, Any] | None = None
     eval: dict[str, Any] | None = None
     eval_dialogues_path: Path | None = None
@@ -182,6 +185,7 @@ def _read_train(it: _Iteration, shards: list[Path]) -> None:
     if rows:
         it.train_reward = statistics.fmean(float(r["reward"]) for r in rows)
     it.train_outcomes = {o: sum(r["outcome"] == o for r in rows) for o in OUTCOMES}
+    it.train_fallback_rate = fallback_stats(rows)[RATE_KEY]
 
 
 def _read_eval_rows(path: Path | None) -> list[dict[str, Any]]:
@@ -370,6 +374,7 @@ def _iteration_table(iterations: list[_Iteration]) -> str:
                 _rate(ev.get("success"), ev.get("success_rate")),
                 _rate(ev.get("failure"), ev.get("failure_rate")),
                 _num(ev.get("mean_turns"), "{:.2f}"),
+                _fallbacks(it),
                 _e(str(ev.get("policy_sha256", ""))[:12]) or "&mdash;",
             ]
         )
@@ -384,6 +389,7 @@ def _iteration_table(iterations: list[_Iteration]) -> str:
         "eval success",
         "eval failure",
         "eval turns",
+        "simulator fallback (train / eval)",
         "policy sha256",
     ]
     return _table(header, rows)
@@ -409,6 +415,18 @@ def _scope_note(cfg: dict[str, Any], iterations: list[_Iteration]) -> str:
         f"hundreds of steps of a 7B model. At least {FEW_STEPS} steps are needed to see "
         "learning (docs/results.md).</p>"
     )
+
+
+def _fallbacks(it: _Iteration) -> str:
+    """The share of simulator turns that fell back, in the rollouts and the evaluation."""
+    train = it.train_fallback_rate
+    if train is None and it.update is not None:  # the rollouts may be cleaned up
+        train = it.update.get(RATE_KEY)
+    ev = (it.eval or {}).get(RATE_KEY)
+    if train is None and ev is None:
+        return "&mdash;"
+    return " / ".join("&mdash;" if v is None else _e(f"{100.0 * float(v):.1f}%")
+                      for v in (train, ev))
 
 
 def _rate(count: Any, rate: Any) -> str:

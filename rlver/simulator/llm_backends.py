@@ -47,7 +47,8 @@ class OpenAIHTTPBackend:
         if not model:
             raise RlverInputError("simulator.model is empty. Fix: set it to the model name the "
                                   "endpoint serves.")
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
         self.model = model
         self.max_concurrency = max(1, int(max_concurrency))
         self.timeout_s = float(timeout_s)
@@ -81,6 +82,24 @@ class OpenAIHTTPBackend:
         if self._loop is None or self._loop.is_closed():
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(self._complete_all(batch, per_item, schema))
+
+    def probe(self, timeout_s: Optional[float] = None) -> str:
+        """GET {base_url}/models within `timeout_s` (default: this backend's): "" if the
+        endpoint answers, else what went wrong. Any answer but 401, 403 and 5xx counts: a
+        server without the listing still serves chat completions."""
+        import httpx
+
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            response = httpx.get(self.base_url + "/models", headers=self._headers,
+                                 timeout=httpx.Timeout(timeout))
+        except httpx.TimeoutException:
+            return f"no answer within {timeout:g} s"
+        except httpx.HTTPError as exc:
+            return self._scrub(f"connection error: {type(exc).__name__}: {exc}")
+        if response.status_code in (401, 403) or response.status_code >= 500:
+            return self._scrub(str(_chat_text(response.status_code, response.content)))
+        return ""
 
     def close(self) -> None:
         if self._loop is None or self._loop.is_closed():

@@ -5,7 +5,8 @@ Besides the losses and CleanRL's diagnostics (clip fraction, approx KL, entropy,
 norm, explained variance), the health numbers RL-for-LLM users look for first (verl
 logs the same): reply length, the share of replies cut at `rollout.max_new_tokens`, the
 share of GRPO groups whose rewards do not differ (they carry no gradient), the
-advantages' spread, and the mean reward by how dialogues ended.
+advantages' spread, the mean reward by how dialogues ended, and the share of simulator
+turns of the iteration's rollouts that fell back (`simulator_fallback_rate`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from rlver import algorithms as A
 from rlver.scalars import Point, numbers
 from rlver.schema import OUTCOMES
+from rlver.simulator import health as simulator_health
 from rlver.train.batch import Terms, action_positions
 
 
@@ -114,6 +116,7 @@ def summary(iteration: int, cfg: Any, rows: list[dict[str, Any]], terms: Terms,
             "critic_lr": steps[-1]["critic_lr"],
         }
     metrics |= health(rows, terms, list(range(len(rows))), zero_spread)
+    metrics |= simulator_health.fallback_stats(rows)
     metrics["steps"] = steps
     return metrics
 

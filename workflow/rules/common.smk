@@ -61,6 +61,12 @@ try:
 except RlverInputError as exc:
     raise WorkflowError(f"rlver: {exc}")
 
+if workflow.is_main_process:  # not again in every job
+    from rlver.simulator.health import workflow_note
+
+    if note := workflow_note(CFG.simulator):
+        print(note, file=sys.stderr)
+
 L = layout.Run(f"results/{CFG.run}")  # every path of the run (rlver/layout.py)
 RUN = str(L.root)
 CONFIG = str(L.config)
