@@ -106,6 +106,7 @@ def compose(
 
     _register()
     overrides = list(overrides or [])
+    _check_experiment(experiment, Path(config_dir))
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
@@ -116,6 +117,10 @@ def compose(
         unknown = re.search(r"Could not override '([^']+)'", str(exc))
         first_lines = " ".join(str(exc).split("\n")[:2])
         what = f"unknown key '{unknown.group(1)}'" if unknown else first_lines
+        if unknown is None and isinstance(exc.__cause__, OmegaConfBaseException):
+            # A value of the wrong type: OmegaConf's cause names the key and the type.
+            cause = exc.__cause__
+            what = f"{getattr(cause, 'full_key', '')}: {str(cause).splitlines()[0]}"
         raise RlverInputError(
             f"config (experiment={experiment}, overrides={overrides}): {what}. "
             "Fix: check the key against config/ (`rlver compose` prints the whole config)."
@@ -126,6 +131,16 @@ def compose(
     cfg.run = run or default_run_name(experiment, cfg.scale)
     validate(cfg)
     return cfg
+
+
+def _check_experiment(experiment: str, config_dir: Path) -> None:
+    """Refuse a name that is not a file of config/experiment/ (a path, or a typo)."""
+    names = sorted(p.stem for p in (config_dir / "experiment").glob("*.yaml"))
+    if experiment not in names:
+        raise RlverInputError(
+            f"config: unknown experiment '{experiment}' (not a file of "
+            f"{config_dir / 'experiment'}). Fix: give one of: {', '.join(names)}."
+        )
 
 
 def snakemake_overrides(snakemake_config: dict[str, Any]) -> tuple[str, Optional[str], list[str]]:
@@ -241,6 +256,8 @@ def _ranges(cfg: DictConfig) -> list[Check]:
         ("simulator.max_turns", cfg.simulator.max_turns >= 1, "at least 1"),
         ("evaluation.max_turns", cfg.evaluation.max_turns >= 1, "at least 1"),
         ("evaluation.every", cfg.evaluation.every >= 1, "at least 1"),
+        ("algorithm.lr", alg.lr > 0, "positive"),
+        ("algorithm.critic_lr", alg.critic_lr > 0, "positive"),
         ("algorithm.ppo_epochs", alg.ppo_epochs >= 1, "at least 1"),
         ("algorithm.mini_batches", alg.mini_batches >= 1, "at least 1"),
         ("algorithm.micro_batch_size", alg.micro_batch_size >= 1, "at least 1"),
@@ -276,6 +293,11 @@ def _combinations(cfg: DictConfig) -> list[Check]:
             ro.greedy_per_group == 0 or ro.engine == "hf",
             "0 with rollout.engine=vllm (vLLM's greedy log-probs are taken before the "
             "temperature the trainer divides by)",
+        ),
+        (
+            "rollout.samples_per_persona",
+            alg.name != "grpo" or ro.samples_per_persona >= 2,
+            "at least 2 with algorithm.name=grpo (a group of one has no advantage signal)",
         ),
         (
             "rollout.personas_per_iteration",
@@ -375,13 +397,18 @@ def load(path: str | os.PathLike[str]) -> DictConfig:
             f"{path}: frozen run config not found. Fix: start the run with snakemake "
             "(it writes this file) or `rlver compose --out PATH`."
         )
+    fix = "Fix: restore it, or start a new run."
     try:
         schema = OmegaConf.structured(RlverConfig)
         cfg = OmegaConf.merge(schema, OmegaConf.load(path))
     except Exception as exc:
+        raise RlverInputError(f"{path}: not a valid rlver run config ({exc}). {fix}") from exc
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
         raise RlverInputError(
-            f"{path}: not a valid rlver run config ({exc}). Fix: restore it, or start a new run."
-        ) from exc
+            f"{path}: not a frozen rlver run config (empty, or missing {', '.join(missing)}). "
+            f"{fix}"
+        )
     validate(cfg)  # type: ignore[arg-type]
     return cfg  # type: ignore[return-value]
 

@@ -57,12 +57,16 @@ class UpdateSpec:
 
 
 def check_inputs(spec: UpdateSpec) -> None:
-    """Refuse rollouts from another config or another policy before any job starts."""
+    """Refuse a damaged policy, and rollouts from another config or another policy, before
+    any job starts."""
     from rlver import config as config_mod
     from rlver.io import weights_sha256
+    from rlver.models import check_policy
     from rlver.schema import read_metadata
 
     cfg = config_mod.load(spec.config_path)
+    # Damaged weights are named here: inside the job they would surface as its traceback.
+    check_policy(Path(spec.policy_dir))
     want_cfg = config_mod.config_hash(cfg)
     want_policy = weights_sha256(spec.policy_dir)
     for path in spec.rollout_paths:
