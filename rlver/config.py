@@ -106,7 +106,9 @@ def compose(
 
     _register()
     overrides = list(overrides or [])
-    _check_experiment(experiment, Path(config_dir))
+    if "/" in experiment or "\\" in experiment or experiment.startswith("."):
+        # A path would let Hydra load any YAML file as the experiment.
+        raise _unknown_experiment(experiment, Path(config_dir), "a name, not a path")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
@@ -114,6 +116,9 @@ def compose(
                 config_name="config", overrides=[f"experiment={experiment}", *overrides]
             )
     except (HydraException, OmegaConfBaseException) as exc:
+        if f"Could not find 'experiment/{experiment}'" in str(exc):
+            raise _unknown_experiment(experiment, Path(config_dir),
+                                      "no such file in config/experiment/") from exc
         unknown = re.search(r"Could not override '([^']+)'", str(exc))
         first_lines = " ".join(str(exc).split("\n")[:2])
         what = f"unknown key '{unknown.group(1)}'" if unknown else first_lines
@@ -133,14 +138,12 @@ def compose(
     return cfg
 
 
-def _check_experiment(experiment: str, config_dir: Path) -> None:
-    """Refuse a name that is not a file of config/experiment/ (a path, or a typo)."""
+def _unknown_experiment(experiment: str, config_dir: Path, why: str) -> RlverInputError:
     names = sorted(p.stem for p in (config_dir / "experiment").glob("*.yaml"))
-    if experiment not in names:
-        raise RlverInputError(
-            f"config: unknown experiment '{experiment}' (not a file of "
-            f"{config_dir / 'experiment'}). Fix: give one of: {', '.join(names)}."
-        )
+    return RlverInputError(
+        f"config: unknown experiment '{experiment}' ({why}). "
+        f"Fix: give one of: {', '.join(names)}."
+    )
 
 
 def snakemake_overrides(snakemake_config: dict[str, Any]) -> tuple[str, Optional[str], list[str]]:
