@@ -297,8 +297,9 @@ def test_a_frozen_run_continued_with_another_config(world: World, capsys) -> Non
     (["snakemake", "--config", "experiment=nope"], "unknown experiment 'nope'"),
     (["snakemake", "--config", "overrides=algorithm.zero_stage=5"], "algorithm.zero_stage"),
     (["snakemake", "--config", "run=../x"], "run must be a name without '/'"),
+    (["snakemake", "--config", "overrides=rollout.shards=[1"], "rollout.shards=[1"),
 ], ids=["rlver-dotdot", "rlver-negative-shards", "snakemake-unknown-experiment",
-        "snakemake-zero-stage-5", "snakemake-run-dotdot"])
+        "snakemake-zero-stage-5", "snakemake-run-dotdot", "snakemake-broken-override"])
 def test_no_traceback_reaches_the_terminal(args: list[str], wanted: str, tmp_path: Path
                                            ) -> None:
     """The real commands, as a user types them: the message, and no Python traceback."""
