@@ -61,7 +61,10 @@ def cmd_personas(a: argparse.Namespace) -> None:
     try:
         spec = OmegaConf.merge(OmegaConf.structured(PersonasConfig), json.loads(a.spec))
     except Exception as exc:
-        raise RlverInputError(f"--spec: not a personas config ({exc}).") from exc
+        raise RlverInputError(
+            f"--spec: not a personas config as a JSON object ({exc}). Fix: pass the personas "
+            'group as JSON, e.g. \'{"source": "generated"}\' (`rlver compose` prints it).'
+        ) from exc
     build_persona_sets(spec, a.train, a.test)
 
 

@@ -110,6 +110,9 @@ def compose(
 
     _register()
     overrides = list(overrides or [])
+    if "/" in experiment or "\\" in experiment or experiment.startswith("."):
+        # A path would let Hydra load any YAML file as the experiment.
+        raise _unknown_experiment(experiment, Path(config_dir), "a name, not a path")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
@@ -117,9 +120,16 @@ def compose(
                 config_name="config", overrides=[f"experiment={experiment}", *overrides]
             )
     except (HydraException, OmegaConfBaseException) as exc:
+        if f"Could not find 'experiment/{experiment}'" in str(exc):
+            raise _unknown_experiment(experiment, Path(config_dir),
+                                      "no such file in config/experiment/") from exc
         unknown = re.search(r"Could not override '([^']+)'", str(exc))
         first_lines = " ".join(str(exc).split("\n")[:2])
         what = f"unknown key '{unknown.group(1)}'" if unknown else first_lines
+        if unknown is None and isinstance(exc.__cause__, OmegaConfBaseException):
+            # A value of the wrong type: OmegaConf's cause names the key and the type.
+            cause = exc.__cause__
+            what = f"{getattr(cause, 'full_key', '')}: {str(cause).splitlines()[0]}"
         raise RlverInputError(
             f"config (experiment={experiment}, overrides={overrides}): {what}. "
             "Fix: check the key against config/ (`rlver compose` prints the whole config)."
@@ -130,6 +140,14 @@ def compose(
     cfg.run = run or default_run_name(experiment, cfg.scale)
     validate(cfg)
     return cfg
+
+
+def _unknown_experiment(experiment: str, config_dir: Path, why: str) -> RlverInputError:
+    names = sorted(p.stem for p in (config_dir / "experiment").glob("*.yaml"))
+    return RlverInputError(
+        f"config: unknown experiment '{experiment}' ({why}). "
+        f"Fix: give one of: {', '.join(names)}."
+    )
 
 
 def snakemake_overrides(snakemake_config: dict[str, Any]) -> tuple[str, Optional[str], list[str]]:
@@ -247,6 +265,8 @@ def _ranges(cfg: DictConfig) -> list[Check]:
          "in [0, 1]"),
         ("evaluation.max_turns", cfg.evaluation.max_turns >= 1, "at least 1"),
         ("evaluation.every", cfg.evaluation.every >= 1, "at least 1"),
+        ("algorithm.lr", alg.lr > 0, "positive"),
+        ("algorithm.critic_lr", alg.critic_lr > 0, "positive"),
         ("algorithm.ppo_epochs", alg.ppo_epochs >= 1, "at least 1"),
         ("algorithm.mini_batches", alg.mini_batches >= 1, "at least 1"),
         ("algorithm.micro_batch_size", alg.micro_batch_size >= 1, "at least 1"),
@@ -285,6 +305,11 @@ def _combinations(cfg: DictConfig) -> list[Check]:
             ro.greedy_per_group == 0 or ro.engine == "hf",
             "0 with rollout.engine=vllm (vLLM's greedy log-probs are taken before the "
             "temperature the trainer divides by)",
+        ),
+        (
+            "rollout.samples_per_persona",
+            alg.name != "grpo" or ro.samples_per_persona >= 2,
+            "at least 2 with algorithm.name=grpo (a group of one has no advantage signal)",
         ),
         (
             "rollout.personas_per_iteration",
@@ -467,13 +492,18 @@ def load(path: str | os.PathLike[str], *, with_changes: bool = True) -> DictConf
             f"{path}: frozen run config not found. Fix: start the run with snakemake "
             "(it writes this file) or `rlver compose --out PATH`."
         )
+    fix = "Fix: restore it, or start a new run."
     try:
         schema = OmegaConf.structured(RlverConfig)
         cfg = OmegaConf.merge(schema, OmegaConf.load(path))
     except Exception as exc:
+        raise RlverInputError(f"{path}: not a valid rlver run config ({exc}). {fix}") from exc
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
         raise RlverInputError(
-            f"{path}: not a valid rlver run config ({exc}). Fix: restore it, or start a new run."
-        ) from exc
+            f"{path}: not a frozen rlver run config (empty, or missing {', '.join(missing)}). "
+            f"{fix}"
+        )
     for change in recorded_changes(path) if with_changes else []:
         OmegaConf.update(cfg, change["key"], change["now"])
     validate(cfg)  # type: ignore[arg-type]

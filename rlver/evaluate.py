@@ -35,12 +35,13 @@ def evaluate_policy(
     more of the simulator's turns fell back than simulator.max_fallback_rate."""
     from rlver import config as config_mod
     from rlver.engines import make_engine
-    from rlver.io import checked_weights_sha256, write_json
+    from rlver.io import write_json
+    from rlver.models import verified_policy_sha256
     from rlver.personas import read_personas
     from rlver.schema import write_trajectories
 
     cfg = config_mod.load(config_path)
-    sha = checked_weights_sha256(policy_dir)
+    sha = verified_policy_sha256(policy_dir)
     ev = cfg.evaluation
     own = engine is None
     personas = read_personas(personas_path)[: ev.num_personas]

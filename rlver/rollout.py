@@ -67,12 +67,12 @@ def rollout_shard(
     turns fell back than simulator.max_fallback_rate (rlver.simulator.health)."""
     from rlver import config as config_mod
     from rlver.engines import make_engine
-    from rlver.io import checked_weights_sha256
+    from rlver.models import verified_policy_sha256
     from rlver.personas import read_personas
     from rlver.schema import write_trajectories
 
     cfg = config_mod.load(config_path)
-    policy_sha = checked_weights_sha256(policy_dir)
+    policy_sha = verified_policy_sha256(policy_dir)
     ro = cfg.rollout
     if not 0 <= shard < ro.shards:
         raise ValueError(f"shard {shard} outside 0..{ro.shards - 1}")

@@ -160,7 +160,8 @@ def test_update_refuses_rollouts_of_another_policy(tiny_run, base_model, tmp_pat
     other = tmp_path / "other"
     other.mkdir()
     for f in base_model.iterdir():
-        (other / f.name).write_bytes(f.read_bytes())
+        if f.name != "weights.sha256":  # a new policy: its own weights, no stale record
+            (other / f.name).write_bytes(f.read_bytes())
     w = load_file(other / "model.safetensors")
     w["model.norm.weight"] += 1
     from safetensors.torch import save_file

@@ -57,15 +57,17 @@ class UpdateSpec:
 
 
 def check_inputs(spec: UpdateSpec) -> None:
-    """Refuse rollouts from another config or another policy before any job starts."""
+    """Refuse a damaged policy, and rollouts from another config or another policy, before
+    any job starts."""
     from rlver import config as config_mod
-    from rlver.io import checked_weights_sha256
+    from rlver.models import verified_policy_sha256
     from rlver.schema import read_metadata
 
-    want_cfg = config_mod.run_hash(spec.config_path)
-    want_policy = checked_weights_sha256(spec.policy_dir)
+    # Damaged weights are named here: inside the job they would surface as its traceback.
+    want_policy = verified_policy_sha256(spec.policy_dir)
     if spec.reference_dir.is_dir():
-        checked_weights_sha256(spec.reference_dir)
+        verified_policy_sha256(spec.reference_dir)
+    want_cfg = config_mod.run_hash(spec.config_path)
     for path in spec.rollout_paths:
         meta = read_metadata(path)
         if meta["config_hash"] != want_cfg:
