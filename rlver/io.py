@@ -8,6 +8,7 @@ within one file system).
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -35,12 +36,40 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     target = tmp / final.name
     try:
-        yield target
+        try:
+            yield target
+        except Exception as exc:  # safetensors' and pyarrow's own types wrap ENOSPC too
+            if not is_disk_full(exc):
+                raise
+            raise disk_full_error(final, tmp) from exc
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         os.replace(target, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC or a quota, also as wrapped by pyarrow and safetensors (in their text)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "Disk quota exceeded" in text
+
+
+def disk_full_error(final: Path, partial: Path) -> Exception:
+    """The message for an output that did not fit: where, what was written before the
+    disk filled (the space needed is more than that), what is free."""
+    from rlver.errors import RlverInputError
+
+    written = sum(f.stat().st_size for f in partial.rglob("*") if f.is_file())
+    free = shutil.disk_usage(final.parent).free
+    return RlverInputError(
+        f"{final}: the disk is full ({free / 2**20:.1f} MiB free on its file system; "
+        f"{written / 2**20:.1f} MiB were written before it filled, so it needs more than "
+        "that). Nothing was written there. Fix: free space on that file system (or point "
+        "the run at another) and rerun the stage."
+    )
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

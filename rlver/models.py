@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from rlver import faults
 from rlver.errors import RlverInputError
@@ -76,6 +76,18 @@ def prepare_model(source: str, out_dir: str | os.PathLike[str]) -> None:
         record_weights_sha256(tmp)
         faults.point("prepare_model.before_rename")
     print(f"prepare_model: wrote {out_dir} from {source}", file=sys.stderr)
+
+
+def save_policy(model: Any, tokenizer: Any, out_dir: str | os.PathLike[str], iteration: int,
+                state_dict: Optional[dict[str, Any]] = None) -> None:
+    """Write a policy folder whole or not at all (the update's export): weights
+    (safetensors), tokenizer and their sha256 (`weights.sha256`), renamed into place. A
+    full disk ends in one message naming the folder (`io.atomic_path`)."""
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        record_weights_sha256(tmp)
+        faults.point("update.export_before_rename", iteration)
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:

@@ -251,3 +251,44 @@ def test_dry_run_names_the_endpoint_it_will_need(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert f"the simulator is the HTTP endpoint {url} (model 'm')" in res.stderr
     assert "NOT reachable from this machine now" in res.stderr
+
+
+# --- a server that dies mid-rollout ------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_server_that_dies_mid_rollout_fails_the_shard_and_a_rerun_completes(
+        tmp_path: Path, base_model: Path, engine) -> None:
+    """The simulator's server answers 39 requests, then dies while the shard's dialogues
+    go on (its listening socket closed: new connections refused; requests on connections
+    already open dropped unanswered): the retries fail, the shard fails naming
+    the endpoint and the connection error and writes nothing; the same server started
+    again on the same port, the rerun completes with no fallback."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    run, personas = _run(tmp_path, base_model, *HTTP, f"simulator.base_url={url}")
+    answered = 0
+    died = threading.Event()
+
+    def respond(body: dict[str, Any]) -> Reply:
+        nonlocal answered
+        answered += 1
+        if answered == 40:  # dies: its socket closed, open connections dropped
+            threading.Thread(target=server.__exit__, args=(None, None, None)).start()
+            died.set()
+        if died.is_set() and answered < 1000:
+            return Reply("drop")
+        last = body["messages"][-1]["content"]
+        return Reply(content=FEEL_OK if '"delta"' in last else SPEAK_OK)
+
+    server = FakeChatServer(respond, port=port).__enter__()
+    with pytest.raises(RlverInputError) as err:
+        _rollout(run, personas, engine)
+    assert died.is_set()
+    message = str(err.value)
+    assert f"endpoint {url}" in message and "connection" in message.lower(), message
+    assert not run.shard(0, 0).exists()
+    with FakeChatServer(lambda body: respond(body), port=port):
+        answered = 1000  # past the death: the new server keeps answering
+        shard = _rollout(run, personas, engine)
+    assert read_metadata(shard)[RATE_KEY] == "0.0"

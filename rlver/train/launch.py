@@ -129,14 +129,27 @@ def submit_update(spec: UpdateSpec) -> Any:
 def run_update(spec: UpdateSpec) -> dict[str, Any]:
     """Stage `update`: submit the job, wait (through any requeues), return rank 0's metrics."""
     job = submit_update(spec)
-    try:
-        results = job.results()
-    except Exception as exc:
-        raise RuntimeError(
-            f"update job {job.job_id} failed; its log: {job.paths.stderr}\n{exc}"
-        ) from exc
-    result: dict[str, Any] = results[0]
+    result: dict[str, Any] = job_results(job)[0]
     return result
+
+
+def job_results(job: Any) -> list[Any]:
+    """The results of a submitit job (one per rank). A job that failed on bad input or a
+    full disk (an RlverInputError inside it) raises that message here, naming the job's
+    log; any other failure raises with the job's traceback."""
+    try:
+        return list(job.results())
+    except Exception as exc:
+        text = str(exc)
+        marker = f"{RlverInputError.__module__}.{RlverInputError.__name__}: "
+        if marker in text:
+            message = text.rsplit(marker, 1)[1].strip().splitlines()[0]
+            raise RlverInputError(
+                f"{message} (update job {job.job_id}; its log: {job.paths.stderr})"
+            ) from exc
+        raise RuntimeError(
+            f"update job {job.job_id} failed; its log: {job.paths.stderr}\n{text}"
+        ) from exc
 
 
 class UpdateJob(submitit.helpers.Checkpointable):

@@ -70,18 +70,16 @@ def export(spec: UpdateSpec, cfg: Any, actor: Any, critic: Any, tokenizer: Any,
     """Write iter_{i+1}/policy, and the state for update i+1 unless this was the run's
     last update or retention keeps none; returns this rank's hash of its weights (several
     ranks only)."""
-    from rlver.io import atomic_path, record_weights_sha256, weights_sha256
+    from rlver.io import atomic_path, weights_sha256
+    from rlver.models import save_policy
     from rlver.train.critic import save_critic
 
     alg = cfg.algorithm
     state = full_state(actor, alg.zero_stage)
     lm_state = None if state is None else {k.removeprefix("lm."): v for k, v in state.items()}
     if rank == 0:
-        with atomic_path(spec.out_policy_dir) as tmp:
-            actor.module.lm.save_pretrained(tmp, state_dict=lm_state, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            record_weights_sha256(tmp)
-            faults.point("update.export_before_rename", spec.iteration)
+        save_policy(actor.module.lm, tokenizer, spec.out_policy_dir, spec.iteration,
+                    state_dict=lm_state)
     # Ranks hold replicas of the weights (ZeRO 0-2): their hashes show they agree.
     weights_hash = state_hash(state) if torch.distributed.get_world_size() > 1 else None
     if spec.iteration + 1 >= cfg.iterations or alg.keep_state_iterations == 0:
