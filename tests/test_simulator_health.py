@@ -31,7 +31,13 @@ from rlver.personas import build_persona_sets
 from rlver.reporting.report import build_report
 from rlver.rollout import rollout_shard
 from rlver.schema import read_metadata
-from rlver.simulator.health import RATE_KEY, check_fallback_rate, fallback_stats
+from rlver.simulator.health import (
+    RATE_KEY,
+    check_endpoint,
+    check_fallback_rate,
+    fallback_stats,
+    workflow_note,
+)
 
 from .helpers import TINY, CharTokenizer, snakemake
 
@@ -292,3 +298,12 @@ def test_a_server_that_dies_mid_rollout_fails_the_shard_and_a_rerun_completes(
         answered = 1000  # past the death: the new server keeps answering
         shard = _rollout(run, personas, engine)
     assert read_metadata(shard)[RATE_KEY] == "0.0"
+
+
+def test_a_url_that_cannot_be_used_is_named_not_raised() -> None:
+    """A placeholder left in simulator.base_url (as in the docs' examples): the dry run's
+    note says so, the stages' check refuses it with the fix."""
+    cfg = config.compose("smoke", [*HTTP, "simulator.base_url=http://HOST:PORT/v1"], run="x")
+    assert "not a usable URL" in workflow_note(cfg.simulator)
+    with pytest.raises(RlverInputError, match="not a usable URL .*Fix: start the server"):
+        check_endpoint(cfg.simulator)

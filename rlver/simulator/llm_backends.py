@@ -95,6 +95,8 @@ class OpenAIHTTPBackend:
                                  timeout=httpx.Timeout(timeout))
         except httpx.TimeoutException:
             return f"no answer within {timeout:g} s"
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            return f"not a usable URL ({exc})"
         except httpx.HTTPError as exc:
             return self._scrub(f"connection error: {type(exc).__name__}: {exc}")
         if response.status_code in (401, 403) or response.status_code >= 500:
