@@ -11,26 +11,18 @@ read as other data. Prints a table and, last, `silent_corruptions=<n>` for rlver
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rlver import schema
-from rlver.errors import RlverInputError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def row(i: int) -> dict:
-    return {
-        "iteration": 0, "shard": 0, "dialogue": i, "sample": 0, "persona_id": "p",
-        "group_id": "g", "seed": 1,
-        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
-        "input_ids": [1, 2, 3], "loss_mask": [0, 1, 1], "logprobs": [0.0, -0.5, -0.1],
-        "emotion_start": 30, "emotion": [35], "delta": [5], "reason": ["+5: kind"],
-        "parse_error": [False], "truncated": [False], "num_turns": 1, "outcome": "max_turns",
-        "final_emotion": 35, "reward": 0.35, "seconds": 0.1,
-    }
+from rlver import schema  # noqa: E402
+from rlver.errors import RlverInputError  # noqa: E402
+from tests.test_schema import row  # noqa: E402  (the same sample row as the tests)
 
 
 def read_plain(path: Path) -> tuple[pa.Table, dict]:

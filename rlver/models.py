@@ -79,15 +79,17 @@ def prepare_model(source: str, out_dir: str | os.PathLike[str]) -> None:
 
 
 def save_policy(model: Any, tokenizer: Any, out_dir: str | os.PathLike[str], iteration: int,
-                state_dict: Optional[dict[str, Any]] = None) -> None:
+                state_dict: Optional[dict[str, Any]] = None) -> str:
     """Write a policy folder whole or not at all (the update's export): weights
-    (safetensors), tokenizer and their sha256 (`weights.sha256`), renamed into place. A
-    full disk ends in one message naming the folder (`io.atomic_path`)."""
+    (safetensors), tokenizer and their sha256 (`weights.sha256`), renamed into place;
+    returns that sha256. A full disk ends in one message naming the folder
+    (`io.atomic_path`)."""
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        record_weights_sha256(tmp)
+        sha = record_weights_sha256(tmp)
         faults.point("update.export_before_rename", iteration)
+    return sha
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:

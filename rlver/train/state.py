@@ -70,7 +70,7 @@ def export(spec: UpdateSpec, cfg: Any, actor: Any, critic: Any, tokenizer: Any,
     """Write iter_{i+1}/policy, and the state for update i+1 unless this was the run's
     last update or retention keeps none; returns this rank's hash of its weights (several
     ranks only)."""
-    from rlver.io import atomic_path, weights_sha256
+    from rlver.io import atomic_path
     from rlver.models import save_policy
     from rlver.train.critic import save_critic
 
@@ -78,7 +78,7 @@ def export(spec: UpdateSpec, cfg: Any, actor: Any, critic: Any, tokenizer: Any,
     state = full_state(actor, alg.zero_stage)
     lm_state = None if state is None else {k.removeprefix("lm."): v for k, v in state.items()}
     if rank == 0:
-        save_policy(actor.module.lm, tokenizer, spec.out_policy_dir, spec.iteration,
+        policy_sha = save_policy(actor.module.lm, tokenizer, spec.out_policy_dir, spec.iteration,
                     state_dict=lm_state)
     # Ranks hold replicas of the weights (ZeRO 0-2): their hashes show they agree.
     weights_hash = state_hash(state) if torch.distributed.get_world_size() > 1 else None
@@ -96,7 +96,7 @@ def export(spec: UpdateSpec, cfg: Any, actor: Any, critic: Any, tokenizer: Any,
     if rank == 0:
         info = {"iteration": spec.iteration, "world_size": torch.distributed.get_world_size(),
                 "zero_stage": alg.zero_stage, "precision": alg.precision,
-                "policy_sha256": weights_sha256(spec.out_policy_dir)}
+                "policy_sha256": policy_sha}
         (partial / "trainer.json").write_text(json.dumps(info, indent=2) + "\n")
         _replace_dir(partial, update_dir / "state")
     return weights_hash
