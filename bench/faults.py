@@ -74,10 +74,11 @@ CASES = [
 ]
 
 
-def snakemake(workdir: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+def snakemake(workdir: Path, env: dict[str, str], *args: str, run: str = RUN,
+              overrides: list[str] = OVERRIDES) -> subprocess.Popen[str]:
     cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--profile", str(ROOT / "profiles" / "local"), *args,
-           "--config", f"run={RUN}", "overrides=" + " ".join(OVERRIDES)]
+           "--config", f"run={run}", "overrides=" + " ".join(overrides)]
     log = open(workdir / "snakemake.log", "a")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
@@ -128,14 +129,17 @@ def kill_group(proc: subprocess.Popen[str]) -> None:
     proc.wait()
 
 
-def run_case(case: Case, workdir: Path, model_cache: Path, reference: dict) -> dict:
-    prepare(workdir, model_cache if case.stage != "prepare_model" else Path("/nonexistent"))
+def run_case(case: Case, workdir: Path, reference: dict, run_name: str = RUN,
+             overrides: list[str] = OVERRIDES) -> dict:
+    """Kill the run in `workdir` (prepared by the caller: a fresh folder, or a finished run
+    with some outputs deleted) as `case` says, run it again, compare with `reference`."""
     env = environment()
+    sm = {"run": run_name, "overrides": overrides}
     if case.kill_at:
-        proc = snakemake(workdir, env | {"RLVER_KILL_AT": case.kill_at})
+        proc = snakemake(workdir, env | {"RLVER_KILL_AT": case.kill_at}, **sm)
         proc.wait()
     else:
-        proc = snakemake(workdir, env)
+        proc = snakemake(workdir, env, **sm)
         log = workdir / "snakemake.log"
         while proc.poll() is None:
             done = log.read_text().count("Finished jobid") if log.is_file() else 0
@@ -144,12 +148,12 @@ def run_case(case: Case, workdir: Path, model_cache: Path, reference: dict) -> d
                 break
             time.sleep(0.2)
     killed = was_killed(workdir) if case.kill_at else proc.returncode == -signal.SIGKILL
-    run = workdir / "results" / RUN
+    run = workdir / "results" / run_name
     before = finished_outputs(run) if run.is_dir() else {}
-    unlock = snakemake(workdir, env, "--unlock")
-    unlock.wait()
+    if not case.kill_at:  # a killed Snakemake leaves its lock; a failed job does not
+        snakemake(workdir, env, "--unlock", **sm).wait()
     t0 = time.perf_counter()
-    rerun = snakemake(workdir, env)
+    rerun = snakemake(workdir, env, **sm)
     rc = rerun.wait()
     seconds = time.perf_counter() - t0
     after = finished_outputs(run) if run.is_dir() else {}
@@ -182,7 +186,9 @@ def main() -> int:
           f"{'redone':>6}", flush=True)
     results = []
     for case in cases:
-        r = run_case(case, a.workdir / case.name, a.model_cache, reference)
+        wd = a.workdir / case.name
+        prepare(wd, a.model_cache if case.stage != "prepare_model" else Path("/nonexistent"))
+        r = run_case(case, wd, reference)
         results.append(r)
         print(f"{r['case']:<22} {r['stage']:<14} {str(r['killed']):>6} {r['rerun_s']:>8.0f} "
               f"{str(r['identical']):>9} {len(r['redone']):>6}", flush=True)

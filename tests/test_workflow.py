@@ -14,7 +14,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from bench import faults
 from rlver import config
+from rlver.digest import digest
 from rlver.models import link_tree
 from rlver.schema import TIMING_COLUMNS
 
@@ -31,11 +33,22 @@ def workdir(tmp_path_factory, base_model) -> Path:
     return wd
 
 
+#: The module's run keeps iteration 0's trainer state (retention would delete it once the
+#: last update is done), so that a copy of it can redo that update (the fault cases).
+RUN = [*TINY, "algorithm.keep_state_iterations=2"]
+
+
 @pytest.fixture(scope="module")
 def finished_run(workdir) -> Path:
-    res = snakemake(workdir, "tiny", TINY)
+    res = snakemake(workdir, "tiny", RUN)
     assert res.returncode == 0, res.stderr[-3000:]
     return workdir / "results" / "tiny"
+
+
+@pytest.fixture(scope="module")
+def reference(finished_run) -> dict:
+    """The finished run's digest, taken before any test touches it."""
+    return digest(finished_run)
 
 
 def test_run_produces_the_whole_tree(finished_run):
@@ -55,17 +68,18 @@ def test_run_produces_the_whole_tree(finished_run):
 
 
 def test_second_run_does_nothing(finished_run, workdir):
-    res = snakemake(workdir, "tiny", TINY)
+    res = snakemake(workdir, "tiny", RUN)
     assert res.returncode == 0
     assert "Nothing to be done" in res.stderr + res.stdout
 
 
 def _copy_workdir(src: Path, dst: Path) -> Path:
     """A workdir of its own, with the same file times (so Snakemake sees the same finished
-    run). Weights are hard links: stages replace files by renaming, never write into them."""
+    run). Weights and trainer state are hard links: stages replace files by renaming, never
+    write into them."""
 
     def copy(a: str, b: str) -> None:
-        if a.endswith(".safetensors"):
+        if a.endswith((".safetensors", ".pt")):
             os.link(a, b)
         else:
             shutil.copy2(a, b)
@@ -74,29 +88,57 @@ def _copy_workdir(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_deleted_shard_redoes_only_what_depends_on_it(finished_run, workdir, tmp_path):
-    """On a copy of the finished run: the module's run stays as the other tests expect."""
+#: Fault-matrix cases (bench/faults.py) on a copy of the finished run cut back to before
+#: the stage: the tail from that stage on is deleted, the workflow is run and killed as the
+#: case says, then run again; the rerun must end with the finished run's outputs and write
+#: again none of the outputs that were complete before it. The update cases redo
+#: iteration 1's update from iteration 0's kept state. bench/faults.py runs every case
+#: from scratch.
+TAIL_FROM = {
+    "rollout": ("iter_0001/rollouts/shard_000.parquet", "iter_0001/update", "iter_0002"),
+    "update": ("iter_0001/update", "iter_0002"),
+    "evaluate": ("iter_0002/eval",),
+    "report": (),
+}
+FAULT_CASES = {c.name: c for c in faults.CASES}
+
+
+TAIL_JOBS = {"rollout": {"rollout": 1, "update_0001": 1, "evaluate": 1, "report": 1, "all": 1},
+             "update": {"update_0001": 1, "evaluate": 1, "report": 1, "all": 1},
+             "evaluate": {"evaluate": 1, "report": 1, "all": 1},
+             "report": {"report": 1, "all": 1}}
+
+
+@pytest.mark.parametrize(("name", "tail", "rerun_from"), [
+    ("rollout_1_d1", "rollout", "rollout"),
+    ("update_1_export", "update", "update"),
+    ("evaluate_2", "evaluate", "evaluate"),
+    ("report", "report", "report"),
+    ("snakemake_after_1", "update", "evaluate"),  # killed while the last evaluation runs
+])
+def test_killed_and_rerun_ends_as_the_uninterrupted_run(finished_run, reference, workdir,
+                                                        tmp_path, name, tail, rerun_from):
+    case = FAULT_CASES.get(name) or faults.Case(name, "snakemake", after_jobs=1)
     copy = _copy_workdir(workdir, tmp_path / "wf")
     run = copy / finished_run.relative_to(workdir)
-    victim = run / "iter_0001/rollouts/shard_000.parquet"
-    keep = [run / "iter_0001/rollouts/shard_001.parquet", run / "iter_0000/eval/metrics.json",
-            run / "iter_0001/eval/metrics.json", run / "iter_0000/update/metrics.json"]
-    before = {p: p.stat().st_mtime_ns for p in keep}
-    victim.unlink()
-    res = snakemake(copy, "tiny", TINY)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert job_counts(res.stderr) == {"rollout": 1, "update_0001": 1, "evaluate": 1,
-                                      "report": 1, "all": 1}
-    assert victim.exists()
-    assert {p: p.stat().st_mtime_ns for p in keep} == before
-    assert (finished_run / "iter_0001/rollouts/shard_000.parquet").exists()
+    for rel in (*TAIL_FROM[tail], "report"):
+        path = run / rel
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    got = faults.run_case(case, copy, reference, run_name="tiny", overrides=RUN)
+    log = (copy / "snakemake.log").read_text()
+    assert got["killed"], log[-3000:]
+    assert got["identical"], got["diff"][:10]
+    assert got["redone"] == [], got["redone"]
+    # the rerun (the log's last job table) ran what depends on the killed stage, no more
+    assert job_counts("Job stats:" + log.split("Job stats:")[-1]) == TAIL_JOBS[rerun_from]
 
 
 @pytest.fixture(scope="module")
 def second_run(finished_run, workdir) -> Path:
     """The same seed again, evaluated every second iteration (which changes no rollout),
     through the last update."""
-    res = snakemake(workdir, "tiny_again", [*TINY, "evaluation.every=2"],
+    res = snakemake(workdir, "tiny_again",
+                    [*TINY, "evaluation.every=2", "algorithm.keep_state_iterations=0"],
                     args=("--until", "update_0001"))
     assert res.returncode == 0, res.stderr[-3000:]
     return workdir / "results" / "tiny_again"
@@ -123,7 +165,7 @@ def test_same_seed_gives_identical_rollouts(finished_run, second_run):
 
 
 def test_changed_config_is_refused_with_the_differing_keys(finished_run, workdir):
-    changed = [o for o in TINY if not o.startswith("rollout.max_new_tokens")]
+    changed = [o for o in RUN if not o.startswith("rollout.max_new_tokens")]
     res = snakemake(workdir, "tiny", [*changed, "rollout.max_new_tokens=20"], args=("-n",))
     assert res.returncode != 0
     assert "rollout.max_new_tokens: frozen 12 -> now 20" in res.stderr
@@ -138,7 +180,7 @@ def test_extended_run_adds_one_iteration_and_redoes_nothing(finished_run, workdi
     made = [p for p in run.rglob("*") if p.is_file() and "report" not in p.parts
             and "logs" not in p.parts]
     before = {p: p.stat().st_mtime_ns for p in made}
-    longer = [o for o in TINY if not o.startswith("iterations=")] + ["iterations=3"]
+    longer = [o for o in RUN if not o.startswith("iterations=")] + ["iterations=3"]
     res = snakemake(copy, "tiny", longer, args=("--until", "update_0002"))
     assert res.returncode == 0, res.stderr[-3000:]
     assert job_counts(res.stderr) == {"rollout": 2, "update_0002": 1}
