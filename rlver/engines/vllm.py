@@ -350,34 +350,37 @@ class VLLMEngine(Engine):
         Open dialogue sessions hold KV cache of the old policy: idle ones are closed
         (their next turn opens a new session under the new policy); a turn in flight
         makes this refuse (RuntimeError). Plain requests in flight finish first (vLLM's
-        pause for weight updates waits for them)."""
-        from safetensors.torch import save_file
-
+        pause for weight updates waits for them). Meant for the time between iterations,
+        when no dialogue runs."""
         expected, aliases = self._weight_names()
         new = checked_weights(weights, expected, aliases, type(self).__name__)
-        start = time.perf_counter()
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        with tempfile.NamedTemporaryFile(prefix="rlver-policy-", suffix=".safetensors",
-                                         dir=shm) as f:
-            save_file({n: t.detach().to("cpu").contiguous() for n, t in new.items()
-                       if n not in aliases}, f.name)
-            written = time.perf_counter()
-            self._run(self._load(f.name, aliases))
-        self.last_load_s = {"write": written - start, "load": time.perf_counter() - written}
+        self.last_load_s = self._run(self._load(
+            {n: t for n, t in new.items() if n not in aliases}, aliases))
 
-    async def _load(self, path: str, aliases: dict[str, str]) -> None:
+    async def _load(self, weights: dict[str, Any], aliases: dict[str, str]
+                    ) -> dict[str, float]:
+        from safetensors.torch import save_file
+
         if any(s.busy for s in self._sessions.values()):
             raise RuntimeError("load_weights during a dialogue turn: the turn's KV cache "
                                "is the old policy's; load between turns")
         for key in list(self._sessions):
             self._close_session(key)
         await asyncio.gather(*self._closing, return_exceptions=True)
-        await self.llm.pause_generation(mode="wait", clear_cache=False)
-        try:
-            await self.llm.collective_rpc("load_policy_weights", args=(path, aliases))
-            await self.llm.reset_prefix_cache()
-        finally:
-            await self.llm.resume_generation()
+        start = time.perf_counter()
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        with tempfile.NamedTemporaryFile(prefix="rlver-policy-", suffix=".safetensors",
+                                         dir=shm) as f:
+            await asyncio.to_thread(save_file, {n: t.detach().to("cpu").contiguous()
+                                                for n, t in weights.items()}, f.name)
+            written = time.perf_counter()
+            await self.llm.pause_generation(mode="wait", clear_cache=False)
+            try:
+                await self.llm.collective_rpc("load_policy_weights", args=(f.name, aliases))
+                await self.llm.reset_prefix_cache()
+            finally:
+                await self.llm.resume_generation()
+        return {"write": written - start, "load": time.perf_counter() - written}
 
     def _weight_names(self) -> tuple[set[str], dict[str, str]]:
         """(the parameters `load_weights` needs, {tied alias: the parameter it shares}),
