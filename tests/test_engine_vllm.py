@@ -15,6 +15,7 @@ import pytest
 from rlver.engines import SamplingSettings
 from rlver.rollout import rollout_shard
 from rlver.schema import TIMING_COLUMNS, read_trajectories
+from tests.test_engine_hf import assert_engine_follows, old_and_new
 from tests.test_rollout import assert_logprobs_match, assert_think_rows
 
 pytestmark = [
@@ -180,6 +181,44 @@ def test_a_cancelled_turn_closes_its_session(engine):
     assert engine.open_sessions == 0
     out = engine.generate([[1, 2, 3]], SamplingSettings(4), [0], ignore_eos=True)[0]
     assert len(out.token_ids) == 4
+
+
+@pytest.fixture(scope="module")
+def policies(base_model):
+    return old_and_new(base_model)
+
+
+def test_new_weights_load_into_the_running_engine(engine, policies):
+    """A perturbed policy in memory: afterwards the engine samples with its log-probs, not
+    the old policy's; loading the old weights back restores it (later tests share the
+    engine). The idle session open at the time is closed: its KV is the old policy's."""
+    old, new = policies
+    key = object()
+    _turns(engine, key, [[]], SamplingSettings(max_new_tokens=4))
+    engine.load_weights(new.state_dict().items())  # with the tied lm_head.weight
+    assert engine.open_sessions == 0
+    print(f"load_weights: {engine.last_load_s}")
+    assert_engine_follows(engine, new, old, seed=1)
+    engine.load_weights(old.named_parameters())
+    assert_engine_follows(engine, old, new, seed=1)
+
+
+def test_new_weights_wait_for_the_turn_in_flight(engine, policies):
+    """A dialogue turn running on the old policy's KV cache: load_weights refuses."""
+    import asyncio
+
+    async def load_mid_turn():
+        turn = asyncio.ensure_future(engine.agenerate(
+            [1] + list(range(200, 300)), SamplingSettings(300), 1, ignore_eos=True,
+            session=object()))
+        await asyncio.sleep(1.0)
+        with pytest.raises(RuntimeError, match="during a dialogue turn"):
+            await asyncio.to_thread(engine.load_weights, policies[0].named_parameters())
+        turn.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await turn
+
+    asyncio.run(load_mid_turn())
 
 
 def test_long_prompts_are_not_prefilled_in_chunks(engine):

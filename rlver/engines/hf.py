@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from rlver.engines.base import Engine, Sampled, SamplingSettings, stop_tokens
+from rlver.engines.base import Engine, Sampled, SamplingSettings, checked_weights, stop_tokens
 
 
 class HFEngine(Engine):
@@ -73,6 +73,20 @@ class HFEngine(Engine):
                 Sampled(tuple(row_ids[:n]), tuple(row_logp[:n]), finished=end is not None)
             )
         return results
+
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """Copy `weights` into the engine's module in place (converted to its device and
+        dtype), so the engine keeps its own module whatever holds the new policy. A caller
+        that trains this very module (`HFEngine(model, ...)` on it) needs no call at all."""
+        import torch
+
+        params = dict(self.model.named_parameters())
+        aliases = set(self.model.state_dict()) - set(params)  # tied names: lm_head.weight
+        new = checked_weights(weights, params, aliases, type(self).__name__)
+        with torch.no_grad():
+            for name, tensor in new.items():
+                if name in params:
+                    params[name].copy_(tensor)
 
 
 def load_hf_engine(policy_dir: str, dtype: str) -> HFEngine:

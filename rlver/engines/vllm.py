@@ -9,14 +9,16 @@ import itertools
 import json
 import os
 import sys
+import tempfile
 import threading
-from collections.abc import Coroutine, Hashable, Sequence
+import time
+from collections.abc import Coroutine, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
-from rlver.engines import vllm_cpu
-from rlver.engines.base import Engine, Sampled, SamplingSettings, stop_tokens
+from rlver.engines import vllm_cpu, vllm_worker
+from rlver.engines.base import Engine, Sampled, SamplingSettings, checked_weights, stop_tokens
 
 T = TypeVar("T")
 
@@ -76,6 +78,7 @@ class VLLMEngine(Engine):
             "enable_prefix_caching": True,  # turn t+1's prompt extends turn t's
             "generation_config": "vllm",  # sampling comes from our settings only
             "disable_log_stats": not stat_loggers,
+            "worker_extension_cls": vllm_worker.QUALNAME,  # load_weights
         }
         if current_platform.is_cpu():
             args |= vllm_cpu.POLICY_DEFAULTS
@@ -95,6 +98,10 @@ class VLLMEngine(Engine):
                                              stat_loggers=list(stat_loggers) or None)
 
         self.llm = self._run(start())
+        self._policy_dir = Path(policy_dir)
+        #: Seconds the last `load_weights` took: {"write": into /dev/shm, "load": the
+        #: worker's reload and the cache reset}.
+        self.last_load_s: dict[str, float] = {}
         cache = self.llm.vllm_config.cache_config
         self.block_size = int(cache.block_size)
         #: KV blocks the open sessions may hold: all but one longest request's worth, so
@@ -328,6 +335,66 @@ class VLLMEngine(Engine):
             await self.llm.reset_prefix_cache()
 
         self._run(reset())
+
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """Load `weights` into the running engine's model: vLLM's in-place reload in its
+        worker process (`vllm_worker.PolicyWeights`), then an empty prefix cache, whose
+        KV was computed by the old policy.
+
+        The tensors cross to the worker process as one safetensors file in /dev/shm
+        (memory, not disk; deleted after), which the worker maps and reads tensor by
+        tensor: vLLM's RPC carries no tensors to it on CPU, and its RL weight-transfer
+        backends (NCCL, CUDA IPC) need a GPU. A tied alias (SmolLM2's lm_head) is loaded
+        too, from the tensor it shares. Time: `last_load_s`.
+
+        Open dialogue sessions hold KV cache of the old policy: idle ones are closed
+        (their next turn opens a new session under the new policy); a turn in flight
+        makes this refuse (RuntimeError). Plain requests in flight finish first (vLLM's
+        pause for weight updates waits for them). Meant for the time between iterations,
+        when no dialogue runs."""
+        expected, aliases = self._weight_names()
+        new = checked_weights(weights, expected, aliases, type(self).__name__)
+        self.last_load_s = self._run(self._load(
+            {n: t for n, t in new.items() if n not in aliases}, aliases))
+
+    async def _load(self, weights: dict[str, Any], aliases: dict[str, str]
+                    ) -> dict[str, float]:
+        from safetensors.torch import save_file
+
+        if any(s.busy for s in self._sessions.values()):
+            raise RuntimeError("load_weights during a dialogue turn: the turn's KV cache "
+                               "is the old policy's; load between turns")
+        for key in list(self._sessions):
+            self._close_session(key)
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        start = time.perf_counter()
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        with tempfile.NamedTemporaryFile(prefix="rlver-policy-", suffix=".safetensors",
+                                         dir=shm) as f:
+            await asyncio.to_thread(save_file, {n: t.detach().to("cpu").contiguous()
+                                                for n, t in weights.items()}, f.name)
+            written = time.perf_counter()
+            await self.llm.pause_generation(mode="wait", clear_cache=False)
+            try:
+                await self.llm.collective_rpc("load_policy_weights", args=(f.name, aliases))
+                await self.llm.reset_prefix_cache()
+            finally:
+                await self.llm.resume_generation()
+        return {"write": written - start, "load": time.perf_counter() - written}
+
+    def _weight_names(self) -> tuple[set[str], dict[str, str]]:
+        """(the parameters `load_weights` needs, {tied alias: the parameter it shares}),
+        from the checkpoint the engine started with."""
+        from safetensors import safe_open
+
+        names: set[str] = set()
+        for file in self._policy_dir.glob("*.safetensors"):
+            with safe_open(str(file), framework="pt") as f:
+                names.update(f.keys())
+        config = json.loads((self._policy_dir / "config.json").read_text())
+        aliases = ({"lm_head.weight": "model.embed_tokens.weight"}
+                   if config.get("tie_word_embeddings") else {})
+        return names - set(aliases), aliases
 
     def close(self) -> None:
         if self._loop.is_closed():

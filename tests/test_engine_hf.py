@@ -1,0 +1,81 @@
+"""Engines take a new policy in memory (`Engine.load_weights`): the hf engine here; the
+vllm engine in test_engine_vllm.py, with the same checks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from rlver import algorithms
+from rlver.engines import Engine, SamplingSettings
+from rlver.models import load_policy
+
+PROMPT = [1, 9690, 198, 2683, 359, 253, 5356, 2, 198, 1, 4093, 198, 19556, 30]
+
+
+def perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    """A "new policy": `model` with seeded noise on every parameter (the tied embedding
+    once: named_parameters lists it once)."""
+    new = copy.deepcopy(model)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in new.parameters():
+            p += 0.02 * torch.randn_like(p)
+    return new
+
+
+def reply_logprobs(model: torch.nn.Module, prompt: list[int], reply: tuple[int, ...]
+                   ) -> torch.Tensor:
+    """The model's log-probs of `reply` after `prompt` (temperature 1)."""
+    ids = torch.tensor([[*prompt, *reply]])
+    with torch.no_grad():
+        return algorithms.token_logprobs(model(ids).logits, ids)[0, len(prompt):]
+
+
+def assert_engine_follows(engine: Engine, policy: torch.nn.Module, other: torch.nn.Module,
+                          seed: int) -> None:
+    """The engine's log-probs of what it samples are `policy`'s within the log-prob tests'
+    tolerance (tests/test_rollout.py), and `other`'s by far not."""
+    out = engine.generate([PROMPT], SamplingSettings(max_new_tokens=6), [seed])[0]
+    got = torch.tensor(out.logprobs)
+    mine = (got - reply_logprobs(policy, PROMPT, out.token_ids)).abs().max()
+    theirs = (got - reply_logprobs(other, PROMPT, out.token_ids)).abs().max()
+    assert len(out.token_ids) >= 4 and mine < 2e-3 and theirs > 0.1, (mine, theirs)
+
+
+def old_and_new(base_model) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The base policy and its perturbed copy."""
+    old, _ = load_policy(base_model)
+    return old, perturbed(old)
+
+
+@pytest.fixture(scope="module")
+def policies(base_model):
+    return old_and_new(base_model)
+
+
+def test_hf_engine_loads_weights_in_place(base_model, policies):
+    from rlver.engines.hf import load_hf_engine
+
+    old, new = policies
+    engine = load_hf_engine(str(base_model), "float32")
+    module = engine.model
+    engine.load_weights(new.state_dict().items())  # with the tied lm_head.weight
+    assert engine.model is module and module.lm_head.weight is module.get_input_embeddings().weight
+    assert_engine_follows(engine, new, old, seed=1)
+    engine.load_weights(old.named_parameters())
+    assert_engine_follows(engine, old, new, seed=1)
+
+
+def test_hf_engine_refuses_incomplete_weights(base_model, policies):
+    from rlver.engines.hf import load_hf_engine
+
+    engine = load_hf_engine(str(base_model), "float32")
+    weights = dict(policies[1].named_parameters())
+    weights.pop("model.norm.weight")
+    weights["model.extra.weight"] = torch.zeros(2)
+    with pytest.raises(ValueError, match=r"missing \['model.norm.weight'\].*"
+                                         r"unknown \['model.extra.weight'\]"):
+        engine.load_weights(weights.items())
