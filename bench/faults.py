@@ -15,7 +15,8 @@ ends with the outputs of an uninterrupted run and redoes nothing that had finish
    the report before its rename), or Snakemake itself is SIGKILLed after k finished jobs.
    Then the same command again (after `snakemake --unlock`), and its digest is compared
    with the reference. "redone" counts the outputs that were complete before the rerun
-   (the files Snakemake had finished) and that the rerun wrote again.
+   (on disk, and their job seen to end by Snakemake: a job still running when Snakemake
+   was killed is run again, whatever it had written) and that the rerun wrote again.
 
 Prints a table (case, stage, rerun seconds, identical, redone) and last
 `faults_survived=K/N redone_finished=R`.
@@ -24,6 +25,7 @@ Prints a table (case, stage, rerun seconds, identical, redone) and last
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import shutil
 import signal
@@ -105,11 +107,28 @@ OUTPUTS = ("config.yaml", "iter_*/rollouts/shard_*.parquet", "iter_*/policy/mode
            "iter_*/eval/dialogues.parquet", "report/index.html")
 
 
-def finished_outputs(run: Path) -> dict[str, tuple[int, int]]:
-    """(inode, mtime) of every finished output of the run."""
+def incomplete_outputs(workdir: Path) -> set[Path]:
+    """The outputs whose jobs Snakemake had started and not seen end (its incomplete
+    markers, .snakemake/incomplete/<urlsafe base64 of the path>, split into parts that
+    start with '@' when long): a killed Snakemake runs those jobs again, whatever their
+    processes had written before they were killed with it."""
+    root = workdir / ".snakemake" / "incomplete"
+    out = set()
+    for marker in root.rglob("*") if root.is_dir() else ():
+        if marker.is_file() and marker.name != "migration_underway":
+            b64 = "".join(part.removeprefix("@") for part in marker.relative_to(root).parts)
+            out.add(workdir / base64.urlsafe_b64decode(b64).decode())
+    return out
+
+
+def finished_outputs(run: Path, unfinished: set[Path] = frozenset()) -> dict[str, tuple[int, int]]:
+    """(inode, mtime) of every finished output of the run: on disk, and not under an
+    output of a job that had not ended (`unfinished`)."""
     out = {}
     for pattern in OUTPUTS:
         for p in run.glob(pattern):
+            if any(p == u or u in p.parents for u in unfinished):
+                continue
             st = p.stat()
             out[str(p.relative_to(run))] = (st.st_ino, st.st_mtime_ns)
     return out
@@ -149,7 +168,7 @@ def run_case(case: Case, workdir: Path, reference: dict, run_name: str = RUN,
             time.sleep(0.2)
     killed = was_killed(workdir) if case.kill_at else proc.returncode == -signal.SIGKILL
     run = workdir / "results" / run_name
-    before = finished_outputs(run) if run.is_dir() else {}
+    before = finished_outputs(run, incomplete_outputs(workdir)) if run.is_dir() else {}
     if not case.kill_at:  # a killed Snakemake leaves its lock; a failed job does not
         snakemake(workdir, env, "--unlock", **sm).wait()
     t0 = time.perf_counter()
