@@ -8,7 +8,6 @@ helpers.SLURM_UPDATE); the update rule submits its training job to Slurm through
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.faults import incomplete_outputs
 from rlver.models import link_tree
 from rlver.train import submit_update
 
@@ -49,19 +49,6 @@ def command(workdir: Path, run: str) -> list[str]:
 ENV = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}"}
 
 
-def unfinished_outputs(workdir: Path) -> set[Path]:
-    """Outputs of the jobs Snakemake had started but not seen finish (its `incomplete`
-    markers: file names are the output paths in urlsafe base64, split into folders of
-    '@'-prefixed parts when long)."""
-    base = workdir / ".snakemake" / "incomplete"
-    out = set()
-    for marker in base.rglob("*") if base.is_dir() else ():
-        if marker.is_file() and marker.name != "migration_underway":
-            b64 = "".join(part.lstrip("@") for part in marker.relative_to(base).parts)
-            out.add(workdir / base64.urlsafe_b64decode(b64).decode())
-    return out
-
-
 def test_smoke_on_slurm_survives_a_killed_snakemake(workdir):
     """The smoke experiment through the Slurm profile: rollout and evaluate as Slurm jobs of
     Snakemake's executor plugin, the update as a submitit Slurm job. Snakemake is killed
@@ -81,7 +68,7 @@ def test_smoke_on_slurm_survives_a_killed_snakemake(workdir):
         time.sleep(1)
     os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and the jobs it runs locally
     proc.wait()
-    unfinished = unfinished_outputs(workdir)
+    unfinished = incomplete_outputs(workdir)
     # A stage's folder is its own while it runs (the update's submitit/ logs, job.json):
     # only files outside the folders of unfinished outputs count as finished.
     busy = {u.parent for u in unfinished}
