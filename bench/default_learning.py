@@ -1,0 +1,99 @@
+"""Does the embedded default (`make run`, config/experiment/default.yaml) show learning?
+
+    .venv/bin/python bench/default_learning.py                 # seeds 0, 1, 2 (~15 min each)
+    .venv/bin/python bench/default_learning.py --seeds 0 --workdir /tmp/default
+
+Runs the default experiment once per seed with Snakemake (profiles/local, run
+`default_s<seed>` under `--workdir`; a finished seed is not redone) and reads each run's
+evaluation files: the held-out score of the base policy (iteration 0), of every evaluated
+policy, and of the final one. The gain's standard error is the paired one: the same
+benchmark personas are scored at both ends, so it is the spread of the per-persona
+differences over sqrt(n).
+
+Prints a table (seed, score at each evaluated iteration, gain, its standard error, the
+run's minutes) and last `default_gain_min=<x>`: the smallest gain over the seeds (goal >= 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+BIN = Path(sys.executable).parent
+
+from rlver.layout import Run  # noqa: E402
+
+
+def run_seed(workdir: Path, seed: int) -> float:
+    """The default experiment for `seed` in `workdir`; its wall seconds (0 if finished)."""
+    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--profile", str(ROOT / "profiles" / "local"),
+           "--config", "experiment=default", f"run=default_s{seed}", f"overrides=seed={seed}"]
+    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}"}
+    log = workdir / f"default_s{seed}.log"
+    print(f"seed {seed}: running (log: {log})", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    with log.open("a") as f:
+        res = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    if res.returncode != 0:
+        sys.exit(f"seed {seed}: snakemake failed (exit {res.returncode}); see {log}")
+    return time.monotonic() - t0
+
+
+def final_emotions(path: Path) -> dict[str, int]:
+    """Persona -> final emotion of each benchmark dialogue in an eval dialogues.parquet."""
+    rows = pq.read_table(path, columns=["persona_id", "sample", "final_emotion"]).to_pylist()
+    return {r["persona_id"]: r["final_emotion"] for r in rows if r["sample"] == 0}
+
+
+def seed_scores(run: Run) -> tuple[dict[int, float], float, float]:
+    """{iteration: score} of the evaluated policies, the gain from the first to the last,
+    and the gain's paired standard error."""
+    scores = {}
+    for i in run.iterations():
+        m = run.eval_metrics(i)
+        if m.is_file():
+            scores[i] = json.loads(m.read_text())["score"]
+    first, last = min(scores), max(scores)
+    a, b = final_emotions(run.eval_dialogues(first)), final_emotions(run.eval_dialogues(last))
+    diffs = [b[k] - a[k] for k in a]
+    mean = sum(diffs) / len(diffs)
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+    return scores, scores[last] - scores[first], sd / math.sqrt(len(diffs))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    ap.add_argument("--workdir", type=Path, default=ROOT / "bench-runs" / "default",
+                    help="where the runs' results/ go (kept: a finished seed is not redone)")
+    a = ap.parse_args(argv)
+    a.workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for seed in (int(s) for s in a.seeds.split(",")):
+        seconds = run_seed(a.workdir, seed)
+        scores, gain, se = seed_scores(Run(a.workdir / "results" / f"default_s{seed}"))
+        rows.append((seed, scores, gain, se, seconds))
+        print(f"seed {seed}: {gain:+.1f} (se {se:.1f}) in {seconds / 60:.1f} min",
+              file=sys.stderr, flush=True)
+    its = sorted({i for _, s, *_ in rows for i in s})
+    print(f"{'seed':>4} " + " ".join(f"{'iter ' + str(i):>8}" for i in its)
+          + f" {'gain':>6} {'se':>5} {'minutes':>8}")
+    for seed, scores, gain, se, seconds in rows:
+        cells = " ".join(f"{scores[i]:8.1f}" if i in scores else f"{'-':>8}" for i in its)
+        print(f"{seed:>4} {cells} {gain:+6.1f} {se:5.1f} {seconds / 60:8.1f}")
+    print(f"default_gain_min={min(g for _, _, g, _, _ in rows):.1f}")
+
+
+if __name__ == "__main__":
+    main()
