@@ -5,6 +5,7 @@ simulators whose timing the tests control)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -246,36 +247,77 @@ def test_async_turns_of_a_dialogue_share_one_session_ended_with_it():
         assert engine.sessions == [None] * 4 and engine.ended == []
 
 
+class GatedSim(SlowSim):
+    """+5 per reply; a `feel` call waits (on a condition, not a clock) until `ready(persona,
+    k)` holds, k counting that persona's (or batch's) feel calls from 1. A schedule that
+    holds the awaited work back behind this call never lets it hold: the call then gives up
+    after `patience` seconds and the test fails with `what` (a deadlock guard, not a
+    timing)."""
+
+    def __init__(self, shared: dict[str, Any], ready, what: str, patience: float = 60.0) -> None:
+        super().__init__(0.0)
+        self.shared, self.ready, self.what, self.patience = shared, ready, what, patience
+
+    def feel(self, requests):
+        cond, counts = self.shared["cond"], self.shared["feels"]
+        key = requests[0].persona.persona_id
+        with cond:
+            counts[key] = counts.get(key, 0) + 1
+            cond.notify_all()
+            if not cond.wait_for(lambda: self.ready(key, counts[key]), self.patience):
+                self.shared["stuck"].append(f"{key} call {counts[key]}: {self.what}")
+        return super().feel(requests)
+
+
+def _gate() -> dict[str, Any]:
+    return {"cond": threading.Condition(), "feels": {}, "stuck": []}
+
+
 def test_async_slow_simulator_call_holds_back_only_its_own_dialogue():
+    """The slow dialogue's first simulator call answers only once the three others have
+    finished all their turns: that happens only if nothing waits for the slow call."""
     specs = _specs(4)
     slow_id = specs[0].persona.persona_id
-    sims = [SlowSim(0.01, 0.6, [slow_id]) for _ in range(4)]
-    engine = FakeEngine(0.01, concurrent=True)
-    t0 = time.perf_counter()
-    dialogues = _run(engine, sims, n=4, turns=3)
+    shared = _gate()
+    others_done = lambda key, k: key != slow_id or sum(  # noqa: E731
+        n for p, n in shared["feels"].items() if p != slow_id) == 3 * 3
+    sims = [GatedSim(shared, others_done, "the other dialogues never finished")
+            for _ in range(4)]
+    dialogues = _run(FakeEngine(0.01, concurrent=True), sims, n=4, turns=3)
+    assert shared["stuck"] == []
     assert all(d.outcome == "max_turns" and len(d.emotion) == 3 for d in dialogues)
-    # 3 turns x 2 calls x 0.6 s for the slow dialogue; the others are done long before
-    assert time.perf_counter() - t0 < 3.6 + 1.0
-    seconds = {d.persona.persona_id: d.seconds for d in dialogues}
-    assert all(s < 1.0 for k, s in seconds.items() if k != slow_id), seconds
-    assert seconds[slow_id] > 3.0
+
+
+class StartCountingEngine(FakeEngine):
+    """FakeEngine that counts the calls it has started, under the gate's condition."""
+
+    def __init__(self, gen_s: float, shared: dict[str, Any]) -> None:
+        super().__init__(gen_s, concurrent=False)
+        self.shared = shared
+        shared["started"] = 0
+
+    def generate(self, prompts, settings, seeds):
+        with self.shared["cond"]:
+            self.shared["started"] += 1
+            self.shared["cond"].notify_all()
+        return super().generate(prompts, settings, seeds)
 
 
 def test_batched_engine_works_while_the_simulator_answers():
-    """With two batches, batch 2 generates while batch 1's simulator answers: the engine
-    never waits for a whole turn of simulator calls."""
-    engine = FakeEngine(0.2, concurrent=False)
-    sim = SlowSim(0.1)  # feel + speak = 0.2 s per batch
-    t0 = time.perf_counter()
-    dialogues = _run(engine, [sim, SlowSim(0.1)], n=4, turns=3, batch_size=2,
-                     schedule="batched")
-    wall = time.perf_counter() - t0
+    """With two batches, batch 1 generates its next turn while batch 2's simulator answers:
+    batch 2's k-th simulator call waits until the engine has started batch 1's turn k+1
+    (call 2k+1 of A1 B1 A2 B2 A3 B3), which a barrier per turn never starts."""
+    shared = _gate()
+    engine = StartCountingEngine(0.05, shared)
+    batch_2 = {p.persona.persona_id for p in _specs(4)[2:]}
+    next_turn_started = lambda key, k: (  # noqa: E731
+        key not in batch_2 or 2 * k + 1 > 6 or shared["started"] >= 2 * k + 1)
+    sims = [GatedSim(shared, next_turn_started, "batch 1's next turn never started",
+                     patience=20.0) for _ in range(2)]
+    dialogues = _run(engine, sims, n=4, turns=3, batch_size=2, schedule="batched")
+    assert shared["stuck"] == []
     assert all(len(d.emotion) == 3 for d in dialogues)
     assert [c[2] for c in engine.calls] == [2] * 6
-    # barrier per turn: 3 x (0.2 + 0.2 + 0.2) = 1.8 s; pipelined: about 6 x 0.2 + 0.2
-    assert wall < 1.7, wall
-    gaps = [b[0] - a[1] for a, b in zip(engine.calls, engine.calls[1:], strict=False)]
-    assert max(gaps) < 0.1, gaps
 
 
 def test_async_needs_a_concurrent_engine():
