@@ -26,6 +26,7 @@ from typing import Any, Optional
 import pytest
 
 from bench.servers import FakeChatServer, Reply, cpu_friendly_env, free_port, vllm_server
+from rlver.completions import CompletionError, OpenAIHTTPBackend
 from rlver.config_schema import SimulatorConfig
 from rlver.errors import RlverInputError
 from rlver.personas import Persona
@@ -34,13 +35,11 @@ from rlver.simulator.llm import (
     MAX_ABS_DELTA,
     MAX_REASON_CHARS,
     AnswerFormatError,
-    CompletionError,
     LLMSimulator,
     attempt_seed,
     parse_feeling,
     parse_utterance,
 )
-from rlver.simulator.llm_backends import OpenAIHTTPBackend
 from rlver.simulator.prompts import (
     FAREWELL_MARKER,
     fallback_utterance,
