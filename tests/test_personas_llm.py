@@ -166,10 +166,10 @@ def test_a_valid_record_becomes_a_persona() -> None:
         (json.dumps(record(gender="robot")), "field 'gender'"),
         (json.dumps(record(backstory="Too short.")), "field 'backstory' has 10 characters"),
         (json.dumps(record(traits="shy")), "field 'traits' must be a list"),
-        (json.dumps(record(traits=["shy"])), "field 'traits' has 1 items, not 2-3"),
+        (json.dumps(record(traits=["shy"])), "field 'traits' has 1 distinct items, not 2-3"),
+        (json.dumps(record(traits=["shy", "Shy ", "   "])), "'traits' has 1 distinct items"),
         (json.dumps(record(keywords=["sister", "no", "Oslo"])), "field 'keywords': an item"),
-        (json.dumps(record(keywords=["   ", "    ", "     "])), "'keywords' has only blank"),
-        (json.dumps(record(backstory=" " * 90)), "field 'backstory' is blank"),
+        (json.dumps(record(backstory=" " * 90)), "field 'backstory' has 0 characters"),
         (json.dumps(record(name="Nora")), "field 'name' is 'Nora', which does not match"),
         (json.dumps(record(topic="我的姐姐没有来生日晚宴")), "not written in English"),
         (json.dumps(record(opening_line=record()["backstory"])), "repeats the backstory"),
@@ -180,12 +180,18 @@ def test_an_unusable_record_says_why(answer: str, why: str) -> None:
         parse_record(answer, SLOT, "en")
 
 
-def test_repeated_list_items_are_dropped() -> None:
+def test_repeated_list_items_are_dropped_and_what_is_stored_meets_the_schema() -> None:
     p = parse_record(json.dumps(record(details=["The table was booked", "the table  was booked",
                                                 "Her sister posted photos"],
-                                       keywords=["sister", "Sister", "Oslo"])), SLOT, "en")
+                                       keywords=["sister", "Sister", "Oslo", "dinner"],
+                                       backstory="  Nora  " + record()["backstory"])),
+                     SLOT, "en")
     assert p.details == ("The table was booked", "Her sister posted photos")
-    assert p.keywords == ("sister", "Oslo")
+    assert p.keywords == ("sister", "Oslo", "dinner")
+    assert p.backstory.startswith("Nora Nora's sister")
+    stored = {k: list(v) if isinstance(v, tuple) else v
+              for k, v in asdict(p).items() if k in WRITTEN_FIELDS}
+    jsonschema.validate(stored, persona_schema("en"))
 
 
 def test_a_chinese_record_must_be_written_in_chinese() -> None:

@@ -184,7 +184,9 @@ def _record(text: str) -> dict[str, Any]:
 
 
 def _field(obj: dict[str, Any], name: str, spec: dict[str, Any]) -> Any:
-    """One written field, whitespace collapsed, checked against the schema's bounds."""
+    """One written field, normalised (whitespace collapsed; in a list, blank and repeated
+    items dropped), then checked against the schema's bounds: what is stored meets the
+    schema, whatever the endpoint enforced."""
     if name not in obj:
         raise RecordError(f"missing field '{name}'")
     value = obj[name]
@@ -197,35 +199,28 @@ def _field(obj: dict[str, Any], name: str, spec: dict[str, Any]) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise RecordError(f"field 'age' must be an integer in [{lo}, {hi}], got {value!r}")
         return value
-    if name in spec.get("patterns", {}):
-        if not isinstance(value, str) or not re.fullmatch(spec["patterns"][name], value):
-            raise RecordError(f"field '{name}' is {value!r}, which does not match "
-                              f"{spec['patterns'][name]}")
-        return value
     if _HINTS[name] is str:
         if not isinstance(value, str):
             raise RecordError(f"field '{name}' must be a string")
-        if not lo <= len(value) <= hi:
-            raise RecordError(f"field '{name}' has {len(value)} characters, not {lo}-{hi}")
-        if not value.strip():
-            raise RecordError(f"field '{name}' is blank")
-        return " ".join(value.split())
+        text = " ".join(value.split())
+        pattern = spec.get("patterns", {}).get(name)
+        if pattern is not None and not re.fullmatch(pattern, text):
+            raise RecordError(f"field '{name}' is {text!r}, which does not match {pattern}")
+        if pattern is None and not lo <= len(text) <= hi:
+            raise RecordError(f"field '{name}' has {len(text)} characters, not {lo}-{hi}")
+        return text
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise RecordError(f"field '{name}' must be a list of strings")
-    ilo, ihi = spec["item_lengths"][name]
-    if not lo <= len(value) <= hi:
-        raise RecordError(f"field '{name}' has {len(value)} items, not {lo}-{hi}")
-    if any(not ilo <= len(v) <= ihi for v in value):
-        raise RecordError(f"field '{name}': an item is not {ilo}-{ihi} characters")
-    # Repeated or blank items are dropped, not refused: a small model repeats itself, and
-    # what remains is still the story.
     items: list[str] = []
     for v in value:
         text = " ".join(v.split())
         if text and text.lower() not in {i.lower() for i in items}:
             items.append(text)
-    if not items:
-        raise RecordError(f"field '{name}' has only blank items")
+    if not lo <= len(items) <= hi:
+        raise RecordError(f"field '{name}' has {len(items)} distinct items, not {lo}-{hi}")
+    ilo, ihi = spec["item_lengths"][name]
+    if any(not ilo <= len(i) <= ihi for i in items):
+        raise RecordError(f"field '{name}': an item is not {ilo}-{ihi} characters")
     return tuple(items)
 
 
