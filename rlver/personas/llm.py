@@ -225,8 +225,7 @@ def _field(obj: dict[str, Any], name: str, spec: dict[str, Any]) -> Any:
 
 
 def _check_language(values: dict[str, Any], language: str) -> None:
-    """Chinese personas are written in Chinese; English ones in a Latin script, with a
-    first and last name."""
+    """Chinese personas are written in Chinese; English ones without CJK characters."""
     story = ("name", "topic", "backstory", "opening_line")
     if language == "zh":
         for name in story:
@@ -238,8 +237,6 @@ def _check_language(values: dict[str, Any], language: str) -> None:
         for text in value if isinstance(value, tuple) else (value,):
             if isinstance(text, str) and any(map(_is_cjk, text)):
                 raise RecordError(f"field '{name}' is not written in English")
-    if len(values["name"].split()) < 2:
-        raise RecordError(f"field 'name' is {values['name']!r}, not a first and last name")
 
 
 def parse_record(text: str, slot: Slot, language: str) -> Persona:
