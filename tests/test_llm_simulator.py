@@ -486,6 +486,7 @@ def test_structured_feel_sends_the_schema_step_two_free_text(
     assert feelings == [Feeling(6, "You listened to me.")]
     assert feel["messages"] == feel_messages(requests[0], "vanilla", "en", structured=True)
     assert feel["response_format"]["type"] == "json_schema"
+    assert feel["response_format"]["json_schema"]["name"] == "feeling"
     schema = feel["response_format"]["json_schema"]["schema"]
     assert schema["required"] == ["reason", "delta"] and not schema["additionalProperties"]
     assert schema["properties"]["delta"] == {"type": "integer", "minimum": -limit,

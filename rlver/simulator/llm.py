@@ -70,6 +70,7 @@ def feeling_schema(max_abs_delta: int) -> dict[str, Any]:
     """Step one's answer as a JSON schema: a reason (one or two sentences), then the integer
     delta within +-max_abs_delta. Reason first: the model states why before it scores."""
     return {
+        "title": "feeling",
         "type": "object",
         "properties": {
             "reason": {"type": "string", "minLength": 1, "maxLength": MAX_REASON_CHARS},
