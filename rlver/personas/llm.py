@@ -28,7 +28,7 @@ import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, get_type_hints
+from typing import Any, get_type_hints
 
 from rlver.completions import Chat, CompletionBackend, CompletionError, StructuredOutputsRefused
 from rlver.data import load
@@ -389,14 +389,9 @@ def _local_model(source: str, stack: contextlib.ExitStack) -> str:
     return source
 
 
-def build_llm_sets(
-    cfg: Any, backend: Optional[CompletionBackend] = None
-) -> tuple[list[Persona], list[Persona], list[dict[str, str]]]:
-    """(train, test, their metadata) for the `personas` config node with source=llm;
-    `backend` instead of the configured one, if given."""
-    with contextlib.ExitStack() as stack:
-        if backend is None:
-            backend = stack.enter_context(_backend(cfg.llm))
+def build_llm_sets(cfg: Any) -> tuple[list[Persona], list[Persona], list[dict[str, str]]]:
+    """(train, test, their metadata) for the `personas` config node with source=llm."""
+    with _backend(cfg.llm) as backend:
         made = generate_personas(
             {"train": int(cfg.num_train), "test": int(cfg.num_test)}, backend.complete,
             seed=int(cfg.seed), language=str(cfg.language),
