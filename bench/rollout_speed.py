@@ -84,6 +84,7 @@ sys.path.insert(0, str(ROOT))  # bench.servers: the fake endpoint
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout: the results
 
 from rlver.chat import ChatTokens  # noqa: E402
+from rlver.completions import OpenAIHTTPBackend  # noqa: E402
 from rlver.config import derive_seed  # noqa: E402
 from rlver.config_schema import SimulatorConfig, TemplateConfig  # noqa: E402
 from rlver.dialogue import (  # noqa: E402
@@ -99,7 +100,6 @@ from rlver.engines.vllm import VLLMEngine, step_recorder  # noqa: E402
 from rlver.personas import generate  # noqa: E402
 from rlver.simulator import Simulator  # noqa: E402
 from rlver.simulator.llm import LLMSimulator  # noqa: E402
-from rlver.simulator.llm_backends import OpenAIHTTPBackend  # noqa: E402
 from rlver.simulator.prompts import FAREWELL_MARKER  # noqa: E402
 from rlver.simulator.protocol import ProtocolSettings  # noqa: E402
 

@@ -32,12 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # bench.servers: the loopback servers
 
 from bench.servers import SERVED_NAME, fixed_latency_server, vllm_server  # noqa: E402
+from rlver.completions import OpenAIHTTPBackend, VLLMEngineBackend  # noqa: E402
 from rlver.config_schema import SimulatorConfig  # noqa: E402
 from rlver.personas import generate  # noqa: E402
 from rlver.simulator import Message, SimRequest, Simulator  # noqa: E402
 from rlver.simulator.heuristic import HeuristicSimulator  # noqa: E402
 from rlver.simulator.llm import LLMSimulator  # noqa: E402
-from rlver.simulator.llm_backends import OpenAIHTTPBackend, VLLMEngineBackend  # noqa: E402
 
 #: The embedded model, as the tests prepare it.
 EMBEDDED_MODEL = ROOT / ".cache" / "test-model" / "smollm2-135m-instruct"

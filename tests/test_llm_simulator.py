@@ -26,6 +26,7 @@ from typing import Any, Optional
 import pytest
 
 from bench.servers import FakeChatServer, Reply, cpu_friendly_env, free_port, vllm_server
+from rlver.completions import CompletionError, OpenAIHTTPBackend
 from rlver.config_schema import SimulatorConfig
 from rlver.errors import RlverInputError
 from rlver.personas import Persona
@@ -34,13 +35,11 @@ from rlver.simulator.llm import (
     MAX_ABS_DELTA,
     MAX_REASON_CHARS,
     AnswerFormatError,
-    CompletionError,
     LLMSimulator,
     attempt_seed,
     parse_feeling,
     parse_utterance,
 )
-from rlver.simulator.llm_backends import OpenAIHTTPBackend
 from rlver.simulator.prompts import (
     FAREWELL_MARKER,
     fallback_utterance,
@@ -487,6 +486,7 @@ def test_structured_feel_sends_the_schema_step_two_free_text(
     assert feelings == [Feeling(6, "You listened to me.")]
     assert feel["messages"] == feel_messages(requests[0], "vanilla", "en", structured=True)
     assert feel["response_format"]["type"] == "json_schema"
+    assert feel["response_format"]["json_schema"]["name"] == "feeling"
     schema = feel["response_format"]["json_schema"]["schema"]
     assert schema["required"] == ["reason", "delta"] and not schema["additionalProperties"]
     assert schema["properties"]["delta"] == {"type": "integer", "minimum": -limit,

@@ -2,7 +2,8 @@
 
 `schema` is the persona record and its Parquet files; `generator` makes English personas
 from the tables in `rlver/data/personas/`; `rlver_profiles` imports the original work's
-Chinese profiles; `stage` writes the train and test sets a config describes.
+Chinese profiles; `llm` has a model write them (English or Chinese); `stage` writes the
+train and test sets a config describes.
 """
 
 from rlver.personas.generator import (

@@ -15,7 +15,7 @@ from typing import Any
 from rlver.data import load
 from rlver.errors import RlverInputError
 from rlver.io import jsonl_records
-from rlver.personas.schema import Persona
+from rlver.personas.schema import Persona, persona_problems
 
 _DATA = load("personas/rlver_profiles.yaml")
 
@@ -181,7 +181,7 @@ def persona_from_profile(
     name = _sheet_field(player, "姓名")
     age_m = re.search(r"\d+", _sheet_field(player, "年龄"))
     lines = _scene_lines(scene)
-    return Persona(
+    persona = Persona(
         persona_id=row["id"].strip(),
         language="zh",
         name=name,
@@ -200,6 +200,10 @@ def persona_from_profile(
         opening_line=(row.get("first_talk") or "").strip(),
         source="rlver",
     )
+    problems = persona_problems(persona)
+    if problems:
+        raise RlverInputError(f"{where}: {problems[0]}. Fix: correct that line.")
+    return persona
 
 
 def import_rlver_jsonl(

@@ -58,11 +58,42 @@ class Persona:
     #: Words that show a reply engages with this persona's story (names, places, events).
     keywords: tuple[str, ...]
     opening_line: str
-    #: `generated` or `rlver`.
+    #: `generated`, `rlver` or `llm`.
     source: str = field(default="generated")
 
 
 PERSONA_FIELDS = tuple(f.name for f in fields(Persona))
+_LIST_FIELDS = ("traits", "details", "keywords")
+
+
+def persona_problems(p: Persona) -> list[str]:
+    """What makes a record unusable whatever its source (each problem names the field):
+    a known language, character type and need, an id, strings and tuples of strings."""
+    from rlver.config import PERSONA_LANGUAGES
+
+    out = []
+    for f in fields(Persona):
+        value = getattr(p, f.name)
+        if f.name in _LIST_FIELDS:
+            if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+                out.append(f"field '{f.name}' must be a tuple of strings")
+        elif f.name == "age":
+            if not isinstance(value, int) or not (value == -1 or 0 <= value <= 130):
+                out.append(f"field 'age' must be -1 (unknown) or 0-130, got {value!r}")
+        elif not isinstance(value, str):
+            out.append(f"field '{f.name}' must be a string, got {type(value).__name__}")
+    if out:
+        return out
+    if not p.persona_id.strip():
+        out.append("field 'persona_id' is empty")
+    if p.language not in PERSONA_LANGUAGES:
+        out.append(f"field 'language' is {p.language!r}, not one of {PERSONA_LANGUAGES}")
+    if p.character_type not in CHARACTER_TYPES:
+        out.append(f"field 'character_type' is {p.character_type!r}, not one of "
+                   f"{CHARACTER_TYPES}")
+    if p.need not in NEEDS:
+        out.append(f"field 'need' is {p.need!r}, not one of {tuple(NEEDS)}")
+    return out
 
 _ARROW_SCHEMA = pa.schema(
     [
@@ -123,7 +154,7 @@ def read_personas(path: str | os.PathLike[str]) -> list[Persona]:
             raise RlverInputError(
                 f"{path}: row {i} lacks field(s) {missing}. Fix: rerun rule personas."
             )
-        for k in ("traits", "details", "keywords"):
+        for k in _LIST_FIELDS:
             row[k] = tuple(row[k] or ())
         out.append(Persona(**row))
     if not out:

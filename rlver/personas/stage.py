@@ -22,6 +22,8 @@ def build_persona_sets(
     test persona repeats a train persona (same name and backstory), so the benchmark is
     held out. source=rlver: the original files are imported whole (the test file must
     carry first_talk) and their sha256 is recorded, so a set traces to its source.
+    source=llm: written by the model of `cfg.llm` (rlver.personas.llm); the metadata
+    records the model, seed and language.
     """
     from rlver.config import derive_seed
     from rlver.io import sha256_file
@@ -65,9 +67,13 @@ def build_persona_sets(
             }
             for split, ps, key in (("train", train, "train_path"), ("test", test, "test_path"))
         ]
+    elif source == "llm":
+        from rlver.personas.llm import build_llm_sets
+
+        train, test, metas = build_llm_sets(cfg)
     else:
         raise RlverInputError(
-            f"config: personas.source is {source!r}. Fix: use generated or rlver."
+            f"config: personas.source is {source!r}. Fix: use generated, rlver or llm."
         )
     for out, personas, meta in ((train_out, train, metas[0]), (test_out, test, metas[1])):
         write_personas(out, personas, meta)
@@ -89,6 +95,9 @@ def check_persona_set(cfg: Any, folder: str | os.PathLike[str]) -> None:
     meta = read_persona_meta(train)
     if str(cfg.source) == "generated":
         want = {"source": "generated", "seed": str(cfg.seed), "count": str(cfg.num_train)}
+    elif str(cfg.source) == "llm":
+        want = {"source": "llm", "seed": str(cfg.seed), "count": str(cfg.num_train),
+                "language": str(cfg.language), "model": str(cfg.llm.model)}
     else:
         want = {"source": str(cfg.source), "source_path": str(cfg.train_path)}
     diff = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}

@@ -86,13 +86,13 @@ def make_simulator(cfg: Any) -> Simulator:
         return HeuristicSimulator(difficulty=cfg.difficulty)
     # LLM backends import lazily: vllm is optional and slow to import.
     if cfg.backend == "llm_http":
+        from rlver.completions import OpenAIHTTPBackend
         from rlver.simulator.llm import LLMSimulator
-        from rlver.simulator.llm_backends import OpenAIHTTPBackend
 
         return LLMSimulator(cfg, OpenAIHTTPBackend.from_config(cfg))
     if cfg.backend == "llm_vllm":
+        from rlver.completions import VLLMEngineBackend
         from rlver.simulator.llm import LLMSimulator
-        from rlver.simulator.llm_backends import VLLMEngineBackend
 
         return LLMSimulator(cfg, VLLMEngineBackend.from_config(cfg))
     raise ValueError(f"unknown simulator backend {cfg.backend!r}")

@@ -90,7 +90,7 @@ def check_endpoint(sim: Any) -> None:
     have none. Raises RlverInputError naming the endpoint, within simulator.timeout_s."""
     if sim.backend != "llm_http":
         return
-    from rlver.simulator.llm_backends import OpenAIHTTPBackend
+    from rlver.completions import OpenAIHTTPBackend
 
     problem = OpenAIHTTPBackend.from_config(sim).probe()
     if problem:
@@ -112,7 +112,7 @@ def workflow_note(sim: Any) -> str:
     backends without an endpoint."""
     if sim.backend != "llm_http":
         return ""
-    from rlver.simulator.llm_backends import OpenAIHTTPBackend
+    from rlver.completions import OpenAIHTTPBackend
 
     try:
         problem = OpenAIHTTPBackend.from_config(sim).probe(min(NOTE_TIMEOUT_S, sim.timeout_s))

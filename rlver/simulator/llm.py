@@ -2,9 +2,9 @@
 
 `LLMSimulator` builds the prompts (`prompts.py`), sends every live dialogue's call of a
 step to a completion backend at once, parses the answers and retries what failed. Two
-backends: `OpenAIHTTPBackend` (any OpenAI-compatible endpoint, requests in flight
-together up to `max_concurrency`) and `VLLMEngineBackend` (an in-process vLLM engine,
-one batched call).
+backends (`rlver.completions`): `OpenAIHTTPBackend` (any OpenAI-compatible endpoint,
+requests in flight together up to `max_concurrency`) and `VLLMEngineBackend` (an
+in-process vLLM engine, one batched call).
 
 Failures are bounded, never fatal to the shard (the original code looped forever): an
 item gets at most `1 + max_retries` attempts, whatever went wrong (HTTP 429/5xx,
@@ -32,8 +32,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Optional, Protocol, TypeVar
+from typing import Any, Optional, TypeVar
 
+from rlver.completions import Chat, CompletionBackend, CompletionError, StructuredOutputsRefused
 from rlver.config import DIFFICULTIES, ON_PARSE_ERROR
 from rlver.simulator import Feeling, SimRequest, Simulator, Utterance
 from rlver.simulator.prompts import (
@@ -50,29 +51,8 @@ MAX_ABS_DELTA = 50
 MAX_BACKOFF_S = 60.0
 #: Structured step one: the reason is at most this long (one or two sentences).
 MAX_REASON_CHARS = 240
-#: In-process vLLM engine: context and KV cache sized for CPU and small simulator models.
-VLLM_MAX_MODEL_LEN = 4096
-VLLM_KV_CACHE_BYTES = 1 << 30
 
-Chat = list[dict[str, str]]
 T = TypeVar("T")
-
-
-class CompletionError(Exception):
-    """One item's call failed. `retryable`: another attempt may succeed (a 400 or 401
-    will not)."""
-
-    def __init__(self, message: str, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-class StructuredOutputsRefused(CompletionError):
-    """The endpoint refused the JSON-schema request itself (it does not support
-    `response_format`): the same request will never succeed, free text might."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, retryable=False)
 
 
 class AnswerFormatError(ValueError):
@@ -86,22 +66,11 @@ class _Failure:
     why: str
 
 
-class CompletionBackend(Protocol):
-    """Chat completions for a batch: text per item, or that item's exception. With a
-    `schema`, each answer is constrained to that JSON schema."""
-
-    def complete(
-        self,
-        batch: list[Chat],
-        seeds: Optional[Sequence[int]] = None,
-        schema: Optional[dict[str, Any]] = None,
-    ) -> list[str | Exception]: ...
-
-
 def feeling_schema(max_abs_delta: int) -> dict[str, Any]:
     """Step one's answer as a JSON schema: a reason (one or two sentences), then the integer
     delta within +-max_abs_delta. Reason first: the model states why before it scores."""
     return {
+        "title": "feeling",
         "type": "object",
         "properties": {
             "reason": {"type": "string", "minLength": 1, "maxLength": MAX_REASON_CHARS},

@@ -1,5 +1,11 @@
-"""Completion backends of the LLM simulated user: an OpenAI-compatible HTTP endpoint and an
-in-process vLLM engine, both behind `rlver.simulator.llm.CompletionBackend`."""
+"""Chat-completion backends shared by the stages that ask an LLM: the LLM simulated user
+(`rlver.simulator.llm`) and LLM-written personas (`rlver.personas.llm`).
+
+Two backends behind one interface (`CompletionBackend`): an OpenAI-compatible HTTP
+endpoint, requests in flight together, and an in-process vLLM engine, one batched call.
+A backend answers each item with its text or that item's exception, never raises for one
+item; with a JSON schema, answers are constrained to it.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +13,45 @@ import asyncio
 import json
 import os
 from collections.abc import Sequence
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional, Protocol
 
 from rlver.engines import vllm_cpu
 from rlver.errors import RlverInputError
-from rlver.simulator.llm import (
-    VLLM_KV_CACHE_BYTES,
-    VLLM_MAX_MODEL_LEN,
-    Chat,
-    CompletionError,
-    StructuredOutputsRefused,
-)
 
-T = TypeVar("T")
+#: In-process vLLM engine: context and KV cache sized for CPU and small models.
+VLLM_MAX_MODEL_LEN = 4096
+VLLM_KV_CACHE_BYTES = 1 << 30
+
+Chat = list[dict[str, str]]
+
+
+class CompletionError(Exception):
+    """One item's call failed. `retryable`: another attempt may succeed (a 400 or 401
+    will not)."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class StructuredOutputsRefused(CompletionError):
+    """The endpoint refused the JSON-schema request itself (it does not support
+    `response_format`): the same request will never succeed, free text might."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+class CompletionBackend(Protocol):
+    """Chat completions for a batch: text per item, or that item's exception. With a
+    `schema`, each answer is constrained to that JSON schema."""
+
+    def complete(
+        self,
+        batch: list[Chat],
+        seeds: Optional[Sequence[int]] = None,
+        schema: Optional[dict[str, Any]] = None,
+    ) -> list[str | Exception]: ...
 
 
 class OpenAIHTTPBackend:
@@ -28,6 +60,7 @@ class OpenAIHTTPBackend:
     At most `max_concurrency` requests at a time; each bounded by `timeout_s` in total.
     The API key is read from the environment variable named by `api_key_env`, kept only in
     the request headers, and scrubbed from every text and error this backend returns.
+    `key` is the config group the settings come from, named in the errors.
     """
 
     def __init__(
@@ -40,12 +73,13 @@ class OpenAIHTTPBackend:
         timeout_s: float = 60.0,
         temperature: float = 0.7,
         max_tokens: int = 512,
+        key: str = "simulator",
     ) -> None:
         if not base_url:
-            raise RlverInputError("simulator.base_url is empty. Fix: set it to the endpoint, "
-                                  "e.g. simulator.base_url=http://127.0.0.1:8000/v1.")
+            raise RlverInputError(f"{key}.base_url is empty. Fix: set it to the endpoint, "
+                                  f"e.g. {key}.base_url=http://127.0.0.1:8000/v1.")
         if not model:
-            raise RlverInputError("simulator.model is empty. Fix: set it to the model name the "
+            raise RlverInputError(f"{key}.model is empty. Fix: set it to the model name the "
                                   "endpoint serves.")
         self.base_url = base_url.rstrip("/")
         self.url = self.base_url + "/chat/completions"
@@ -54,17 +88,18 @@ class OpenAIHTTPBackend:
         self.timeout_s = float(timeout_s)
         self.temperature = float(temperature)
         self.max_tokens = int(max_tokens)
-        self._secret = _api_key(api_key_env)
+        self._secret = _api_key(api_key_env, key)
         self._headers = {"Authorization": f"Bearer {self._secret}"} if self._secret else {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._clients: list[Any] = []  # httpx.AsyncClient, one per concurrency slot
         self._ssl: Any = None
 
     @classmethod
-    def from_config(cls, cfg: Any) -> OpenAIHTTPBackend:
+    def from_config(cls, cfg: Any, key: str = "simulator") -> OpenAIHTTPBackend:
+        """From a config group with the simulator's backend keys, named `key` in errors."""
         return cls(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env,
                    max_concurrency=cfg.max_concurrency, timeout_s=cfg.timeout_s,
-                   temperature=cfg.temperature, max_tokens=cfg.max_tokens)
+                   temperature=cfg.temperature, max_tokens=cfg.max_tokens, key=key)
 
     def complete(
         self,
@@ -153,8 +188,9 @@ class OpenAIHTTPBackend:
         if schema is not None:
             # Not `strict`: OpenAI's strict mode rejects maxLength; vLLM and SGLang enforce
             # the whole schema either way.
+            name = schema.get("title", "answer")
             body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": "feeling", "schema": schema}}
+                                       "json_schema": {"name": name, "schema": schema}}
         client = await free.get()
         try:
             # wait_for bounds the whole request: httpx's timeout is per read, and a
@@ -180,14 +216,14 @@ class OpenAIHTTPBackend:
         return text.replace(self._secret, "[redacted]") if self._secret else text
 
 
-def _api_key(env_name: str) -> str:
+def _api_key(env_name: str, group: str) -> str:
     if not env_name:
         return ""
     key = os.environ.get(env_name, "")
     if not key:
         raise RlverInputError(
-            f"simulator.api_key_env names the environment variable {env_name}, which is not "
-            f"set. Fix: export {env_name}=<your API key>, or set simulator.api_key_env='' "
+            f"{group}.api_key_env names the environment variable {env_name}, which is not "
+            f"set. Fix: export {env_name}=<your API key>, or set {group}.api_key_env='' "
             "for an endpoint without a key."
         )
     return key
@@ -231,10 +267,11 @@ class VLLMEngineBackend:
         max_tokens: int = 512,
         max_model_len: int = VLLM_MAX_MODEL_LEN,
         kv_cache_memory_bytes: int = VLLM_KV_CACHE_BYTES,
+        key: str = "simulator",
         **engine_kwargs: Any,
     ) -> None:
         if not model:
-            raise RlverInputError("simulator.model is empty. Fix: set it to a local model "
+            raise RlverInputError(f"{key}.model is empty. Fix: set it to a local model "
                                   "directory for the llm_vllm backend.")
         from vllm import LLM, SamplingParams
         from vllm.platforms import current_platform
@@ -250,8 +287,9 @@ class VLLMEngineBackend:
                        kv_cache_memory_bytes=kv_cache_memory_bytes, **engine_kwargs)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> VLLMEngineBackend:
-        return cls(cfg.model, temperature=cfg.temperature, max_tokens=cfg.max_tokens)
+    def from_config(cls, cfg: Any, key: str = "simulator") -> VLLMEngineBackend:
+        """From a config group with the simulator's backend keys, named `key` in errors."""
+        return cls(cfg.model, temperature=cfg.temperature, max_tokens=cfg.max_tokens, key=key)
 
     def complete(
         self,
