@@ -17,8 +17,9 @@ from rlver.digest import differences, digest
 from rlver.errors import RlverInputError
 from rlver.layout import Run
 from rlver.models import link_tree
+from rlver.schema import read_metadata
 
-from .helpers import TINY, job_counts, snakemake
+from .helpers import TINY, job_counts, preempt_after, snakemake
 
 #: Three iterations evaluated at 0, 2 and 3: blocks of two leave policy 1 unexported.
 RUN = [*TINY, "iterations=3", "evaluation.every=2"]
@@ -118,6 +119,10 @@ def test_a_block_run_writes_the_per_stage_runs_files(workdir, per_stage):
     got = digest(run)
     assert differences(per_stage, got) == []
     assert len(got) == len(per_stage) > 0
+    # the unexported policy 1 is recorded in its rollouts as its export was per stage
+    for shard in Run(run).shards(1, 2):
+        other = workdir / "results" / "per_stage" / shard.relative_to(run)
+        assert read_metadata(shard)["policy_sha256"] == read_metadata(other)["policy_sha256"]
 
 
 def _block(run: Path, personas: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -158,3 +163,25 @@ def test_a_block_killed_mid_way_resumes_and_ends_as_the_uninterrupted_run(
 def _job_logs(run: Path) -> str:
     return "".join(p.read_text() for p in sorted(
         (run / "iter_0000" / "block" / "submitit").glob("*_log.err")))
+
+
+@pytest.mark.slow
+def test_a_preempted_block_requeues_and_ends_as_the_uninterrupted_run(
+        make_tiny_run, per_stage):
+    """submitit's preemption signal (USR2) once iteration 0 is done: the job requeues
+    itself as it is, and the requeued job replays update 0 and finishes the block."""
+    from rlver.train.resident import BlockSpec, submit_block
+
+    run, personas = make_tiny_run("iterations=3", "evaluation.every=2",
+                                  "cluster.iterations_per_job=2")
+    job = submit_block(BlockSpec(str(run / "config.yaml"), 0, 2,
+                                 str(personas / "train.parquet"),
+                                 str(personas / "test.parquet")))
+    preempt_after(job, "block: iteration 0 done")
+    got = job.results()[0]
+    log = job.stderr()
+    assert "this job is preempted" in log, log[-3000:]
+    assert got["replayed"] == [0], log[-3000:]
+    want = {k: v for k, v in per_stage.items()
+            if k.startswith(("iter_0000", "iter_0001")) or k == "iter_0002/policy"}
+    assert differences(want, digest(run)) == []

@@ -63,8 +63,15 @@ class BlockSpec:
 
 
 def run_block(spec: BlockSpec) -> dict[str, Any]:
-    """Stage `block`: submit the block job (the update's allocation), wait through any
-    requeues, return rank 0's summary."""
+    """Stage `block`: submit the block job, wait through any requeues, return rank 0's
+    summary."""
+    result: dict[str, Any] = job_results(submit_block(spec))[0]
+    return result
+
+
+def submit_block(spec: BlockSpec) -> Any:
+    """Check the block and its first policy and submit its job (the update's allocation,
+    one task per rank); returns the submitit job."""
     from rlver import config as config_mod
     from rlver.models import verified_policy_sha256
 
@@ -84,8 +91,7 @@ def run_block(spec: BlockSpec) -> dict[str, Any]:
     write_json(folder / JOB_FILE, {"job_id": job.job_id, "launcher": cl.launcher})
     print(f"block iters {spec.first}-{spec.last - 1}: submitted job {job.job_id} "
           f"({cl.launcher}); logs: {job.paths.stdout.parent}", file=sys.stderr, flush=True)
-    result: dict[str, Any] = job_results(job)[0]
-    return result
+    return job
 
 
 class BlockJob(submitit.helpers.Checkpointable):
