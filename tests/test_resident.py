@@ -108,6 +108,7 @@ def per_stage(workdir) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # with the per-stage run of its fixture: two whole runs
 def test_a_block_run_writes_the_per_stage_runs_files(workdir, per_stage):
     """K=2 over 3 iterations: a block of two (policy 1 never exported, rollouts of
     iteration 1 from the policy given to the engine in memory) and a block of one."""
