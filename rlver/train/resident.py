@@ -129,14 +129,18 @@ class Block:
         for i in range(spec.first, spec.last):
             if len(done) == i - spec.first and files.complete(i):
                 done.append(i)
-        if done:
+        # With every iteration complete (a job killed before its last evaluation, say)
+        # nothing needs the trained weights: kept policies are read from disk.
+        replay = done if len(done) < spec.last - spec.first else []
+        if replay:
             S.log(self.rank, f"block: iterations {done} are complete; replaying their "
                              "updates from their rollouts")
         seconds: dict[int, float] = {}
         for i in range(spec.first, spec.last):
             t = time.perf_counter()
             if i in done:
-                self.update(i, replay=True)
+                if replay:
+                    self.update(i, replay=True)
                 continue
             if i in files.evals and not self._evaluated(i):
                 self.evaluate(i)
@@ -151,8 +155,8 @@ class Block:
             self.rollout_engine.close()
         total = time.perf_counter() - t0
         S.log(self.rank, f"block iters {spec.first}-{spec.last - 1}: {total:.1f} s "
-                         f"({len(done)} replayed)")
-        return {"first": spec.first, "last": spec.last, "replayed": done,
+                         f"({len(replay)} replayed)")
+        return {"first": spec.first, "last": spec.last, "replayed": replay,
                 "seconds": total, "iteration_seconds": seconds}
 
     def _evaluated(self, i: int) -> bool:
@@ -164,11 +168,12 @@ class Block:
         """The rollout engine holding iteration i's policy (the DeepSpeed engine's now)."""
         from rlver.engines import make_engine
 
-        ro = self.cfg.rollout
+        ro, run = self.cfg.rollout, self.spec.run
         if self.rollout_engine is None:
-            first = str(self.spec.run.policy(self.spec.first))
-            self.rollout_engine = make_engine(ro.engine, first, self.cfg.model.dtype,
-                                              dict(ro.vllm_args))
+            # A kept policy from its folder; the first policy of the block always is.
+            self.engine_policy = i if run.policy(i).exists() else self.spec.first
+            self.rollout_engine = make_engine(ro.engine, str(run.policy(self.engine_policy)),
+                                              self.cfg.model.dtype, dict(ro.vllm_args))
         if self.engine_policy != i:
             assert self.engines is not None and self.trained == i
             self.rollout_engine.load_weights(self.engines.actor.module.lm.named_parameters())
