@@ -7,8 +7,8 @@ per stage (cluster.iterations_per_job=1) and with blocks of K iterations, on thi
 Each variant runs the whole workflow (profiles/local, hf engine) in a working directory
 of its own, from the same prepared model, and its outputs are compared with the
 per-stage run's (`rlver digest`: rollouts but their timings, policies, updates,
-evaluations). An iteration's seconds are the time from the end of the previous update
-(the start of the run for iteration 0) to the end of its own (its metrics.json). `--quick`
+evaluations). An iteration's seconds (`iteration_seconds`): per stage, from the end of the
+previous update to the end of its own; in blocks, as the block job logs them. `--quick`
 shrinks the run to the tests' tiny config (6 iterations, seconds per stage).
 
 Prints a table (variant, seconds, seconds per iteration, speed-up, identical outputs) and
@@ -19,6 +19,7 @@ last `resident_speedup=<x>`: per-stage seconds / resident seconds with the large
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import time
@@ -49,9 +50,19 @@ def run_variant(workdir: Path, experiment: str, overrides: list[str], k: int
     if res.returncode != 0:
         sys.exit(f"resident bench: the K={k} run failed:\n{res.stderr[-3000:]}")
     run = Run(workdir / "results" / "bench")
-    ends = [start] + [run.update_metrics(i).stat().st_mtime for i in run.iterations()
-                      if run.update_metrics(i).exists()]
-    return took, [b - a for a, b in zip(ends, ends[1:], strict=False)], digest(run.root)
+    return took, iteration_seconds(run, k), digest(run.root)
+
+
+def iteration_seconds(run: Run, k: int) -> list[float]:
+    """Per stage: from the end of update i-1's log (the run's start for i=0) to the end
+    of update i's (Snakemake touches outputs when a job ends, so their times say nothing);
+    in blocks: the block job's own "block: iteration i done in X s" lines."""
+    if k == 1:
+        logs = [run.log("update", i) for i in run.iterations() if run.log("update", i).exists()]
+        ends = [run.config.stat().st_mtime] + [p.stat().st_mtime for p in logs]
+        return [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    text = "".join(p.read_text() for p in sorted(run.root.glob("iter_*/block/submitit/*.err")))
+    return [float(s) for s in re.findall(r"block: iteration \d+ done in ([\d.]+) s", text)]
 
 
 def main() -> None:
