@@ -186,3 +186,15 @@ def test_a_preempted_block_requeues_and_ends_as_the_uninterrupted_run(
     want = {k: v for k, v in per_stage.items()
             if k.startswith(("iter_0000", "iter_0001")) or k == "iter_0002/policy"}
     assert differences(want, digest(run)) == []
+
+
+def test_a_block_outside_the_run_is_refused_before_any_job(make_tiny_run, capsys):
+    from rlver.cli import main
+
+    run, personas = make_tiny_run("cluster.iterations_per_job=2")
+    status = main(["block", "--config", str(run / "config.yaml"), "--first", "1",
+                   "--last", "3", "--personas", str(personas / "train.parquet"),
+                   "--test-personas", str(personas / "test.parquet")])
+    assert status == 2
+    assert "--first 1 --last 3: not a block" in capsys.readouterr().err
+    assert not (run / "iter_0001" / "block").exists()
