@@ -10,9 +10,19 @@ min_version("9.0")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/rollout.smk"
-include: "workflow/rules/update.smk"
-include: "workflow/rules/evaluate.smk"
+# One job per stage, or resident blocks of cluster.iterations_per_job iterations (one
+# rule per block, writing the same files; two rules for one file would be ambiguous).
+if CFG.cluster.iterations_per_job == 1:
+
+    include: "workflow/rules/rollout.smk"
+    include: "workflow/rules/update.smk"
+    include: "workflow/rules/evaluate.smk"
+
+else:
+
+    include: "workflow/rules/block.smk"
+
+
 include: "workflow/rules/report.smk"
 
 

@@ -108,6 +108,12 @@ def cmd_update(a: argparse.Namespace) -> None:
                           a.update_dir))
 
 
+def cmd_block(a: argparse.Namespace) -> None:
+    from rlver.train.resident import BlockSpec, run_block
+
+    run_block(BlockSpec(a.config, a.first, a.last, a.personas, a.test_personas))
+
+
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from rlver.evaluate import evaluate_policy
 
@@ -204,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rollouts", nargs="+", required=True)
     s.add_argument("--out-policy", required=True)
     s.add_argument("--update-dir", required=True)
+
+    s = add("block", cmd_block, "rollouts, updates and evaluations of iterations "
+            "[first, last) in one job, engines kept in memory (submitted through submitit)")
+    s.add_argument("--config", required=True)
+    s.add_argument("--first", type=int, required=True)
+    s.add_argument("--last", type=int, required=True, help="exclusive")
+    s.add_argument("--personas", required=True, help="train persona Parquet")
+    s.add_argument("--test-personas", required=True, help="test persona Parquet")
 
     s = add("evaluate", cmd_evaluate, "benchmark dialogues and metrics for one policy")
     s.add_argument("--config", required=True)

@@ -285,6 +285,7 @@ def _ranges(cfg: DictConfig) -> list[Check]:
         ("algorithm.zero_stage", alg.zero_stage in {0, 1, 2, 3}, "0, 1, 2 or 3"),
         ("cluster.signal_delay_s", cl.signal_delay_s >= 0, "0 or more"),
         ("cluster.max_requeues", cl.max_requeues >= 0, "0 or more"),
+        ("cluster.iterations_per_job", cl.iterations_per_job >= 1, "at least 1"),
         *((f"cluster.{job}.{key}", getattr(cl[job], key) >= low, f"at least {low}")
           for job in ("rollout", "evaluate")
           for key, low in (("gpus", 0), ("cpus", 1), ("mem_mb", 1), ("runtime_min", 1))),
@@ -346,6 +347,25 @@ def _combinations(cfg: DictConfig) -> list[Check]:
             alg.keep_state_iterations >= (1 if alg.name == "ppo" else 0),
             "at least 1 with ppo (the critic carries over), else at least 0",
         ),
+        *_resident(cfg),
+    ]
+
+
+def _resident(cfg: DictConfig) -> list[Check]:
+    """What a resident block (cluster.iterations_per_job > 1) does not support yet."""
+    if cfg.cluster.iterations_per_job == 1:
+        return []
+    alg = cfg.algorithm
+    return [
+        ("algorithm.name", alg.name != "ppo",
+         "grpo with cluster.iterations_per_job > 1 (a resident block does not carry PPO's "
+         "critic yet; set cluster.iterations_per_job=1)"),
+        ("algorithm.keep_state_iterations", alg.keep_state_iterations >= 1,
+         "at least 1 with cluster.iterations_per_job > 1 (a block carries the optimizer "
+         "state from update to update, as the per-stage updates do when it is kept)"),
+        ("rollout.engine", cfg.rollout.engine == "hf",
+         "hf with cluster.iterations_per_job > 1 (a block hands each new policy to the hf "
+         "engine in memory; vllm in a block is not wired yet)"),
     ]
 
 
@@ -385,7 +405,8 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "simulator.max_fallback_rate": 0.05,
                               "cluster.rollout": _JOB_DEFAULTS, "cluster.evaluate": _JOB_DEFAULTS,
                               "personas.language": "en", "personas.max_attempts": 4,
-                              "personas.llm": dataclasses.asdict(PersonaLLMConfig())}
+                              "personas.llm": dataclasses.asdict(PersonaLLMConfig()),
+                              "cluster.iterations_per_job": 1}
 
 
 #: Keys a run may change when it continues. None of them changes a file already written,

@@ -315,6 +315,10 @@ class ClusterConfig:
     max_requeues: int = 3
     #: Extra sbatch parameters, e.g. {constraint: a100}.
     slurm_additional_parameters: dict[str, Any] = field(default_factory=dict)
+    #: Iterations run by one job (a resident block: rollouts, updates and evaluations of
+    #: K iterations with the engines kept in memory, docs/update.md). 1: one job per
+    #: stage. The block job has the update job's allocation.
+    iterations_per_job: int = 1
     #: The rollout jobs (one per shard) and the evaluate jobs (one per evaluated policy).
     rollout: JobResources = field(default_factory=JobResources)
     evaluate: JobResources = field(default_factory=JobResources)

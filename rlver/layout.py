@@ -10,6 +10,8 @@ of a run (README, "What a run produces") is written in one place:
     results/<run>/iter_<i>/update/                     update i: metrics.json,
         submitit/, job.json, state/, critic/, resume/
     results/<run>/iter_<i>/eval/                       metrics.json, dialogues.parquet
+    results/<run>/iter_<i>/block/                      the job of a resident block
+        starting at i (cluster.iterations_per_job > 1): submitit/, job.json
     results/<run>/tensorboard/                         every stage's scalars, one
         event file per stage, iteration and shard (rlver/scalars.py)
     results/<run>/report/, results/<run>/logs/
@@ -148,6 +150,11 @@ class Run:
     def resume(self, i: Index) -> Path:
         """Update i's checkpoint at a preemption, for its requeued job."""
         return self.update_dir(i) / "resume"
+
+    def block_dir(self, first: Index) -> Path:
+        """The job of the resident block that starts at iteration `first`: submitit/,
+        job.json."""
+        return self.iteration(first) / "block"
 
     def eval_dir(self, i: Index) -> Path:
         return self.iteration(i) / "eval"

@@ -57,14 +57,17 @@ def shard_specs(
 
 def rollout_shard(
     config_path: str, iteration: int, shard: int, policy_dir: str, personas_path: str,
-    out_path: str, engine: Optional[Engine] = None,
+    out_path: str, engine: Optional[Engine] = None, policy_sha256: Optional[str] = None,
 ) -> None:
     """Stage `rollout`: write one shard of iteration `iteration`'s training dialogues.
 
-    `engine`: an engine already holding the policy at `policy_dir` (tests, benchmarks);
-    by default one is started for this shard and closed after it. An HTTP simulator's
-    endpoint is checked first; the shard fails, writing nothing, if more of its simulator
-    turns fell back than simulator.max_fallback_rate (rlver.simulator.health)."""
+    `engine`: an engine already holding the policy at `policy_dir` (tests, benchmarks,
+    resident blocks); by default one is started for this shard and closed after it.
+    `policy_sha256`: the weights' sha256 of the engine's policy when `policy_dir` was not
+    written (a resident block's policy that is not kept), as its export would record it.
+    An HTTP simulator's endpoint is checked first; the shard fails, writing nothing, if
+    more of its simulator turns fell back than simulator.max_fallback_rate
+    (rlver.simulator.health)."""
     from rlver import config as config_mod
     from rlver.engines import make_engine
     from rlver.models import verified_policy_sha256
@@ -72,7 +75,7 @@ def rollout_shard(
     from rlver.schema import write_trajectories
 
     cfg = config_mod.load(config_path)
-    policy_sha = verified_policy_sha256(policy_dir)
+    policy_sha = policy_sha256 or verified_policy_sha256(policy_dir)
     ro = cfg.rollout
     if not 0 <= shard < ro.shards:
         raise ValueError(f"shard {shard} outside 0..{ro.shards - 1}")

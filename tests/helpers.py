@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from submitit.local.local import LocalJobEnvironment
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -118,6 +119,25 @@ def start_cluster(*partitions: str) -> Iterator[None]:
         time.sleep(1)
     yield
     subprocess.run(["scancel", *where], check=False)
+
+
+def preempt_after(job, text: str, timeout_s: float = 600) -> None:
+    """Once rank 0 has logged `text`, send submitit's preemption signal to every task of
+    the job: what submitit's local controller does at a timeout, and Slurm on preemption.
+
+    (`LocalJob._interrupt()` signals the controller process instead; in submitit 1.5.4
+    the controller has no handler for that signal and dies of it, so no task hears it.)
+    """
+    deadline = time.monotonic() + timeout_s
+    while text not in (job.stderr() or ""):
+        assert job.state == "RUNNING", f"job ended before '{text}':\n{job.stderr()}"
+        assert time.monotonic() < deadline, f"no '{text}' in {timeout_s} s"
+        time.sleep(0.1)
+    pid = job._process.pid
+    tasks = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert tasks, "the job has no running tasks"
+    for task in tasks:
+        os.kill(int(task), LocalJobEnvironment._usr_sig())
 
 
 class CharTokenizer:

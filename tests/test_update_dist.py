@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from submitit.local.local import LocalJobEnvironment
 
 from rlver.digest import column_hashes
 from rlver.layout import Run
@@ -26,7 +25,15 @@ from rlver.models import link_tree
 from rlver.train import UpdateSpec, run_update, submit_update
 
 from . import helpers as h
-from .helpers import CLUSTER, SLURM_DIR, SLURM_UPDATE, squeue, start_cluster, update_spec
+from .helpers import (
+    CLUSTER,
+    SLURM_DIR,
+    SLURM_UPDATE,
+    preempt_after,
+    squeue,
+    start_cluster,
+    update_spec,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -46,25 +53,6 @@ def make_spec(workdir: Path, base_model: Path, rows: list[dict], name: str,
               *overrides: str) -> UpdateSpec:
     """A run `name` whose iteration 0 has `rows` as its rollouts, under `overrides`."""
     return update_spec(workdir, base_model, rows, name, *STEPS, *overrides)
-
-
-def preempt_after(job, text: str, timeout_s: float = 600) -> None:
-    """Once rank 0 has logged `text`, send submitit's preemption signal to every task of
-    the job: what submitit's local controller does at a timeout, and Slurm on preemption.
-
-    (`LocalJob._interrupt()` signals the controller process instead; in submitit 1.5.4
-    the controller has no handler for that signal and dies of it, so no task hears it.)
-    """
-    deadline = time.monotonic() + timeout_s
-    while text not in (job.stderr() or ""):
-        assert job.state == "RUNNING", f"job ended before '{text}':\n{job.stderr()}"
-        assert time.monotonic() < deadline, f"no '{text}' in {timeout_s} s"
-        time.sleep(0.1)
-    pid = job._process.pid
-    tasks = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    assert tasks, "the job has no running tasks"
-    for task in tasks:
-        os.kill(int(task), LocalJobEnvironment._usr_sig())
 
 
 def weights(policy_dir: str) -> dict[str, torch.Tensor]:

@@ -85,8 +85,9 @@ def check_inputs(spec: UpdateSpec) -> None:
             )
 
 
-def job_parameters(cfg: Any, iteration: int) -> dict[str, Any]:
-    """submitit's parameters for the update job, from `cluster.*`."""
+def job_parameters(cfg: Any, iteration: int, stage: str = "update") -> dict[str, Any]:
+    """submitit's parameters for the update job (or a resident block's, `stage`), from
+    `cluster.*`."""
     cl = cfg.cluster
     params: dict[str, Any] = {
         "timeout_min": cl.timeout_min,
@@ -94,7 +95,7 @@ def job_parameters(cfg: Any, iteration: int) -> dict[str, Any]:
         "tasks_per_node": cl.tasks_per_node,
         # local: the GPUs the job sees (CUDA_VISIBLE_DEVICES=0..n-1; 0 runs on the CPU).
         "gpus_per_node": cl.gpus_per_node,
-        "name": f"rlver-update-{cfg.run}-{layout.it(iteration)}",
+        "name": f"rlver-{stage}-{cfg.run}-{layout.it(iteration)}",
     }
     if cl.launcher == "slurm":
         params |= {

@@ -70,20 +70,39 @@ def export(spec: UpdateSpec, cfg: Any, actor: Any, critic: Any, tokenizer: Any,
     """Write iter_{i+1}/policy, and the state for update i+1 unless this was the run's
     last update or retention keeps none; returns this rank's hash of its weights (several
     ranks only)."""
-    from rlver.io import atomic_path
+    policy_sha, weights_hash = export_policy(spec, cfg, actor, tokenizer, rank)
+    if spec.iteration + 1 >= cfg.iterations or cfg.algorithm.keep_state_iterations == 0:
+        return weights_hash
+    save_state(spec, cfg, actor, critic, policy_sha, rank)
+    return weights_hash
+
+
+def export_policy(spec: UpdateSpec, cfg: Any, actor: Any, tokenizer: Any, rank: int,
+                  out_dir: Optional[Path] = None) -> tuple[Optional[str], Optional[str]]:
+    """Write the policy to `out_dir` (default iter_{i+1}/policy; rank 0 writes); returns
+    its weights' sha256 (rank 0; None elsewhere) and this rank's hash of its weights
+    (several ranks only)."""
     from rlver.models import save_policy
+
+    state = full_state(actor, cfg.algorithm.zero_stage)
+    lm_state = None if state is None else {k.removeprefix("lm."): v for k, v in state.items()}
+    policy_sha = None
+    if rank == 0:
+        policy_sha = save_policy(actor.module.lm, tokenizer, out_dir or spec.out_policy_dir,
+                                 spec.iteration, state_dict=lm_state)
+    # Ranks hold replicas of the weights (ZeRO 0-2): their hashes show they agree.
+    weights_hash = state_hash(state) if torch.distributed.get_world_size() > 1 else None
+    return policy_sha, weights_hash
+
+
+def save_state(spec: UpdateSpec, cfg: Any, actor: Any, critic: Any,
+               policy_sha: Optional[str], rank: int) -> None:
+    """All ranks: the optimizer state (and PPO's critic) for update i+1, in
+    iter_i/update/state (and critic/), with trainer.json naming the policy it belongs to."""
+    from rlver.io import atomic_path
     from rlver.train.critic import save_critic
 
     alg = cfg.algorithm
-    state = full_state(actor, alg.zero_stage)
-    lm_state = None if state is None else {k.removeprefix("lm."): v for k, v in state.items()}
-    if rank == 0:
-        policy_sha = save_policy(actor.module.lm, tokenizer, spec.out_policy_dir, spec.iteration,
-                    state_dict=lm_state)
-    # Ranks hold replicas of the weights (ZeRO 0-2): their hashes show they agree.
-    weights_hash = state_hash(state) if torch.distributed.get_world_size() > 1 else None
-    if spec.iteration + 1 >= cfg.iterations or alg.keep_state_iterations == 0:
-        return weights_hash
     update_dir = Path(spec.update_dir)
     partial = update_dir / ".state.partial"
     _save_engines(partial, actor, critic, "state", rank)
@@ -99,7 +118,6 @@ def export(spec: UpdateSpec, cfg: Any, actor: Any, critic: Any, tokenizer: Any,
                 "policy_sha256": policy_sha}
         (partial / "trainer.json").write_text(json.dumps(info, indent=2) + "\n")
         _replace_dir(partial, update_dir / "state")
-    return weights_hash
 
 
 def _save_engines(partial: Path, actor: Any, critic: Any, tag: str, rank: int) -> None:

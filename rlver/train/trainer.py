@@ -14,8 +14,9 @@ import os
 import shutil
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 
@@ -26,27 +27,79 @@ from rlver.io import write_json
 from rlver.train import metrics as M
 from rlver.train import state as S
 from rlver.train.advantages import advantages
-from rlver.train.batch import action_positions, collate, rollout_terms
+from rlver.train.batch import Terms, action_positions, collate, rollout_terms
 from rlver.train.engines import PolicyLM, make_engine
 from rlver.train.launch import Preemption, UpdateSpec
 from rlver.train.losses import STAT_KEYS, actor_loss, critic_loss
-from rlver.train.plan import make_plan
+from rlver.train.plan import Step, make_plan
+
+#: What an update writes besides its metrics (`finish`).
+Export = Literal["all", "policy", "none"]
+
+
+@dataclass
+class Batch:
+    """One update's rollout rows and the plan of its optimizer steps on this rank."""
+
+    rows: list[dict[str, Any]]
+    lengths: list[int]
+    plan: list[Step]
+    zero_spread: dict[str, bool]
+
+    @property
+    def grad_accum(self) -> int:
+        return max(len(s.micro) for s in self.plan)
+
+
+@dataclass
+class Engines:
+    """The DeepSpeed engines of one rank: the policy (`actor`) and PPO's critic."""
+
+    actor: Any
+    critic: Any
+    tokenizer: Any
+    pad_id: int
 
 
 def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
           preemption: Optional[Preemption] = None) -> dict[str, Any]:
     """The update on this rank. Every rank returns its weights' hash; rank 0's result is
     the metrics (also written to metrics.json)."""
+    t0 = time.perf_counter()
+    rank, world, device = start(cfg)
+    resume_dir = Path(spec.update_dir) / "resume"
+    if rank == 0 and not resume:
+        shutil.rmtree(resume_dir, ignore_errors=True)  # a leftover of a killed job
+    batch = read_batch(spec, cfg, rank, world)
+    engines = open_engines(spec, cfg, batch.grad_accum, world, rank)
+
+    # --- where to start: a preempted job's checkpoint, or update i-1's optimizer state
+    progress = S.load_resume(resume_dir, engines.actor, engines.critic, world) if resume else None
+    if progress is not None:
+        terms = torch.load(resume_dir / "terms.pt", weights_only=True)
+        carried = bool(progress.steps and progress.steps[0].get("carried_state"))
+        S.log(rank, f"update iter {spec.iteration}: resumed at step {progress.next_step + 1}"
+                    f"/{len(batch.plan)} from {resume_dir}")
+    else:
+        progress = S.Progress()
+        carried = S.load_carried(spec, engines.actor, engines.critic, rank)
+        reference = None
+        if cfg.algorithm.kl_coef > 0:
+            from rlver.models import load_policy
+
+            reference = PolicyLM(load_policy(spec.reference_dir)[0]).to(device)
+        terms = batch_terms(batch, cfg, engines, reference, rank, world, device)
+    t_train = optimize(spec, cfg, engines, batch, terms, progress, carried, rank, world,
+                       device, preemption, t0)
+    return finish(spec, cfg, engines, batch, terms, progress, rank, world, t0, t_train,
+                  export="all")
+
+
+def start(cfg: Any) -> tuple[int, int, torch.device]:
+    """Seeds, threads, torch.distributed and the device of this rank: (rank, world,
+    device)."""
     import deepspeed
 
-    from rlver.models import load_policy
-    from rlver.schema import read_rows
-    from rlver.train.critic import critic_from_policy, load_critic
-
-    # --- set-up: seeds, threads, torch.distributed, the device
-    t0 = time.perf_counter()
-    alg = cfg.algorithm
-    ppo = alg.name == "ppo"
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(max(1, cfg.cluster.cpus_per_task))
     flush_subnormals()
@@ -56,27 +109,33 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
     if torch.cuda.is_available():
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
         torch.cuda.set_device(device)
-    update_dir = Path(spec.update_dir)
-    resume_dir = update_dir / "resume"
-    if rank == 0 and not resume:
-        shutil.rmtree(resume_dir, ignore_errors=True)  # a leftover of a killed job
+    return rank, world, device
 
-    # --- the rollouts and the plan of optimizer steps (epochs x mini-batches)
+
+def read_batch(spec: UpdateSpec, cfg: Any, rank: int, world: int) -> Batch:
+    """The update's rollouts and the plan of its optimizer steps (epochs x mini-batches)."""
+    from rlver.schema import read_rows
+
     rows = read_rows(list(spec.rollout_paths))
     lengths = [len(r["input_ids"]) for r in rows]
     actions = [len(action_positions(r)) for r in rows]
-    plan = make_plan(lengths, actions, alg, cfg.seed, spec.iteration, rank, world)
-    grad_accum = max(len(s.micro) for s in plan)
-    per_iter = len(plan)
-    # The schedule of the plan the run was frozen with: an extended run keeps its warm-up.
-    total_steps = config_mod.schedule_iterations(spec.config_path) * per_iter
+    plan = make_plan(lengths, actions, cfg.algorithm, cfg.seed, spec.iteration, rank, world)
+    return Batch(rows, lengths, plan, M.zero_spread_groups(rows))
 
-    # --- the engines: the policy, and PPO's critic (carried from update i-1 if kept)
+
+def open_engines(spec: UpdateSpec, cfg: Any, grad_accum: int, world: int,
+                 rank: int) -> Engines:
+    """The policy at spec.policy_dir, and PPO's critic (carried from update i-1 if kept),
+    as DeepSpeed engines."""
+    from rlver.models import load_policy
+    from rlver.train.critic import critic_from_policy, load_critic
+
+    alg = cfg.algorithm
     model, tokenizer = load_policy(spec.policy_dir, "float32")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     actor = make_engine(PolicyLM(model), alg, alg.lr, grad_accum, world)
     critic = None
-    if ppo:
+    if alg.name == "ppo":
         carried_critic = spec.iteration > 0 and (
             spec.run.critic(spec.iteration - 1) / "model.safetensors").is_file()
         value_model = (load_critic(spec.run.critic(spec.iteration - 1)) if carried_critic
@@ -85,46 +144,49 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
             f"carried from {spec.run.critic(spec.iteration - 1)}" if carried_critic
             else "new: the policy's backbone with a zero value head"))
         critic = make_engine(value_model, alg, alg.critic_lr, grad_accum, world)
+    return Engines(actor, critic, tokenizer, pad_id)
 
-    # --- where to start: a preempted job's checkpoint, or update i-1's optimizer state
-    progress = S.load_resume(resume_dir, actor, critic, world) if resume else None
-    if progress is not None:
-        terms = torch.load(resume_dir / "terms.pt", weights_only=True)
-        carried = bool(progress.steps and progress.steps[0].get("carried_state"))
-        S.log(rank, f"update iter {spec.iteration}: resumed at step {progress.next_step + 1}"
-                    f"/{per_iter} from {resume_dir}")
-    else:
-        progress = S.Progress()
-        carried = S.load_carried(spec, actor, critic, rank)
-        # --- rollout terms (critic values, reference log-probs), then the advantages
-        fixed: dict[int, dict[str, torch.Tensor]] = {}
-        if ppo or alg.kl_coef > 0:
-            reference = None
-            if alg.kl_coef > 0:
-                reference = PolicyLM(load_policy(spec.reference_dir)[0]).to(device)
-            fixed = rollout_terms(rows, alg, critic, reference, cfg.rollout.temperature,
-                                  rank, world, pad_id, device)
-        terms = advantages(rows, fixed, alg)
-    zero_spread = M.zero_spread_groups(rows)
 
-    # --- the optimizer steps
+def batch_terms(batch: Batch, cfg: Any, engines: Engines, reference: Any, rank: int,
+                world: int, device: torch.device) -> Terms:
+    """The rollout terms (critic values, reference log-probs), then the advantages."""
+    alg = cfg.algorithm
+    fixed: Terms = {}
+    if alg.name == "ppo" or alg.kl_coef > 0:
+        fixed = rollout_terms(batch.rows, alg, engines.critic, reference,
+                              cfg.rollout.temperature, rank, world, engines.pad_id, device)
+    return advantages(batch.rows, fixed, alg)
+
+
+def optimize(spec: UpdateSpec, cfg: Any, engines: Engines, batch: Batch, terms: Terms,
+             progress: S.Progress, carried: bool, rank: int, world: int,
+             device: torch.device, preemption: Optional[Preemption], t0: float) -> float:
+    """The optimizer steps of the plan from progress.next_step on (recorded in
+    `progress`); on a preemption, a checkpoint to update/resume and a requeue. Returns
+    when the steps began (perf_counter)."""
+    alg = cfg.algorithm
+    actor, critic = engines.actor, engines.critic
+    rows, lengths, plan = batch.rows, batch.lengths, batch.plan
+    per_iter = len(plan)
+    # The schedule of the plan the run was frozen with: an extended run keeps its warm-up.
+    total_steps = config_mod.schedule_iterations(spec.config_path) * per_iter
     t_train = time.perf_counter()
     for k in range(progress.next_step, per_iter):
         step = plan[k]
         global_step = spec.iteration * per_iter + k
         lrs = {"lr": A.warmup_lr(global_step, total_steps, alg.lr, alg.warmup_ratio)}
-        engines = {"actor": actor}
+        engines_now = {"actor": actor}
         if critic is not None:
-            engines["critic"] = critic
+            engines_now["critic"] = critic
             lrs["critic_lr"] = A.warmup_lr(global_step, total_steps, alg.critic_lr,
                                            alg.critic_warmup_ratio)
-        for name, engine in engines.items():
+        for name, engine in engines_now.items():
             for group in engine.optimizer.param_groups:
                 group["lr"] = lrs["lr" if name == "actor" else "critic_lr"]
         batches = (collate([rows[r] for r in mb.rows], [terms[r] for r in mb.rows], mb.weight,
-                           pad_id, device) for mb in step.micro)
-        sums, norms = optimizer_step(engines, batches, len(step.micro), world / max(1, step.tokens),
-                                     alg, cfg.rollout.temperature)
+                           engines.pad_id, device) for mb in step.micro)
+        sums, norms = optimizer_step(engines_now, batches, len(step.micro),
+                                     world / max(1, step.tokens), alg, cfg.rollout.temperature)
         progress.tokens_seen += sum(lengths[r] for mb in step.micro if mb.weight for r in mb.rows)
         all_reduce(sums)
         tok = max(1.0, sums[-1].item())
@@ -134,7 +196,7 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
             "carried_state": carried}
         if critic is not None:
             record["critic_grad_norm"] = norms.get("critic", math.nan)
-        record |= M.health(rows, terms, step.rows, zero_spread)
+        record |= M.health(rows, terms, step.rows, batch.zero_spread)
         progress.steps.append(record)
         progress.next_step = k + 1
         S.log(rank, f"update iter {spec.iteration}: step {k + 1}/{per_iter}: loss "
@@ -143,24 +205,43 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
         if preemption is not None and k + 1 < per_iter and any_rank(preemption.requested):
             progress.seconds += time.perf_counter() - t0
             progress.train_seconds += time.perf_counter() - t_train
-            S.save_resume(resume_dir, actor, critic, terms, progress, rank)
+            S.save_resume(Path(spec.update_dir) / "resume", actor, critic, terms, progress,
+                          rank)
             preemption.requeue(rank)
     progress.train_seconds += time.perf_counter() - t_train
+    return t_train
 
-    # --- export the new policy (and the state for update i+1), metrics, retention
+
+def finish(spec: UpdateSpec, cfg: Any, engines: Engines, batch: Batch, terms: Terms,
+           progress: S.Progress, rank: int, world: int, t0: float, t_train: float,
+           export: Export) -> dict[str, Any]:
+    """The export (`export`: "all", the new policy and the state for update i+1, then
+    retention; "policy"; "none"), then the metrics (rank 0). Every rank returns its
+    weights' hash; rank 0 the metrics."""
+    alg = cfg.algorithm
+    per_iter = len(batch.plan)
     t_export = time.perf_counter()
-    weights_hash = S.export(spec, cfg, actor, critic, tokenizer, rank)
+    weights_hash = None
+    if export == "all":
+        weights_hash = S.export(spec, cfg, engines.actor, engines.critic, engines.tokenizer,
+                                rank)
+    elif export == "policy":
+        weights_hash = S.export_policy(spec, cfg, engines.actor, engines.tokenizer, rank)[1]
+    elif world > 1:
+        weights_hash = S.state_hash(S.full_state(engines.actor, alg.zero_stage))
     t_export = time.perf_counter() - t_export
     if rank != 0:
         torch.distributed.barrier()
         return {"rank": rank, "weights_sha256": weights_hash}
-    metrics = M.summary(spec.iteration, cfg, rows, terms, zero_spread, progress, t0, world)
+    metrics = M.summary(spec.iteration, cfg, batch.rows, terms, batch.zero_spread, progress,
+                        t0, world)
     metrics["weights_sha256"] = weights_hash
     scalars.write(layout.Run.of_config(spec.config_path), "update", spec.iteration,
                   M.points(metrics, spec.iteration * per_iter))
-    write_json(update_dir / "metrics.json", metrics)
-    shutil.rmtree(resume_dir, ignore_errors=True)
-    S.retention(spec, alg.keep_state_iterations)
+    write_json(Path(spec.update_dir) / "metrics.json", metrics)
+    shutil.rmtree(Path(spec.update_dir) / "resume", ignore_errors=True)
+    if export == "all":
+        S.retention(spec, alg.keep_state_iterations)
     torch.distributed.barrier()
     S.log(rank, f"update iter {spec.iteration}: loss {metrics['loss']:.4f}, reward "
                 f"{metrics['reward_mean']:.3f}, grad norm {metrics['grad_norm']:.3f}, "

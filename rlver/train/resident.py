@@ -1,0 +1,288 @@
+"""A resident block: the rollouts, updates and evaluations of iterations [first, last) in
+one job (`cluster.iterations_per_job`), one process per rank, with the engines kept in
+memory: the DeepSpeed engine is created once and carries the optimizer state from update
+to update; the rollout engine is created once and takes each new policy in memory
+(`Engine.load_weights`). The files are those of the per-stage rules, byte for byte
+(rlver/blocks.py names them): each stage runs the same functions with the same threads.
+
+Policies are exported only where they are kept; a policy that is not kept is hashed as
+its export would be (written to memory-backed scratch and deleted), for its rollouts'
+metadata. The trainer state of the block's last update is saved at the block's end.
+
+A restarted block (killed, preempted and requeued, or rerun by hand) skips the
+iterations whose files are complete: it restores the state saved at the block's start
+(update first-1's) and replays those updates from their stored rollouts (the update is
+deterministic), then continues, so it ends with the uninterrupted block's files.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import submitit
+import torch
+
+from rlver import layout
+from rlver.blocks import BlockFiles, block_files
+from rlver.engines import Engine
+from rlver.errors import RlverInputError
+from rlver.io import write_json
+from rlver.train import state as S
+from rlver.train import trainer as T
+from rlver.train.launch import UpdateSpec, job_parameters, job_results
+from rlver.train.orphans import JOB_FILE, cancel_earlier_job
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """Everything a block job needs; plain data so submitit can pickle it."""
+
+    config_path: str
+    first: int
+    last: int
+    personas: str
+    test_personas: str
+
+    @property
+    def run(self) -> layout.Run:
+        return layout.Run.of_config(self.config_path)
+
+    def update(self, i: int, shards: int) -> UpdateSpec:
+        """The spec of iteration i's update, as the per-stage rule would give it."""
+        run = self.run
+        return UpdateSpec(self.config_path, i, str(run.policy(i)),
+                          tuple(str(p) for p in run.shards(i, shards)),
+                          str(run.policy(i + 1)), str(run.update_dir(i)))
+
+
+def run_block(spec: BlockSpec) -> dict[str, Any]:
+    """Stage `block`: submit the block job, wait through any requeues, return rank 0's
+    summary."""
+    result: dict[str, Any] = job_results(submit_block(spec))[0]
+    return result
+
+
+def submit_block(spec: BlockSpec) -> Any:
+    """Check the block and its first policy and submit its job (the update's allocation,
+    one task per rank); returns the submitit job."""
+    from rlver import config as config_mod
+    from rlver.models import verified_policy_sha256
+
+    cfg = config_mod.load(spec.config_path)
+    if not 0 <= spec.first < spec.last <= cfg.iterations:
+        raise RlverInputError(
+            f"--first {spec.first} --last {spec.last}: not a block of {spec.config_path}'s "
+            f"{cfg.iterations} iterations. Fix: 0 <= first < last <= iterations.")
+    verified_policy_sha256(spec.run.policy(spec.first))  # a damaged policy, named here
+    cl = cfg.cluster
+    folder = spec.run.block_dir(spec.first)
+    executor = submitit.AutoExecutor(folder=folder / "submitit", cluster=cl.launcher,
+                                     slurm_max_num_timeout=cl.max_requeues)
+    executor.update_parameters(**job_parameters(cfg, spec.first, stage="block"))
+    cancel_earlier_job(folder)
+    job = executor.submit(BlockJob(), spec)
+    write_json(folder / JOB_FILE, {"job_id": job.job_id, "launcher": cl.launcher})
+    print(f"block iters {spec.first}-{spec.last - 1}: submitted job {job.job_id} "
+          f"({cl.launcher}); logs: {job.paths.stdout.parent}", file=sys.stderr, flush=True)
+    return job
+
+
+class BlockJob(submitit.helpers.Checkpointable):
+    """The submitit job body, run once per rank. On preemption or timeout submitit
+    requeues it as it is (`checkpoint`, inherited); the requeued job resumes from the
+    files (module docstring)."""
+
+    def __call__(self, spec: BlockSpec) -> dict[str, Any]:
+        from rlver import config as config_mod
+
+        submitit.helpers.TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=False, overwrite=True)
+        return Block(spec, config_mod.load(spec.config_path)).run()
+
+
+class Block:
+    """The loop of one block on one rank (`run`), and the engines it keeps."""
+
+    def __init__(self, spec: BlockSpec, cfg: Any) -> None:
+        self.spec, self.cfg = spec, cfg
+        self.files: BlockFiles = block_files(cfg, spec.run, spec.first, spec.last)
+        self.engines: Optional[T.Engines] = None
+        self.reference: Any = None
+        self.rollout_engine: Optional[Engine] = None
+        #: The iteration whose policy the rollout engine holds.
+        self.engine_policy = spec.first
+        #: The iteration whose policy the DeepSpeed engine holds.
+        self.trained = spec.first
+
+    def run(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        spec, files = self.spec, self.files
+        self.rank, self.world, self.device = T.start(self.cfg)
+        done: list[int] = []
+        for i in range(spec.first, spec.last):
+            if len(done) == i - spec.first and files.complete(i):
+                done.append(i)
+        # With every iteration complete (a job killed before its last evaluation, say)
+        # nothing needs the trained weights: kept policies are read from disk.
+        replay = done if len(done) < spec.last - spec.first else []
+        if replay:
+            S.log(self.rank, f"block: iterations {done} are complete; replaying their "
+                             "updates from their rollouts")
+        seconds: dict[int, float] = {}
+        for i in range(spec.first, spec.last):
+            t = time.perf_counter()
+            if i in done:
+                if replay:
+                    self.update(i, replay=True)
+                continue
+            if i in files.evals and not self._evaluated(i):
+                self.evaluate(i)
+            self.rollouts(i)
+            self.update(i, replay=False)
+            seconds[i] = time.perf_counter() - t
+            S.log(self.rank, f"block: iteration {i} done in {seconds[i]:.1f} s")
+        if spec.last in files.evals and not self._evaluated(spec.last):
+            self.evaluate(spec.last)
+        torch.distributed.barrier()
+        if self.rollout_engine is not None:
+            self.rollout_engine.close()
+        total = time.perf_counter() - t0
+        S.log(self.rank, f"block iters {spec.first}-{spec.last - 1}: {total:.1f} s "
+                         f"({len(replay)} replayed)")
+        return {"first": spec.first, "last": spec.last, "replayed": replay,
+                "seconds": total, "iteration_seconds": seconds}
+
+    def _evaluated(self, i: int) -> bool:
+        return all(p.exists() for p in self.files.evals[i])
+
+    # --- the rollout engine, given each new policy in memory
+
+    def engine_for(self, i: int) -> Engine:
+        """The rollout engine holding iteration i's policy (the DeepSpeed engine's now)."""
+        from rlver.engines import make_engine
+
+        ro, run = self.cfg.rollout, self.spec.run
+        if self.rollout_engine is None:
+            # A kept policy from its folder; the first policy of the block always is.
+            self.engine_policy = i if run.policy(i).exists() else self.spec.first
+            self.rollout_engine = make_engine(ro.engine, str(run.policy(self.engine_policy)),
+                                              self.cfg.model.dtype, dict(ro.vllm_args))
+        if self.engine_policy != i:
+            assert self.engines is not None and self.trained == i
+            self.rollout_engine.load_weights(self.engines.actor.module.lm.named_parameters())
+            self.engine_policy = i
+        return self.rollout_engine
+
+    def rollouts(self, i: int) -> None:
+        """Iteration i's missing shards, rank r taking shards r, r+world, ..."""
+        from rlver.rollout import rollout_shard
+
+        run, shards = self.spec.run, self.cfg.rollout.shards
+        missing = [s for s in range(shards) if not run.shard(i, s).exists()]
+        sha = None
+        if missing and not run.policy(i).exists():
+            sha = self.unexported_sha256()
+        mine = [s for s in missing if s % self.world == self.rank]
+        if mine:
+            engine = self.engine_for(i)
+            with stage_threads(self.cfg.cluster.rollout.cpus):
+                for s in mine:
+                    rollout_shard(self.spec.config_path, i, s, str(run.policy(i)),
+                                  self.spec.personas, str(run.shard(i, s)), engine=engine,
+                                  policy_sha256=sha)
+        torch.distributed.barrier()
+
+    def evaluate(self, i: int) -> None:
+        """Iteration i's evaluation, on rank 0 (its policy is kept, so on disk)."""
+        from rlver.evaluate import evaluate_policy
+
+        if self.rank == 0:
+            engine = self.engine_for(i)
+            with stage_threads(self.cfg.cluster.evaluate.cpus):
+                evaluate_policy(self.spec.config_path, i, str(self.spec.run.policy(i)),
+                                self.spec.test_personas, str(self.spec.run.eval_dir(i)),
+                                engine=engine)
+        torch.distributed.barrier()
+
+    def unexported_sha256(self) -> Optional[str]:
+        """The sha256 the DeepSpeed engine's policy would have as an export (rank 0 writes
+        it to scratch, hashes it and deletes it), on every rank."""
+        from rlver.io import weights_sha256
+
+        assert self.engines is not None
+        state = S.full_state(self.engines.actor, self.cfg.algorithm.zero_stage)
+        box: list[Optional[str]] = [None]
+        if self.rank == 0:
+            assert state is not None
+            lm_state = {k.removeprefix("lm."): v for k, v in state.items()}
+            with tempfile.TemporaryDirectory(dir=scratch_dir()) as tmp:
+                self.engines.actor.module.lm.save_pretrained(
+                    tmp, state_dict=lm_state, safe_serialization=True)
+                box[0] = weights_sha256(tmp)
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    # --- the update, as train() runs it, on the engines kept from the last one
+
+    def update(self, i: int, replay: bool) -> None:
+        """Update i: the optimizer steps on its rollouts; unless `replay`, its export
+        (kept policies; the state at the block's end) and metrics."""
+        cfg, rank, world = self.cfg, self.rank, self.world
+        t0 = time.perf_counter()
+        spec = self.spec.update(i, cfg.rollout.shards)
+        torch.manual_seed(cfg.seed)
+        torch.set_num_threads(max(1, cfg.cluster.cpus_per_task))
+        T.flush_subnormals()
+        batch = T.read_batch(spec, cfg, rank, world)
+        if self.engines is None:
+            self.engines = T.open_engines(spec, cfg, batch.grad_accum, world, rank)
+            carried = S.load_carried(spec, self.engines.actor, self.engines.critic, rank)
+        else:
+            carried = True
+            for engine in (self.engines.actor, self.engines.critic):
+                if engine is not None:
+                    engine.set_train_batch_size(batch.grad_accum * world)
+        if cfg.algorithm.kl_coef > 0 and self.reference is None:
+            from rlver.models import load_policy
+            from rlver.train.engines import PolicyLM
+
+            self.reference = PolicyLM(load_policy(spec.reference_dir)[0]).to(self.device)
+        terms = T.batch_terms(batch, cfg, self.engines, self.reference, rank, world,
+                              self.device)
+        progress = S.Progress()
+        t_train = T.optimize(spec, cfg, self.engines, batch, terms, progress, carried, rank,
+                             world, self.device, None, t0)
+        self.trained = i + 1
+        if replay:
+            return
+        last = i + 1 == self.spec.last
+        export: T.Export = ("all" if last else
+                            "policy" if i + 1 in self.files.policies else "none")
+        T.finish(spec, cfg, self.engines, batch, terms, progress, rank, world, t0, t_train,
+                 export)
+
+
+@contextmanager
+def stage_threads(n: int) -> Iterator[None]:
+    """Threads and float mode of a rollout or evaluation in the block's process: `n`
+    threads (as the stage's own job) and subnormals kept (the update flushes them, a
+    rollout job does not); the update's flushing is restored afterwards."""
+    torch.set_num_threads(max(1, n))
+    torch.set_flush_denormal(False)
+    try:
+        yield
+    finally:
+        T.flush_subnormals()
+
+
+def scratch_dir() -> Optional[str]:
+    """Memory-backed scratch for hashing an unkept policy, where there is one."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+

@@ -1,0 +1,200 @@
+"""Resident blocks (cluster.iterations_per_job): the plan of blocks and their files, the
+config's refusals, and, end to end (slow), a block run's outputs against the per-stage
+run's, and a block killed mid-way and rerun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlver import config
+from rlver.blocks import block_files, blocks
+from rlver.digest import differences, digest
+from rlver.errors import RlverInputError
+from rlver.layout import Run
+from rlver.models import link_tree
+from rlver.schema import read_metadata
+
+from .helpers import TINY, job_counts, preempt_after, snakemake
+
+#: Three iterations evaluated at 0, 2 and 3: blocks of two leave policy 1 unexported.
+RUN = [*TINY, "iterations=3", "evaluation.every=2"]
+
+
+def test_blocks_cover_the_iterations_in_order():
+    assert blocks(5, 2) == [(0, 2), (2, 4), (4, 5)]
+    assert blocks(3, 3) == [(0, 3)]
+    assert blocks(2, 5) == [(0, 2)]
+    assert blocks(3, 1) == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_block_files_are_the_per_stage_outputs_of_its_iterations():
+    cfg = config.compose("smoke", ["iterations=5", "evaluation.every=2",
+                                   "cluster.iterations_per_job=2"])
+    run = Run("results/r")
+    first = block_files(cfg, run, 0, 2)
+    assert sorted(first.rollouts) == [0, 1] and first.rollouts[1] == run.shards(1, 2)
+    assert sorted(first.metrics) == [0, 1]
+    assert first.policies == {2: run.policy(2)}  # policy 1 is neither evaluated nor last
+    assert first.evals == {0: (run.eval_metrics(0), run.eval_dialogues(0))}
+    middle = block_files(cfg, run, 2, 4)
+    assert sorted(middle.policies) == [4] and sorted(middle.evals) == [2]
+    last = block_files(cfg, run, 4, 5)  # the run's last block also evaluates the final policy
+    assert sorted(last.policies) == [5] and sorted(last.evals) == [4, 5]
+    assert len(last.all()) == 2 + 1 + 1 + 4
+    keep_all = config.compose("smoke", ["iterations=5", "evaluation.every=2",
+                                        "algorithm.keep_policies=all"])
+    assert sorted(block_files(keep_all, run, 0, 2).policies) == [1, 2]
+
+
+def test_an_iteration_is_complete_when_all_its_files_are_there(tmp_path):
+    cfg = config.compose("smoke", ["iterations=2", "cluster.iterations_per_job=2"])
+    files = block_files(cfg, Run(tmp_path), 0, 2)
+    want = [*files.rollouts[0], files.metrics[0], files.policies[1], *files.evals[0]]
+    for path in want[:-1]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    assert not files.complete(0)
+    want[-1].parent.mkdir(parents=True, exist_ok=True)
+    want[-1].touch()
+    assert files.complete(0) and not files.complete(1)
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["cluster.iterations_per_job=0"], "cluster.iterations_per_job must be at least 1"),
+    (["algorithm=ppo", "cluster.iterations_per_job=2"], "algorithm.name must be grpo"),
+    (["algorithm.keep_state_iterations=0", "cluster.iterations_per_job=2"],
+     "algorithm.keep_state_iterations must be at least 1 with cluster.iterations_per_job"),
+    (["rollout.engine=vllm", "cluster.iterations_per_job=2"], "rollout.engine must be hf"),
+])
+def test_unsupported_blocks_are_refused_naming_the_key(overrides, key):
+    with pytest.raises(RlverInputError, match=key):
+        config.compose("smoke", overrides)
+
+
+def test_the_default_leaves_the_frozen_config_and_its_hash_as_they_were():
+    cfg = config.compose("smoke")
+    assert cfg.cluster.iterations_per_job == 1
+    assert "iterations_per_job" not in config.to_container(cfg)["cluster"]
+    blocked = config.compose("smoke", ["cluster.iterations_per_job=2"])
+    assert config.to_container(blocked)["cluster"]["iterations_per_job"] == 2
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, base_model) -> Path:
+    wd = tmp_path_factory.mktemp("resident")
+    link_tree(base_model, wd / "resources" / "models" / base_model.name)
+    return wd
+
+
+def test_the_dag_has_one_rule_per_block_instead_of_the_stages(workdir):
+    res = snakemake(workdir, "dag", [*RUN, "cluster.iterations_per_job=2"], args=("-n",))
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = job_counts(res.stderr)
+    assert counts["block_0000"] == 1 and counts["block_0002"] == 1
+    assert not {"rollout", "update_0000", "evaluate"} & set(counts)
+
+
+@pytest.fixture(scope="module")
+def per_stage(workdir) -> dict:
+    """The per-stage run's digest (one job per stage)."""
+    res = snakemake(workdir, "per_stage", RUN)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return digest(workdir / "results" / "per_stage")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # with the per-stage run of its fixture: two whole runs
+def test_a_block_run_writes_the_per_stage_runs_files(workdir, per_stage):
+    """K=2 over 3 iterations: a block of two (policy 1 never exported, rollouts of
+    iteration 1 from the policy given to the engine in memory) and a block of one."""
+    res = snakemake(workdir, "resident", [*RUN, "cluster.iterations_per_job=2"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert job_counts(res.stderr)["block_0000"] == 1
+    run = workdir / "results" / "resident"
+    assert not (run / "iter_0001" / "policy").exists()
+    got = digest(run)
+    assert differences(per_stage, got) == []
+    assert len(got) == len(per_stage) > 0
+    # the unexported policy 1 is recorded in its rollouts as its export was per stage
+    for shard in Run(run).shards(1, 2):
+        other = workdir / "results" / "per_stage" / shard.relative_to(run)
+        assert read_metadata(shard)["policy_sha256"] == read_metadata(other)["policy_sha256"]
+
+
+def _block(run: Path, personas: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "rlver.cli", "block", "--config", str(run / "config.yaml"),
+           "--first", "0", "--last", "2", "--personas", str(personas / "train.parquet"),
+           "--test-personas", str(personas / "test.parquet")]
+    return subprocess.run(cmd, capture_output=True, text=True, env=os.environ | env,
+                          timeout=900)
+
+
+@pytest.mark.slow
+def test_a_block_killed_mid_way_resumes_and_ends_as_the_uninterrupted_run(
+        make_tiny_run, per_stage):
+    """Killed (SIGKILL) in the first optimizer step of the block's second update; rerun,
+    it keeps iteration 0's files, replays update 0 from its rollouts and ends with the
+    per-stage run's files."""
+    run, personas = make_tiny_run("iterations=3", "evaluation.every=2",
+                                  "cluster.iterations_per_job=2")
+    killed = _block(run, personas, {"RLVER_KILL_AT": "update.step_end@1"})
+    assert killed.returncode != 0
+    assert "killed at update.step_end" in killed.stderr + _job_logs(run)
+    layout = Run(run)
+    done = [*layout.shards(0, 2), layout.update_metrics(0), layout.eval_metrics(0),
+            *layout.shards(1, 2)]
+    assert all(p.exists() for p in done) and not layout.update_metrics(1).exists()
+    before = {p: p.stat().st_mtime_ns for p in done}
+    rerun = _block(run, personas, {})
+    assert rerun.returncode == 0, rerun.stderr[-3000:] + _job_logs(run)[-3000:]
+    assert "iterations [0] are complete; replaying" in _job_logs(run)
+    assert {p: p.stat().st_mtime_ns for p in done} == before
+    got = digest(run)
+    want = {k: v for k, v in per_stage.items()
+            if k.startswith(("iter_0000", "iter_0001")) or k == "iter_0002/policy"}
+    assert differences(want, got) == []
+    assert (layout.state(1) / "trainer.json").is_file()  # for the next block
+
+
+def _job_logs(run: Path) -> str:
+    return "".join(p.read_text() for p in sorted(
+        (run / "iter_0000" / "block" / "submitit").glob("*_log.err")))
+
+
+@pytest.mark.slow
+def test_a_preempted_block_requeues_and_ends_as_the_uninterrupted_run(
+        make_tiny_run, per_stage):
+    """submitit's preemption signal (USR2) once iteration 0 is done: the job requeues
+    itself as it is, and the requeued job replays update 0 and finishes the block."""
+    from rlver.train.resident import BlockSpec, submit_block
+
+    run, personas = make_tiny_run("iterations=3", "evaluation.every=2",
+                                  "cluster.iterations_per_job=2")
+    job = submit_block(BlockSpec(str(run / "config.yaml"), 0, 2,
+                                 str(personas / "train.parquet"),
+                                 str(personas / "test.parquet")))
+    preempt_after(job, "block: iteration 0 done")
+    got = job.results()[0]
+    log = job.stderr()
+    assert "this job is preempted" in log, log[-3000:]
+    assert got["replayed"] == [0], log[-3000:]
+    want = {k: v for k, v in per_stage.items()
+            if k.startswith(("iter_0000", "iter_0001")) or k == "iter_0002/policy"}
+    assert differences(want, digest(run)) == []
+
+
+def test_a_block_outside_the_run_is_refused_before_any_job(make_tiny_run, capsys):
+    from rlver.cli import main
+
+    run, personas = make_tiny_run("cluster.iterations_per_job=2")
+    status = main(["block", "--config", str(run / "config.yaml"), "--first", "1",
+                   "--last", "3", "--personas", str(personas / "train.parquet"),
+                   "--test-personas", str(personas / "test.parquet")])
+    assert status == 2
+    assert "--first 1 --last 3: not a block" in capsys.readouterr().err
+    assert not (run / "iter_0001" / "block").exists()
