@@ -33,14 +33,14 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	touch $@
 
 run: setup
-	$(BIN)/snakemake --profile profiles/local
+	$(BIN)/snakemake --profile profiles/local --config experiment=default
 
 # Two pytest workers, a whole test file to each (module fixtures such as a vLLM server or
 # a finished workflow run are made once), slowest files first (tests/conftest.py): a third
 # of a one-worker run's time is one core waiting on a start-up, a subprocess or a server
 # while the other is idle. One worker: 31 min here; two: 21 (docs/performance.md).
 test: setup
-	$(BIN)/pytest -ra --durations=30 -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/pytest -ra --durations=30 -n 2 --dist loadfile --no-loadscope-reorder -m "not long"
 
 # The unit tests alone: everything not marked slow (the real workflow, vLLM servers,
 # DeepSpeed jobs, the Slurm cluster), one file to each of two workers.

@@ -108,6 +108,7 @@ def per_stage(workdir) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 20-30 min together here: outside make test, run with -m long
 @pytest.mark.timeout(1800)  # with the per-stage run of its fixture: two whole runs
 def test_a_block_run_writes_the_per_stage_runs_files(workdir, per_stage):
     """K=2 over 3 iterations: a block of two (policy 1 never exported, rollouts of
@@ -135,6 +136,7 @@ def _block(run: Path, personas: Path, env: dict[str, str]) -> subprocess.Complet
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 20-30 min together here: outside make test, run with -m long
 def test_a_block_killed_mid_way_resumes_and_ends_as_the_uninterrupted_run(
         make_tiny_run, per_stage):
     """Killed (SIGKILL) in the first optimizer step of the block's second update; rerun,
@@ -167,6 +169,7 @@ def _job_logs(run: Path) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 20-30 min together here: outside make test, run with -m long
 def test_a_preempted_block_requeues_and_ends_as_the_uninterrupted_run(
         make_tiny_run, per_stage):
     """submitit's preemption signal (USR2) once iteration 0 is done: the job requeues
