@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 
 from rlver.layout import Run  # noqa: E402
+from rlver.metrics import paired_gain  # noqa: E402
 
 
 def run_seed(workdir: Path, seed: int) -> float:
@@ -65,11 +65,9 @@ def seed_scores(run: Run) -> tuple[dict[int, float], float, float]:
         if m.is_file():
             scores[i] = json.loads(m.read_text())["score"]
     first, last = min(scores), max(scores)
-    a, b = final_emotions(run.eval_dialogues(first)), final_emotions(run.eval_dialogues(last))
-    diffs = [b[k] - a[k] for k in a]
-    mean = sum(diffs) / len(diffs)
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
-    return scores, scores[last] - scores[first], sd / math.sqrt(len(diffs))
+    _, se, _ = paired_gain(final_emotions(run.eval_dialogues(first)),
+                           final_emotions(run.eval_dialogues(last)))
+    return scores, scores[last] - scores[first], se
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,3 +35,18 @@ def round_half_up(value: Decimal, places: int = 1) -> Decimal:
 def exact_mean(values: Sequence[int | Decimal]) -> Decimal:
     """The mean without float error, so the half-up rounding sees the true value."""
     return sum((Decimal(v) for v in values), Decimal(0)) / Decimal(len(values))
+
+
+def paired_gain(before: dict[str, int], after: dict[str, int]) -> tuple[float, float, int]:
+    """Mean change of the final emotion from `before` to `after` over the personas both
+    scored (persona -> final emotion), its paired standard error, and their number.
+
+    Paired because a benchmark scores the same personas at every evaluation: the spread of
+    the per-persona changes, not of the scores, is what a gain is measured against."""
+    common = sorted(before.keys() & after.keys())
+    if len(common) < 2:
+        raise ValueError(f"a paired gain needs >= 2 personas scored twice, got {len(common)}")
+    diffs = [after[k] - before[k] for k in common]
+    mean = sum(diffs) / len(diffs)
+    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean, (var / len(diffs)) ** 0.5, len(diffs)

@@ -10,6 +10,7 @@ import pytest
 from rlver import config as rconfig
 from rlver.errors import RlverInputError
 from rlver.io import write_json, write_text
+from rlver.metrics import paired_gain
 from rlver.reporting.report import build_report
 from rlver.schema import write_trajectories
 
@@ -153,6 +154,12 @@ def test_full_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     # One reward column; a two-step run says what it can and cannot show.
     assert "<th>train reward</th>" in page and "update reward" not in page
     assert "2 optimizer steps (lr 2e-06)" in page and "say nothing about the method" in page
+    # The learning curve's gain, measured against its own swing (paired over personas).
+    ends = [{r["persona_id"]: r["final_emotion"] for r in _dialogues(i) if r["sample"] == 0}
+            for i in (0, 2)]
+    gain, se, n = paired_gain(*ends)
+    assert f"iteration 0 to 2: {gain:+.1f} points" in page
+    assert f"same {n} benchmark personas; paired standard error {se:.1f}" in page
     _check_pngs(out)
     assert "report: wrote" in capsys.readouterr().err
     # Deterministic: a rebuild gives identical files.
@@ -160,6 +167,15 @@ def test_full_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     build_report(run_dir, out)
     assert {n: (out / n).read_bytes() for n in first} == first
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report.tmp")]
+
+
+def test_paired_gain_is_the_mean_change_and_its_standard_error() -> None:
+    gain, se, n = paired_gain({"a": 10, "b": 20, "c": 30, "gone": 0},
+                              {"a": 14, "b": 22, "c": 36, "new": 99})
+    assert (gain, n) == (4.0, 3)  # changes 4, 2, 6 over the personas scored twice
+    assert se == pytest.approx(2.0 / 3 ** 0.5)  # sd 2 over sqrt(3)
+    with pytest.raises(ValueError, match="2 personas"):
+        paired_gain({"a": 1}, {"a": 2})
 
 
 def test_report_without_eval_or_update(tmp_path: Path) -> None:

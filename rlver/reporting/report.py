@@ -25,6 +25,7 @@ from rlver import config as rconfig
 from rlver import faults, layout
 from rlver.errors import RlverInputError
 from rlver.io import atomic_path, read_json_object
+from rlver.metrics import paired_gain
 from rlver.reporting import health, plots
 from rlver.reporting import table as rtable
 from rlver.schema import OUTCOMES, read_metadata
@@ -417,6 +418,36 @@ def _scope_note(cfg: dict[str, Any], iterations: list[_Iteration]) -> str:
     )
 
 
+def _gain_note(evaluated: list[_Iteration]) -> str:
+    """The held-out score's change from the first to the last evaluation, measured against
+    its own swing: the paired standard error over the benchmark's personas."""
+    if len(evaluated) < 2:
+        return ""
+    first, last = evaluated[0], evaluated[-1]
+    before, after = (
+        {r["persona_id"]: int(r["final_emotion"])
+         for r in _read_eval_rows(it.eval_dialogues_path)}
+        for it in (first, last)
+    )
+    try:
+        gain, se, n = paired_gain(before, after)
+    except ValueError:
+        return ""
+    verdict = (
+        "more than twice its standard error: the policy improved on these personas"
+        if gain > 2 * se else
+        "within twice its standard error: the benchmark's own swing; more iterations "
+        "(or more benchmark personas) are needed to tell"
+    )
+    return (
+        f"<p>Held-out score from iteration {first.index} to {last.index}: {gain:+.1f} points "
+        f"(mean final emotion of the same {n} benchmark personas; paired standard error "
+        f"{se:.1f}), {verdict}. Each point is one greedy dialogue per persona, so neighbouring "
+        "evaluations can move by a few points without the policy getting better or worse "
+        "(docs/results.md has a longer run's curve).</p>"
+    )
+
+
 def _fallbacks(it: _Iteration) -> str:
     """The share of simulator turns that fell back, in the rollouts and the evaluation."""
     train = it.train_fallback_rate
@@ -576,6 +607,7 @@ def _render_page(
             paper_table,
             "<h2>Learning curve</h2>",
             _img("learning_curve.png", images["learning_curve.png"], "learning curve"),
+            _gain_note([it for it in iterations if it.eval_dialogues_path is not None]),
             "<h2>Training health</h2>",
             "<p>Per update: reply length in tokens, the share of replies cut at "
             "<code>rollout.max_new_tokens</code>, the share of GRPO groups whose rewards "
