@@ -357,9 +357,6 @@ def _resident(cfg: DictConfig) -> list[Check]:
         return []
     alg = cfg.algorithm
     return [
-        ("algorithm.name", alg.name != "ppo",
-         "grpo with cluster.iterations_per_job > 1 (a resident block does not carry PPO's "
-         "critic yet; set cluster.iterations_per_job=1)"),
         ("algorithm.keep_state_iterations", alg.keep_state_iterations >= 1,
          "at least 1 with cluster.iterations_per_job > 1 (a block carries the optimizer "
          "state from update to update, as the per-stage updates do when it is kept)"),

@@ -66,7 +66,6 @@ def test_an_iteration_is_complete_when_all_its_files_are_there(tmp_path):
 
 @pytest.mark.parametrize(("overrides", "key"), [
     (["cluster.iterations_per_job=0"], "cluster.iterations_per_job must be at least 1"),
-    (["algorithm=ppo", "cluster.iterations_per_job=2"], "algorithm.name must be grpo"),
     (["algorithm.keep_state_iterations=0", "cluster.iterations_per_job=2"],
      "algorithm.keep_state_iterations must be at least 1 with cluster.iterations_per_job"),
     (["rollout.engine=vllm", "cluster.iterations_per_job=2"], "rollout.engine must be hf"),
@@ -125,6 +124,25 @@ def test_a_block_run_writes_the_per_stage_runs_files(workdir, per_stage):
     for shard in Run(run).shards(1, 2):
         other = workdir / "results" / "per_stage" / shard.relative_to(run)
         assert read_metadata(shard)["policy_sha256"] == read_metadata(other)["policy_sha256"]
+
+
+@pytest.mark.slow
+@pytest.mark.long  # two whole runs, about 6 min here
+@pytest.mark.timeout(1800)
+def test_a_ppo_block_run_writes_the_per_stage_runs_files(workdir):
+    """PPO: the critic's DeepSpeed engine is kept through the block like the actor's,
+    and the next block opens it from the critic saved at the block's end."""
+    ppo = [*RUN, "algorithm=ppo"]
+    res = snakemake(workdir, "ppo_per_stage", ppo)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = snakemake(workdir, "ppo_resident", [*ppo, "cluster.iterations_per_job=2"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    second = workdir / "results" / "ppo_resident" / "iter_0002" / "block" / "submitit"
+    assert "critic carried from" in "".join(p.read_text() for p in second.glob("*_log.err"))
+    want = digest(workdir / "results" / "ppo_per_stage")
+    got = digest(workdir / "results" / "ppo_resident")
+    assert differences(want, got) == []
+    assert len(got) == len(want) > 0
 
 
 def _block(run: Path, personas: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -1,9 +1,10 @@
 """A resident block: the rollouts, updates and evaluations of iterations [first, last) in
 one job (`cluster.iterations_per_job`), one process per rank, with the engines kept in
-memory: the DeepSpeed engine is created once and carries the optimizer state from update
-to update; the rollout engine is created once and takes each new policy in memory
-(`Engine.load_weights`). The files are those of the per-stage rules, byte for byte
-(rlver/blocks.py names them): each stage runs the same functions with the same threads.
+memory: the DeepSpeed engines (the policy's and PPO's critic) are created once and carry
+the optimizer state from update to update; the rollout engine is created once and takes
+each new policy in memory (`Engine.load_weights`). The files are those of the per-stage
+rules, byte for byte (rlver/blocks.py names them): each stage runs the same functions with
+the same threads.
 
 Policies are exported only where they are kept; a policy that is not kept is hashed as
 its export would be (written to memory-backed scratch and deleted), for its rollouts'
