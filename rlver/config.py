@@ -286,6 +286,7 @@ def _ranges(cfg: DictConfig) -> list[Check]:
         ("cluster.signal_delay_s", cl.signal_delay_s >= 0, "0 or more"),
         ("cluster.max_requeues", cl.max_requeues >= 0, "0 or more"),
         ("cluster.iterations_per_job", cl.iterations_per_job >= 1, "at least 1"),
+        ("cluster.state_every", cl.state_every >= 0, "0 or more"),
         *((f"cluster.{job}.{key}", getattr(cl[job], key) >= low, f"at least {low}")
           for job in ("rollout", "evaluate")
           for key, low in (("gpus", 0), ("cpus", 1), ("mem_mb", 1), ("runtime_min", 1))),
@@ -403,7 +404,7 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "cluster.rollout": _JOB_DEFAULTS, "cluster.evaluate": _JOB_DEFAULTS,
                               "personas.language": "en", "personas.max_attempts": 4,
                               "personas.llm": dataclasses.asdict(PersonaLLMConfig()),
-                              "cluster.iterations_per_job": 1}
+                              "cluster.iterations_per_job": 1, "cluster.state_every": 0}
 
 
 #: Keys a run may change when it continues. None of them changes a file already written,

@@ -319,6 +319,11 @@ class ClusterConfig:
     #: K iterations with the engines kept in memory, docs/update.md). 1: one job per
     #: stage. The block job has the update job's allocation.
     iterations_per_job: int = 1
+    #: In a block, also save the trainer state after every `state_every` updates (0: only
+    #: at the block's end). A restarted block continues from the newest saved state and
+    #: replays fewer updates; each save costs a checkpoint (about 2 GB at 135M, 107 GB at
+    #: 7B with Adam state).
+    state_every: int = 0
     #: The rollout jobs (one per shard) and the evaluate jobs (one per evaluated policy).
     rollout: JobResources = field(default_factory=JobResources)
     evaluate: JobResources = field(default_factory=JobResources)

@@ -66,6 +66,7 @@ def test_an_iteration_is_complete_when_all_its_files_are_there(tmp_path):
 
 @pytest.mark.parametrize(("overrides", "key"), [
     (["cluster.iterations_per_job=0"], "cluster.iterations_per_job must be at least 1"),
+    (["cluster.state_every=-1"], "cluster.state_every must be 0 or more"),
     (["algorithm.keep_state_iterations=0", "cluster.iterations_per_job=2"],
      "algorithm.keep_state_iterations must be at least 1 with cluster.iterations_per_job"),
     (["rollout.engine=vllm", "cluster.iterations_per_job=2"], "rollout.engine must be hf"),
@@ -78,7 +79,7 @@ def test_unsupported_blocks_are_refused_naming_the_key(overrides, key):
 def test_the_default_leaves_the_frozen_config_and_its_hash_as_they_were():
     cfg = config.compose("smoke")
     assert cfg.cluster.iterations_per_job == 1
-    assert "iterations_per_job" not in config.to_container(cfg)["cluster"]
+    assert not {"iterations_per_job", "state_every"} & set(config.to_container(cfg)["cluster"])
     blocked = config.compose("smoke", ["cluster.iterations_per_job=2"])
     assert config.to_container(blocked)["cluster"]["iterations_per_job"] == 2
 
@@ -145,9 +146,10 @@ def test_a_ppo_block_run_writes_the_per_stage_runs_files(workdir):
     assert len(got) == len(want) > 0
 
 
-def _block(run: Path, personas: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _block(run: Path, personas: Path, env: dict[str, str], last: int = 2
+           ) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "rlver.cli", "block", "--config", str(run / "config.yaml"),
-           "--first", "0", "--last", "2", "--personas", str(personas / "train.parquet"),
+           "--first", "0", "--last", str(last), "--personas", str(personas / "train.parquet"),
            "--test-personas", str(personas / "test.parquet")]
     return subprocess.run(cmd, capture_output=True, text=True, env=os.environ | env,
                           timeout=900)
@@ -179,6 +181,28 @@ def test_a_block_killed_mid_way_resumes_and_ends_as_the_uninterrupted_run(
             if k.startswith(("iter_0000", "iter_0001")) or k == "iter_0002/policy"}
     assert differences(want, got) == []
     assert (layout.state(1) / "trainer.json").is_file()  # for the next block
+
+
+@pytest.mark.slow
+@pytest.mark.long  # about 4 min here
+def test_a_block_saving_state_every_update_resumes_from_it_without_replay(
+        make_tiny_run, per_stage):
+    """cluster.state_every=1: killed in update 1 of a block of three, the rerun opens the
+    engines at update 1 from the state saved after update 0 (its policy 1 was never
+    exported), replays nothing and ends with the per-stage run's files."""
+    run, personas = make_tiny_run("iterations=3", "evaluation.every=2",
+                                  "cluster.iterations_per_job=3", "cluster.state_every=1")
+    killed = _block(run, personas, {"RLVER_KILL_AT": "update.step_end@1"}, last=3)
+    assert killed.returncode != 0
+    layout = Run(run)
+    assert (layout.state(0) / "trainer.json").is_file()
+    assert not (layout.policy(1) / "model.safetensors").exists()
+    rerun = _block(run, personas, {}, last=3)
+    assert rerun.returncode == 0, rerun.stderr[-3000:] + _job_logs(run)[-3000:]
+    logs = _job_logs(run)
+    assert "continuing from the state saved after update 0; replaying 0 update(s)" in logs
+    assert differences(per_stage, digest(run)) == []
+    assert not layout.state(0).exists() and not layout.state(1).exists()  # retention
 
 
 def _job_logs(run: Path) -> str:

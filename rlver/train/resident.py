@@ -8,12 +8,14 @@ the same threads.
 
 Policies are exported only where they are kept; a policy that is not kept is hashed as
 its export would be (written to memory-backed scratch and deleted), for its rollouts'
-metadata. The trainer state of the block's last update is saved at the block's end.
+metadata. The trainer state of the block's last update is saved at the block's end, and
+after every `cluster.state_every` updates when that is set.
 
 A restarted block (killed, preempted and requeued, or rerun by hand) skips the
-iterations whose files are complete: it restores the state saved at the block's start
-(update first-1's) and replays those updates from their stored rollouts (the update is
-deterministic), then continues, so it ends with the uninterrupted block's files.
+iterations whose files are complete: it restores the newest state saved among them (else
+the one saved at the block's start, update first-1's) and replays the updates after it
+from their stored rollouts (the update is deterministic), then continues, so it ends with
+the uninterrupted block's files.
 """
 
 from __future__ import annotations
@@ -130,12 +132,17 @@ class Block:
         for i in range(spec.first, spec.last):
             if len(done) == i - spec.first and files.complete(i):
                 done.append(i)
+        replay: list[int] = []
         # With every iteration complete (a job killed before its last evaluation, say)
         # nothing needs the trained weights: kept policies are read from disk.
-        replay = done if len(done) < spec.last - spec.first else []
-        if replay:
-            S.log(self.rank, f"block: iterations {done} are complete; replaying their "
-                             "updates from their rollouts")
+        if done and len(done) < spec.last - spec.first:
+            saved = self.saved_state(done)
+            if saved is not None:
+                self.open_engines_at(saved + 1, S.load_state, spec.run.state(saved))
+            replay = [i for i in done if saved is None or i > saved]
+            S.log(self.rank, f"block: iterations {done} are complete; " + (
+                f"continuing from the state saved after update {saved}; " if saved is not None
+                else "") + f"replaying {len(replay)} update(s) from their rollouts")
         seconds: dict[int, float] = {}
         for i in range(spec.first, spec.last):
             t = time.perf_counter()
@@ -159,6 +166,43 @@ class Block:
                          f"({len(replay)} replayed)")
         return {"first": spec.first, "last": spec.last, "replayed": replay,
                 "seconds": total, "iteration_seconds": seconds}
+
+    def saved_state(self, done: list[int]) -> Optional[int]:
+        """The newest update among the complete iterations `done` whose state this block
+        saved (`cluster.state_every`), or None."""
+        for j in reversed(done):
+            if (self.spec.run.state(j) / "trainer.json").is_file():
+                return j
+        return None
+
+    def open_engines_at(self, i: int, load: Any, state_dir: Any) -> None:
+        """The DeepSpeed engines as update i starts: opened from the block's first policy
+        (policy i may be unexported) and given the weights and optimizer state saved
+        after update i-1 (`load(state_dir, actor, critic)`; PPO's critic opens from
+        critic i-1, saved with it). Update i sets its own batch size."""
+        spec = self.spec.update(i, self.cfg.rollout.shards)
+        opened = UpdateSpec(spec.config_path, i, str(self.spec.run.policy(self.spec.first)),
+                            spec.rollout_paths, spec.out_policy_dir, spec.update_dir)
+        torch.manual_seed(self.cfg.seed)
+        self.engines = T.open_engines(opened, self.cfg, 1, self.world, self.rank)
+        load(state_dir, self.engines.actor, self.engines.critic)
+        self.trained = i
+
+    def save_state(self, i: int) -> None:
+        """The trainer state after update i inside the block (`cluster.state_every`),
+        where a restarted block finds it; older states are deleted by retention."""
+        from rlver.io import weights_sha256
+
+        assert self.engines is not None
+        run, cfg = self.spec.run, self.cfg
+        spec = self.spec.update(i, cfg.rollout.shards)
+        sha = (weights_sha256(run.policy(i + 1)) if run.policy(i + 1).exists()
+               else self.unexported_sha256())
+        S.save_state(spec, cfg, self.engines.actor, self.engines.critic, sha, self.rank)
+        if self.rank == 0:
+            S.retention(spec, cfg.algorithm.keep_state_iterations)
+        torch.distributed.barrier()
+        S.log(self.rank, f"block: saved the state after update {i} in {run.state(i)}")
 
     def _evaluated(self, i: int) -> bool:
         return all(p.exists() for p in self.files.evals[i])
@@ -268,6 +312,9 @@ class Block:
                             "policy" if i + 1 in self.files.policies else "none")
         T.finish(spec, cfg, self.engines, batch, terms, progress, rank, world, t0, t_train,
                  export)
+        every = cfg.cluster.state_every
+        if not last and every > 0 and (i + 1 - self.spec.first) % every == 0:
+            self.save_state(i)
 
 
 @contextmanager

@@ -162,11 +162,16 @@ def load_carried(spec: UpdateSpec, actor: Any, critic: Any, rank: int) -> bool:
         log(rank, f"update iter {spec.iteration}: fresh optimizer state: {'; '.join(why)}")
         return False
     assert prev is not None
-    actor.load_checkpoint(str(prev / "actor"), tag="state")
-    if critic is not None:
-        critic.load_checkpoint(str(prev / "critic"), tag="state")
+    load_state(prev, actor, critic)
     log(rank, f"update iter {spec.iteration}: continuing the optimizer state of {prev.parent}")
     return True
+
+
+def load_state(state_dir: Path, actor: Any, critic: Any) -> None:
+    """All ranks: the engines' weights and optimizer state from a `save_state` folder."""
+    actor.load_checkpoint(str(state_dir / "actor"), tag="state")
+    if critic is not None:
+        critic.load_checkpoint(str(state_dir / "critic"), tag="state")
 
 
 def save_resume(resume_dir: Path, actor: Any, critic: Any, terms: Terms, progress: Progress,
