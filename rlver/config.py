@@ -361,9 +361,6 @@ def _resident(cfg: DictConfig) -> list[Check]:
         ("algorithm.keep_state_iterations", alg.keep_state_iterations >= 1,
          "at least 1 with cluster.iterations_per_job > 1 (a block carries the optimizer "
          "state from update to update, as the per-stage updates do when it is kept)"),
-        ("rollout.engine", cfg.rollout.engine == "hf",
-         "hf with cluster.iterations_per_job > 1 (a block hands each new policy to the hf "
-         "engine in memory; vllm in a block is not wired yet)"),
     ]
 
 

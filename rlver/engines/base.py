@@ -82,6 +82,9 @@ class Engine(ABC):
         to their running engine this way. Every parameter of the model must be given."""
         raise NotImplementedError(f"{type(self).__name__} cannot load weights in memory")
 
+    def reset_prefix_cache(self) -> None:  # noqa: B027 - optional: only vLLM caches prefixes
+        """Forget cached prompt prefixes, as a freshly started engine has none."""
+
     def close(self) -> None:  # noqa: B027 - optional: only some engines hold workers
         """Release workers and memory; the engine is unusable afterwards."""
 

@@ -327,14 +327,21 @@ class VLLMEngine(Engine):
         return results
 
     def reset_prefix_cache(self) -> None:
-        """Forget cached prompt prefixes (benchmarks: every run starts cold), once the
-        sessions already ended have let go of their KV cache."""
+        """Forget cached prompt prefixes (benchmarks: every run starts cold; a resident
+        block: each shard and evaluation starts as a fresh engine would), once the sessions
+        already ended have let go of their KV cache. RuntimeError if vLLM cannot (a
+        request still holds cached blocks)."""
 
         async def reset() -> None:
             await asyncio.gather(*self._closing, return_exceptions=True)
-            await self.llm.reset_prefix_cache()
+            await self._reset_cache()
 
         self._run(reset())
+
+    async def _reset_cache(self) -> None:
+        if not await self.llm.reset_prefix_cache():
+            raise RuntimeError("vllm engine: the prefix cache was not reset (requests in "
+                               "flight hold cached blocks)")
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
         """Load `weights` into the running engine's model: vLLM's in-place reload in its
@@ -377,7 +384,7 @@ class VLLMEngine(Engine):
             await self.llm.pause_generation(mode="wait", clear_cache=False)
             try:
                 await self.llm.collective_rpc("load_policy_weights", args=(f.name, aliases))
-                await self.llm.reset_prefix_cache()
+                await self._reset_cache()
             finally:
                 await self.llm.resume_generation()
         return {"write": written - start, "load": time.perf_counter() - written}

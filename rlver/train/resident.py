@@ -107,7 +107,11 @@ class BlockJob(submitit.helpers.Checkpointable):
 
         submitit.helpers.TorchDistributedEnvironment().export(
             set_cuda_visible_devices=False, overwrite=True)
-        return Block(spec, config_mod.load(spec.config_path)).run()
+        block = Block(spec, config_mod.load(spec.config_path))
+        try:
+            return block.run()
+        finally:  # a failed block too: vLLM's engine process would outlive it
+            block.close()
 
 
 class Block:
@@ -147,7 +151,7 @@ class Block:
         for i in range(spec.first, spec.last):
             t = time.perf_counter()
             if i in done:
-                if replay:
+                if i in replay:
                     self.update(i, replay=True)
                 continue
             if i in files.evals and not self._evaluated(i):
@@ -159,8 +163,6 @@ class Block:
         if spec.last in files.evals and not self._evaluated(spec.last):
             self.evaluate(spec.last)
         torch.distributed.barrier()
-        if self.rollout_engine is not None:
-            self.rollout_engine.close()
         total = time.perf_counter() - t0
         S.log(self.rank, f"block iters {spec.first}-{spec.last - 1}: {total:.1f} s "
                          f"({len(replay)} replayed)")
@@ -210,7 +212,10 @@ class Block:
     # --- the rollout engine, given each new policy in memory
 
     def engine_for(self, i: int) -> Engine:
-        """The rollout engine holding iteration i's policy (the DeepSpeed engine's now)."""
+        """The rollout engine holding iteration i's policy (the DeepSpeed engine's now),
+        started as the stage's own job starts it (`make_engine`, rollout.vllm_args), with
+        the prefix cache empty as a fresh engine's: per stage, every shard and evaluation
+        starts its own engine (docs/update.md, "Resident blocks")."""
         from rlver.engines import make_engine
 
         ro, run = self.cfg.rollout, self.spec.run
@@ -223,7 +228,14 @@ class Block:
             assert self.engines is not None and self.trained == i
             self.rollout_engine.load_weights(self.engines.actor.module.lm.named_parameters())
             self.engine_policy = i
+        self.rollout_engine.reset_prefix_cache()
         return self.rollout_engine
+
+    def close(self) -> None:
+        """Close the rollout engine (its workers, vLLM's engine process)."""
+        if self.rollout_engine is not None:
+            engine, self.rollout_engine = self.rollout_engine, None
+            engine.close()
 
     def rollouts(self, i: int) -> None:
         """Iteration i's missing shards, rank r taking shards r, r+world, ..."""
@@ -235,13 +247,11 @@ class Block:
         if missing and not run.policy(i).exists():
             sha = self.unexported_sha256()
         mine = [s for s in missing if s % self.world == self.rank]
-        if mine:
-            engine = self.engine_for(i)
-            with stage_threads(self.cfg.cluster.rollout.cpus):
-                for s in mine:
-                    rollout_shard(self.spec.config_path, i, s, str(run.policy(i)),
-                                  self.spec.personas, str(run.shard(i, s)), engine=engine,
-                                  policy_sha256=sha)
+        with stage_threads(self.cfg.cluster.rollout.cpus):
+            for s in mine:
+                rollout_shard(self.spec.config_path, i, s, str(run.policy(i)),
+                              self.spec.personas, str(run.shard(i, s)),
+                              engine=self.engine_for(i), policy_sha256=sha)
         torch.distributed.barrier()
 
     def evaluate(self, i: int) -> None:
@@ -249,11 +259,10 @@ class Block:
         from rlver.evaluate import evaluate_policy
 
         if self.rank == 0:
-            engine = self.engine_for(i)
             with stage_threads(self.cfg.cluster.evaluate.cpus):
                 evaluate_policy(self.spec.config_path, i, str(self.spec.run.policy(i)),
                                 self.spec.test_personas, str(self.spec.run.eval_dir(i)),
-                                engine=engine)
+                                engine=self.engine_for(i))
         torch.distributed.barrier()
 
     def unexported_sha256(self) -> Optional[str]:

@@ -207,9 +207,11 @@ def load_resume(resume_dir: Path, actor: Any, critic: Any, world: int) -> Option
 
 
 def retention(spec: UpdateSpec, keep: int) -> None:
-    """Delete the trainer state of iterations <= i - keep (only the newest are needed)."""
+    """Delete the trainer state of iterations <= i - keep (only the newest are needed),
+    and any half-written one a kill left there."""
     for j in range(spec.iteration - keep + 1):
-        for old in (spec.run.state(j), spec.run.critic(j)):
+        partial = spec.run.update_dir(j) / ".state.partial"
+        for old in (spec.run.state(j), spec.run.critic(j), partial):
             if old.exists():
                 shutil.rmtree(old)
                 print(f"update iter {spec.iteration}: deleted {old} (retention: "
