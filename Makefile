@@ -38,7 +38,7 @@ run: setup
 # Two pytest workers, a whole test file to each (module fixtures such as a vLLM server or
 # a finished workflow run are made once), slowest files first (tests/conftest.py): a third
 # of a one-worker run's time is one core waiting on a start-up, a subprocess or a server
-# while the other is idle. One worker: 31 min here; two: 21 (docs/performance.md).
+# while the other is idle. One worker: 31 min here; two: about 27 (docs/performance.md).
 test: setup
 	$(BIN)/pytest -ra --durations=30 -n 2 --dist loadfile --no-loadscope-reorder -m "not long"
 

@@ -62,8 +62,11 @@ def name_rollouts(run, cfg, iteration: int, samples: int = 4) -> tuple[list[str]
 
 @pytest.mark.parametrize("overrides", [
     pytest.param(["algorithm=grpo", "algorithm.lr=2e-5"], id="grpo"),
+    # about 5 min: outside make test (pytest -m long); PPO's update is in make test through
+    # tests/test_update_dist.py and tests/test_update.py
     pytest.param(["algorithm=ppo", "algorithm.lr=2e-5", "algorithm.critic_lr=1e-5",
-                  "algorithm.critic_warmup_ratio=0", "algorithm.entropy_coef=0"], id="ppo"),
+                  "algorithm.critic_warmup_ratio=0", "algorithm.entropy_coef=0"], id="ppo",
+                 marks=pytest.mark.long),
 ])
 def test_mean_reward_rises(make_tiny_run, overrides):
     run, _ = make_tiny_run(*COMMON, *overrides)

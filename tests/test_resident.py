@@ -14,7 +14,7 @@ import pytest
 
 from rlver import config
 from rlver.blocks import block_files, blocks
-from rlver.digest import differences, digest
+from rlver.digest import column_hashes, differences, digest
 from rlver.errors import RlverInputError
 from rlver.layout import Run
 from rlver.models import link_tree
@@ -121,7 +121,8 @@ def per_stage(workdir) -> dict:
 @pytest.mark.timeout(1800)  # with the per-stage run of its fixture: two whole runs
 def test_a_block_run_writes_the_per_stage_runs_files(workdir, per_stage):
     """K=2 over 3 iterations: a block of two (policy 1 never exported, rollouts of
-    iteration 1 from the policy given to the engine in memory) and a block of one."""
+    iteration 1 from the policy given to the engine in memory) and a block of one; then
+    `rlver rollout` by hand reproduces a block's shard."""
     res = snakemake(workdir, "resident", [*RUN, "cluster.iterations_per_job=2"])
     assert res.returncode == 0, res.stderr[-3000:]
     assert job_counts(res.stderr)["block_0000"] == 1
@@ -134,6 +135,16 @@ def test_a_block_run_writes_the_per_stage_runs_files(workdir, per_stage):
     for shard in Run(run).shards(1, 2):
         other = workdir / "results" / "per_stage" / shard.relative_to(run)
         assert read_metadata(shard)["policy_sha256"] == read_metadata(other)["policy_sha256"]
+    # the per-stage command works on a resident run's files: iteration 2's shard 0 by hand
+    shard = Run(run).shard(2, 0)
+    by_hand = workdir / "by_hand.parquet"
+    cmd = ["rlver", "rollout", "--config", str(run / "config.yaml"), "--iteration", "2",
+           "--shard", "0", "--policy", str(Run(run).policy(2)), "--personas",
+           str(next(workdir.glob("resources/personas/*/train.parquet"))), "--out",
+           str(by_hand), "--threads", str(config.load(run / "config.yaml").cluster.rollout.cpus)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=900,
+                   env=os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert column_hashes(by_hand) == got[Run(run).relative(shard)]
 
 
 @pytest.mark.slow
