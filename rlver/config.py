@@ -361,6 +361,10 @@ def _resident(cfg: DictConfig) -> list[Check]:
         ("algorithm.keep_state_iterations", alg.keep_state_iterations >= 1,
          "at least 1 with cluster.iterations_per_job > 1 (a block carries the optimizer "
          "state from update to update, as the per-stage updates do when it is kept)"),
+        ("algorithm.zero_stage", alg.zero_stage <= 2,
+         "at most 2 with cluster.iterations_per_job > 1 (the rollout engine takes each "
+         "policy from the DeepSpeed engine's parameters in memory, which ZeRO-3 partitions "
+         "across the ranks)"),
     ]
 
 

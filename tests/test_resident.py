@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +75,8 @@ def test_an_iteration_is_complete_when_all_its_files_are_there(tmp_path):
     (["cluster.state_every=-1"], "cluster.state_every must be 0 or more"),
     (["algorithm.keep_state_iterations=0", "cluster.iterations_per_job=2"],
      "algorithm.keep_state_iterations must be at least 1 with cluster.iterations_per_job"),
+    (["algorithm.zero_stage=3", "cluster.iterations_per_job=2"],
+     "algorithm.zero_stage must be at most 2 with cluster.iterations_per_job"),
 ])
 def test_unsupported_blocks_are_refused_naming_the_key(overrides, key):
     with pytest.raises(RlverInputError, match=key):
@@ -91,6 +96,48 @@ def test_the_default_leaves_the_frozen_config_and_its_hash_as_they_were():
     assert not {"iterations_per_job", "state_every"} & set(config.to_container(cfg)["cluster"])
     blocked = config.compose("smoke", ["cluster.iterations_per_job=2"])
     assert config.to_container(blocked)["cluster"]["iterations_per_job"] == 2
+
+
+@pytest.fixture
+def usr_signal_handled():
+    """The preemption signal handled as submitit's handler would be (a list of the
+    signals it got), and SIGALRM's handler restored afterwards."""
+    import submitit
+
+    got: list[int] = []
+    signum = submitit.JobEnvironment._usr_sig()
+    before = signal.signal(signum, lambda s, f: got.append(s)), signal.getsignal(signal.SIGALRM)
+    yield signum, got
+    signal.alarm(0)
+    signal.signal(signum, before[0])
+    signal.signal(signal.SIGALRM, before[1])
+
+
+def test_a_signal_with_no_checkpoint_boundary_in_time_requeues_without_one(
+        usr_signal_handled, capsys):
+    """A real signal to this process; the block's wait ends at wait_s and hands over to
+    submitit's handler (here a recorder, which does not exit as submitit's does)."""
+    from rlver.train.launch import Preemption
+
+    signum, got = usr_signal_handled
+    preemption = Preemption("block", wait_s=1)
+    os.kill(os.getpid(), signum)
+    assert preemption.requested and got == []
+    with pytest.raises(RuntimeError, match="block: submitit's handler did not requeue"):
+        time.sleep(5)
+    assert got == [signum]
+    assert "no checkpoint boundary within 1 s of the signal" in capsys.readouterr().err
+
+
+def test_a_boundary_within_the_wait_disarms_it(usr_signal_handled):
+    from rlver.train.launch import Preemption
+
+    signum, got = usr_signal_handled
+    preemption = Preemption("block", wait_s=1)
+    os.kill(os.getpid(), signum)
+    preemption.disarm()  # what Block.boundary does before its checkpoint
+    time.sleep(2)
+    assert preemption.requested and got == []
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +265,26 @@ def _block(run: Path, personas: Path, env: dict[str, str], last: int = 2
 
 
 @pytest.mark.slow
+@pytest.mark.long  # about 6 min here
+@pytest.mark.timeout(1800)
+def test_a_two_rank_block_writes_the_two_rank_per_stage_runs_files(workdir):
+    """cluster.tasks_per_node=2: the block's two ranks write a shard each (round 1: rank 0
+    shard 0, rank 1 shard 1), rank 0 evaluates, both train; the files are those of the
+    per-stage run with two-rank updates."""
+    two = [*TINY, "cluster.tasks_per_node=2"]
+    res = snakemake(workdir, "per_stage_two_ranks", two)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = snakemake(workdir, "resident_two_ranks", [*two, "cluster.iterations_per_job=2"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = workdir / "results" / "resident_two_ranks"
+    assert differences(digest(workdir / "results" / "per_stage_two_ranks"), digest(run)) == []
+    rank_1 = "".join(p.read_text() for p in
+                     (run / "iter_0000" / "block" / "submitit").glob("*_1_log.err"))
+    assert "iter_0001/rollouts/shard_001.parquet" in rank_1
+    assert "iter_0001/rollouts/shard_000.parquet" not in rank_1
+
+
+@pytest.mark.slow
 @pytest.mark.long  # 20-30 min together here: outside make test, run with -m long
 def test_a_block_killed_mid_way_resumes_and_ends_as_the_uninterrupted_run(
         make_tiny_run, per_stage):
@@ -278,26 +345,50 @@ def _job_logs(run: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.long  # 20-30 min together here: outside make test, run with -m long
-def test_a_preempted_block_requeues_and_ends_as_the_uninterrupted_run(
-        make_tiny_run, per_stage):
-    """submitit's preemption signal (USR2) once iteration 0 is done: the job requeues
-    itself as it is, and the requeued job replays update 0 and finishes the block."""
+@pytest.mark.long  # about 4 min a case here
+@pytest.mark.parametrize(("after", "continued", "overrides"), [
+    # after shard 0 of iteration 1: the state after update 0 is saved at the round's end
+    pytest.param("block: iteration 0 done", "continuing from the state saved after update "
+                 "0; replaying 0 update(s)", [], id="between_stages"),
+    # in update 1 (three optimizer steps), signalled once step 1 is logged: a checkpoint
+    # at the end of step 1 or, usually, 2 (as the per-stage update takes it)
+    pytest.param("update iter 1: step 1/3", r"continuing update 1 at step [23] ",
+                 ["algorithm.ppo_epochs=3"], id="mid_update"),
+])
+def test_a_preempted_block_saves_its_state_requeues_and_ends_as_the_uninterrupted_run(
+        make_tiny_run, base_model, tmp_path, request, after, continued, overrides):
+    """submitit's preemption signal (USR2): the block checkpoints at the next boundary,
+    requeues itself, and the requeued job continues from that checkpoint (no update
+    replayed) to the files of the uninterrupted run: the per-stage run's, or with
+    `overrides`, an uninterrupted block's (block and per-stage runs agree: above)."""
     from rlver.train.resident import BlockSpec, submit_block
 
-    run, personas = make_tiny_run("iterations=3", "evaluation.every=2",
-                                  "cluster.iterations_per_job=2")
-    job = submit_block(BlockSpec(str(run / "config.yaml"), 0, 2,
-                                 str(personas / "train.parquet"),
-                                 str(personas / "test.parquet")))
-    preempt_after(job, "block: iteration 0 done")
+    def block(run: Path, personas: Path):
+        return submit_block(BlockSpec(str(run / "config.yaml"), 0, 2,
+                                      str(personas / "train.parquet"),
+                                      str(personas / "test.parquet")))
+
+    args = ("iterations=3", "evaluation.every=2", "cluster.iterations_per_job=2", *overrides)
+    run, personas = make_tiny_run(*args)
+    job = block(run, personas)
+    preempt_after(job, after)
     got = job.results()[0]
     log = job.stderr()
     assert "this job is preempted" in log, log[-3000:]
-    assert got["replayed"] == [0], log[-3000:]
-    want = {k: v for k, v in per_stage.items()
-            if k.startswith(("iter_0000", "iter_0001")) or k == "iter_0002/policy"}
-    assert differences(want, digest(run)) == []
+    assert "; requeueing" in log and re.search(continued, log), log[-3000:]
+    assert got["replayed"] == [], log[-3000:]
+    assert not (Run(run).update_dir(1) / "resume").exists()
+    if overrides:
+        other = tmp_path / "uninterrupted" / "results" / "tiny"
+        config.freeze(config.compose("smoke", [*TINY, *args], run="tiny"),
+                      other / "config.yaml")
+        link_tree(base_model, other / "iter_0000" / "policy")
+        block(other, personas).results()
+        assert differences(digest(other), digest(run)) == []
+    else:
+        want = {k: v for k, v in request.getfixturevalue("per_stage").items()
+                if k.startswith(("iter_0000", "iter_0001")) or k == "iter_0002/policy"}
+        assert differences(want, digest(run)) == []
 
 
 def test_a_block_outside_the_run_is_refused_before_any_job(make_tiny_run, capsys):

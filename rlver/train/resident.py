@@ -8,14 +8,20 @@ the same threads.
 
 Policies are exported only where they are kept; a policy that is not kept is hashed as
 its export would be (written to memory-backed scratch and deleted), for its rollouts'
-metadata. The trainer state of the block's last update is saved at the block's end, and
-after every `cluster.state_every` updates when that is set.
+metadata. The trainer state of the block's last update is saved at the block's end,
+after every `cluster.state_every` updates when that is set, and on the preemption signal
+(submitit's USR2: Slurm's preemption, or `cluster.signal_delay_s` before the time limit):
+at the next boundary, the end of an optimizer step (mid-update, to update/resume as the
+per-stage update does) or of a stage (the state after the newest update), then the job
+requeues itself. A boundary that does not come within half the signal delay (a long
+evaluation) is not waited for: the job requeues without a checkpoint.
 
 A restarted block (killed, preempted and requeued, or rerun by hand) skips the
 iterations whose files are complete: it restores the newest state saved among them (else
 the one saved at the block's start, update first-1's) and replays the updates after it
 from their stored rollouts (the update is deterministic), then continues, so it ends with
-the uninterrupted block's files.
+the uninterrupted block's files. A checkpoint taken mid-update on the signal is newer than
+any of those: the block continues that update from its step.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import Any, Optional
 
 import submitit
@@ -39,7 +47,7 @@ from rlver.errors import RlverInputError
 from rlver.io import write_json
 from rlver.train import state as S
 from rlver.train import trainer as T
-from rlver.train.launch import UpdateSpec, job_parameters, job_results
+from rlver.train.launch import Preemption, UpdateSpec, job_parameters, job_results
 from rlver.train.orphans import JOB_FILE, cancel_earlier_job
 
 
@@ -107,7 +115,9 @@ class BlockJob(submitit.helpers.Checkpointable):
 
         submitit.helpers.TorchDistributedEnvironment().export(
             set_cuda_visible_devices=False, overwrite=True)
-        block = Block(spec, config_mod.load(spec.config_path))
+        cfg = config_mod.load(spec.config_path)
+        preemption = Preemption("block", wait_s=max(1, cfg.cluster.signal_delay_s // 2))
+        block = Block(spec, cfg, preemption)
         try:
             return block.run()
         finally:  # a failed block too: vLLM's engine process would outlive it
@@ -117,8 +127,9 @@ class BlockJob(submitit.helpers.Checkpointable):
 class Block:
     """The loop of one block on one rank (`run`), and the engines it keeps."""
 
-    def __init__(self, spec: BlockSpec, cfg: Any) -> None:
-        self.spec, self.cfg = spec, cfg
+    def __init__(self, spec: BlockSpec, cfg: Any,
+                 preemption: Optional[Preemption] = None) -> None:
+        self.spec, self.cfg, self.preemption = spec, cfg, preemption
         self.files: BlockFiles = block_files(cfg, spec.run, spec.first, spec.last)
         self.engines: Optional[T.Engines] = None
         self.reference: Any = None
@@ -127,19 +138,34 @@ class Block:
         self.engine_policy = spec.first
         #: The iteration whose policy the DeepSpeed engine holds.
         self.trained = spec.first
+        #: The newest update whose trainer state is on disk (the block's start: first-1).
+        self.saved_through = spec.first - 1
+        #: A mid-update checkpoint this job continues from (update/resume).
+        self.resumed: Optional[S.Progress] = None
 
     def run(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         spec, files = self.spec, self.files
-        self.rank, self.world, self.device = T.start(self.cfg)
+        # Ranks wait at a barrier while rank 0 evaluates or another rank finishes its
+        # shard: as long as the job may run, not DeepSpeed's 30 minutes.
+        self.rank, self.world, self.device = T.start(
+            self.cfg, timeout=timedelta(minutes=max(30, self.cfg.cluster.timeout_min)))
         done: list[int] = []
         for i in range(spec.first, spec.last):
             if len(done) == i - spec.first and files.complete(i):
                 done.append(i)
         replay: list[int] = []
+        following = spec.first + len(done)
+        resume_dir = spec.run.update_dir(following) / "resume"
+        if following < spec.last and (resume_dir / "progress.json").is_file():
+            self.open_engines_at(following, self._load_resume, resume_dir)
+            assert self.resumed is not None
+            S.log(self.rank, f"block: iterations {done} are complete; continuing update "
+                             f"{following} at step {self.resumed.next_step + 1} from "
+                             f"{resume_dir}; replaying 0 update(s)")
         # With every iteration complete (a job killed before its last evaluation, say)
         # nothing needs the trained weights: kept policies are read from disk.
-        if done and len(done) < spec.last - spec.first:
+        elif done and len(done) < spec.last - spec.first:
             saved = self.saved_state(done)
             if saved is not None:
                 self.open_engines_at(saved + 1, S.load_state, spec.run.state(saved))
@@ -153,14 +179,18 @@ class Block:
             if i in done:
                 if i in replay:
                     self.update(i, replay=True)
+                    self.boundary()
                 continue
             if i in files.evals and not self._evaluated(i):
                 self.evaluate(i)
+                self.boundary()
             self.rollouts(i)
             self.update(i, replay=False)
+            if i + 1 < spec.last or self._evaluation_left():
+                self.boundary()  # the block's end needs no requeue
             seconds[i] = time.perf_counter() - t
             S.log(self.rank, f"block: iteration {i} done in {seconds[i]:.1f} s")
-        if spec.last in files.evals and not self._evaluated(spec.last):
+        if self._evaluation_left():
             self.evaluate(spec.last)
         torch.distributed.barrier()
         total = time.perf_counter() - t0
@@ -178,10 +208,11 @@ class Block:
         return None
 
     def open_engines_at(self, i: int, load: Any, state_dir: Any) -> None:
-        """The DeepSpeed engines as update i starts: opened from the block's first policy
+        """The DeepSpeed engines for update i: opened from the block's first policy
         (policy i may be unexported) and given the weights and optimizer state saved
-        after update i-1 (`load(state_dir, actor, critic)`; PPO's critic opens from
-        critic i-1, saved with it). Update i sets its own batch size."""
+        after update i-1, or in update i on the preemption signal (`load(state_dir,
+        actor, critic)`; PPO's critic opens from critic i-1, saved with it). Update i
+        sets its own batch size."""
         spec = self.spec.update(i, self.cfg.rollout.shards)
         opened = UpdateSpec(spec.config_path, i, str(self.spec.run.policy(self.spec.first)),
                             spec.rollout_paths, spec.out_policy_dir, spec.update_dir)
@@ -189,6 +220,10 @@ class Block:
         self.engines = T.open_engines(opened, self.cfg, 1, self.world, self.rank)
         load(state_dir, self.engines.actor, self.engines.critic)
         self.trained = i
+        self.saved_through = i - 1
+
+    def _load_resume(self, resume_dir: Any, actor: Any, critic: Any) -> None:
+        self.resumed = S.load_resume(resume_dir, actor, critic, self.world)
 
     def save_state(self, i: int) -> None:
         """The trainer state after update i inside the block (`cluster.state_every`),
@@ -204,10 +239,28 @@ class Block:
         if self.rank == 0:
             S.retention(spec, cfg.algorithm.keep_state_iterations)
         torch.distributed.barrier()
+        self.saved_through = i
         S.log(self.rank, f"block: saved the state after update {i} in {run.state(i)}")
+
+    def boundary(self) -> None:
+        """A stage's end, where the block can checkpoint: on the preemption signal (any
+        rank's), save the state after the newest update unless it is on disk, and
+        requeue the job (rank 0 through submitit; module docstring)."""
+        if self.preemption is None or not T.any_rank(self.preemption.requested):
+            return
+        self.preemption.disarm()
+        if self.engines is not None and self.trained - 1 > self.saved_through:
+            self.save_state(self.trained - 1)
+        S.log(self.rank, "block: preempted; the state after update "
+                         f"{self.saved_through} is on disk; requeueing")
+        self.preemption.requeue(self.rank)
 
     def _evaluated(self, i: int) -> bool:
         return all(p.exists() for p in self.files.evals[i])
+
+    def _evaluation_left(self) -> bool:
+        """Whether the block's last policy is evaluated in it and is not yet."""
+        return self.spec.last in self.files.evals and not self._evaluated(self.spec.last)
 
     # --- the rollout engine, given each new policy in memory
 
@@ -238,21 +291,26 @@ class Block:
             engine.close()
 
     def rollouts(self, i: int) -> None:
-        """Iteration i's missing shards, rank r taking shards r, r+world, ..."""
+        """Iteration i's missing shards in rounds of one shard per rank (rank r taking
+        the r-th of each round), a boundary after each round."""
         from rlver.rollout import rollout_shard
 
         run, shards = self.spec.run, self.cfg.rollout.shards
         missing = [s for s in range(shards) if not run.shard(i, s).exists()]
+        torch.distributed.barrier()  # every rank has listed them before any is written
         sha = None
         if missing and not run.policy(i).exists():
             sha = self.unexported_sha256()
-        mine = [s for s in missing if s % self.world == self.rank]
-        with stage_threads(self.cfg.cluster.rollout.cpus):
-            for s in mine:
-                rollout_shard(self.spec.config_path, i, s, str(run.policy(i)),
-                              self.spec.personas, str(run.shard(i, s)),
-                              engine=self.engine_for(i), policy_sha256=sha)
-        torch.distributed.barrier()
+        for start in range(0, len(missing), self.world):
+            round_ = missing[start:start + self.world]
+            if self.rank < len(round_):
+                s = round_[self.rank]
+                with stage_threads(self.cfg.cluster.rollout.cpus):
+                    rollout_shard(self.spec.config_path, i, s, str(run.policy(i)),
+                                  self.spec.personas, str(run.shard(i, s)),
+                                  engine=self.engine_for(i), policy_sha256=sha)
+            torch.distributed.barrier()
+            self.boundary()
 
     def evaluate(self, i: int) -> None:
         """Iteration i's evaluation, on rank 0 (its policy is kept, so on disk)."""
@@ -303,16 +361,23 @@ class Block:
             for engine in (self.engines.actor, self.engines.critic):
                 if engine is not None:
                     engine.set_train_batch_size(batch.grad_accum * world)
-        if cfg.algorithm.kl_coef > 0 and self.reference is None:
-            from rlver.models import load_policy
-            from rlver.train.engines import PolicyLM
+        progress, self.resumed = self.resumed or S.Progress(), None
+        if progress.next_step:  # continuing from a checkpoint taken on the signal
+            terms = torch.load(Path(spec.update_dir) / "resume" / "terms.pt",
+                               weights_only=True)
+            carried = bool(progress.steps[0].get("carried_state"))
+        else:
+            if cfg.algorithm.kl_coef > 0 and self.reference is None:
+                from rlver.models import load_policy
+                from rlver.train.engines import PolicyLM
 
-            self.reference = PolicyLM(load_policy(spec.reference_dir)[0]).to(self.device)
-        terms = T.batch_terms(batch, cfg, self.engines, self.reference, rank, world,
-                              self.device)
-        progress = S.Progress()
+                self.reference = PolicyLM(load_policy(spec.reference_dir)[0]).to(
+                    self.device)
+            terms = T.batch_terms(batch, cfg, self.engines, self.reference, rank, world,
+                                  self.device)
+        # A replayed update is not checkpointed mid-way: the signal waits for its end.
         t_train = T.optimize(spec, cfg, self.engines, batch, terms, progress, carried, rank,
-                             world, self.device, None, t0)
+                             world, self.device, None if replay else self.preemption, t0)
         self.trained = i + 1
         if replay:
             return
@@ -321,6 +386,8 @@ class Block:
                             "policy" if i + 1 in self.files.policies else "none")
         T.finish(spec, cfg, self.engines, batch, terms, progress, rank, world, t0, t_train,
                  export)
+        if last:
+            self.saved_through = i
         every = cfg.cluster.state_every
         if not last and every > 0 and (i + 1 - self.spec.first) % every == 0:
             self.save_state(i)

@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -95,15 +96,17 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
                   export="all")
 
 
-def start(cfg: Any) -> tuple[int, int, torch.device]:
+def start(cfg: Any, timeout: Optional[timedelta] = None) -> tuple[int, int, torch.device]:
     """Seeds, threads, torch.distributed and the device of this rank: (rank, world,
-    device)."""
+    device). `timeout`: how long a collective waits for the other ranks (DeepSpeed's
+    default, 30 min, when None)."""
     import deepspeed
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(max(1, cfg.cluster.cpus_per_task))
     flush_subnormals()
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                               **({} if timeout is None else {"timeout": timeout}))
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     device = torch.device("cpu")
     if torch.cuda.is_available():
