@@ -268,9 +268,10 @@ def _block(run: Path, personas: Path, env: dict[str, str], last: int = 2
 @pytest.mark.long  # about 6 min here
 @pytest.mark.timeout(1800)
 def test_a_two_rank_block_writes_the_two_rank_per_stage_runs_files(workdir):
-    """cluster.tasks_per_node=2: the block's two ranks write a shard each (round 1: rank 0
-    shard 0, rank 1 shard 1), rank 0 evaluates, both train; the files are those of the
-    per-stage run with two-rank updates."""
+    """cluster.tasks_per_node=2: the block's two ranks share the evaluations and shards
+    (each iteration is evaluated: rank 0 evaluates while rank 1 writes shard 0, then
+    rank 0 writes shard 1), both train; the files are those of the per-stage run with
+    two-rank updates."""
     two = [*TINY, "cluster.tasks_per_node=2"]
     res = snakemake(workdir, "per_stage_two_ranks", two)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -278,10 +279,13 @@ def test_a_two_rank_block_writes_the_two_rank_per_stage_runs_files(workdir):
     assert res.returncode == 0, res.stderr[-3000:]
     run = workdir / "results" / "resident_two_ranks"
     assert differences(digest(workdir / "results" / "per_stage_two_ranks"), digest(run)) == []
-    rank_1 = "".join(p.read_text() for p in
-                     (run / "iter_0000" / "block" / "submitit").glob("*_1_log.err"))
-    assert "iter_0001/rollouts/shard_001.parquet" in rank_1
-    assert "iter_0001/rollouts/shard_000.parquet" not in rank_1
+    logs = run / "iter_0000" / "block" / "submitit"
+    rank_0, rank_1 = ("".join(p.read_text() for p in logs.glob(f"*_{r}_log.err"))
+                      for r in (0, 1))
+    for i in (0, 1):
+        assert f"iter_000{i}/rollouts/shard_000.parquet" in rank_1
+        assert f"iter_000{i}/rollouts/shard_001.parquet" in rank_0
+        assert f"evaluate iter {i}: score" in rank_0
 
 
 @pytest.mark.slow
@@ -348,8 +352,8 @@ def _job_logs(run: Path) -> str:
 @pytest.mark.long  # about 4 min a case here
 @pytest.mark.parametrize(("after", "continued", "overrides"), [
     # after shard 0 of iteration 1: the state after update 0 is saved at the round's end
-    pytest.param("block: iteration 0 done", "continuing from the state saved after update "
-                 "0; replaying 0 update(s)", [], id="between_stages"),
+    pytest.param("block: iteration 0 done", r"continuing from the state saved after update "
+                 r"0; replaying 0 update\(s\)", [], id="between_stages"),
     # in update 1 (three optimizer steps), signalled once step 1 is logged: a checkpoint
     # at the end of step 1 or, usually, 2 (as the per-stage update takes it)
     pytest.param("update iter 1: step 1/3", r"continuing update 1 at step [23] ",

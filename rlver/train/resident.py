@@ -146,8 +146,8 @@ class Block:
     def run(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         spec, files = self.spec, self.files
-        # Ranks wait at a barrier while rank 0 evaluates or another rank finishes its
-        # shard: as long as the job may run, not DeepSpeed's 30 minutes.
+        # Ranks wait at a barrier while another finishes its evaluation or shard: as
+        # long as the job may run, not DeepSpeed's 30 minutes.
         self.rank, self.world, self.device = T.start(
             self.cfg, timeout=timedelta(minutes=max(30, self.cfg.cluster.timeout_min)))
         done: list[int] = []
@@ -181,9 +181,6 @@ class Block:
                     self.update(i, replay=True)
                     self.boundary()
                 continue
-            if i in files.evals and not self._evaluated(i):
-                self.evaluate(i)
-                self.boundary()
             self.rollouts(i)
             self.update(i, replay=False)
             if i + 1 < spec.last or self._evaluation_left():
@@ -191,7 +188,7 @@ class Block:
             seconds[i] = time.perf_counter() - t
             S.log(self.rank, f"block: iteration {i} done in {seconds[i]:.1f} s")
         if self._evaluation_left():
-            self.evaluate(spec.last)
+            self.rollouts(spec.last)  # the block's last policy: its evaluation alone
         torch.distributed.barrier()
         total = time.perf_counter() - t0
         S.log(self.rank, f"block iters {spec.first}-{spec.last - 1}: {total:.1f} s "
@@ -291,37 +288,45 @@ class Block:
             engine.close()
 
     def rollouts(self, i: int) -> None:
-        """Iteration i's missing shards in rounds of one shard per rank (rank r taking
-        the r-th of each round), a boundary after each round."""
-        from rlver.rollout import rollout_shard
-
+        """What iteration i's policy generates and is missing: its evaluation when the
+        iteration is evaluated (item None) and its rollout shards (items 0, 1, ...,
+        none at the block's end), in rounds of one item per rank (rank r takes the r-th
+        of each round; per stage these are separate jobs that run side by side), a
+        boundary after each round."""
         run, shards = self.spec.run, self.cfg.rollout.shards
-        missing = [s for s in range(shards) if not run.shard(i, s).exists()]
+        items: list[Optional[int]] = []
+        if i in self.files.evals and not self._evaluated(i):
+            items.append(None)
+        if i < self.spec.last:
+            items += [s for s in range(shards) if not run.shard(i, s).exists()]
         torch.distributed.barrier()  # every rank has listed them before any is written
         sha = None
-        if missing and not run.policy(i).exists():
+        if any(s is not None for s in items) and not run.policy(i).exists():
             sha = self.unexported_sha256()
-        for start in range(0, len(missing), self.world):
-            round_ = missing[start:start + self.world]
+        for start in range(0, len(items), self.world):
+            round_ = items[start:start + self.world]
             if self.rank < len(round_):
-                s = round_[self.rank]
-                with stage_threads(self.cfg.cluster.rollout.cpus):
-                    rollout_shard(self.spec.config_path, i, s, str(run.policy(i)),
-                                  self.spec.personas, str(run.shard(i, s)),
-                                  engine=self.engine_for(i), policy_sha256=sha)
+                self.generate(i, round_[self.rank], sha)
             torch.distributed.barrier()
-            self.boundary()
+            if i < self.spec.last:
+                self.boundary()
 
-    def evaluate(self, i: int) -> None:
-        """Iteration i's evaluation, on rank 0 (its policy is kept, so on disk)."""
+    def generate(self, i: int, shard: Optional[int], sha: Optional[str]) -> None:
+        """Iteration i's evaluation (`shard` None; its policy is kept, so on disk) or
+        rollout shard, with the threads of the stage's own job."""
         from rlver.evaluate import evaluate_policy
+        from rlver.rollout import rollout_shard
 
-        if self.rank == 0:
+        run, spec = self.spec.run, self.spec
+        if shard is None:
             with stage_threads(self.cfg.cluster.evaluate.cpus):
-                evaluate_policy(self.spec.config_path, i, str(self.spec.run.policy(i)),
-                                self.spec.test_personas, str(self.spec.run.eval_dir(i)),
-                                engine=self.engine_for(i))
-        torch.distributed.barrier()
+                evaluate_policy(spec.config_path, i, str(run.policy(i)), spec.test_personas,
+                                str(run.eval_dir(i)), engine=self.engine_for(i))
+        else:
+            with stage_threads(self.cfg.cluster.rollout.cpus):
+                rollout_shard(spec.config_path, i, shard, str(run.policy(i)), spec.personas,
+                              str(run.shard(i, shard)), engine=self.engine_for(i),
+                              policy_sha256=sha)
 
     def unexported_sha256(self) -> Optional[str]:
         """The sha256 the DeepSpeed engine's policy would have as an export (rank 0 writes
