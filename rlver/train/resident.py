@@ -183,11 +183,11 @@ class Block:
                 continue
             self.rollouts(i)
             self.update(i, replay=False)
-            if i + 1 < spec.last or self._evaluation_left():
+            if i + 1 < spec.last or self._evaluation_missing(spec.last):
                 self.boundary()  # the block's end needs no requeue
             seconds[i] = time.perf_counter() - t
             S.log(self.rank, f"block: iteration {i} done in {seconds[i]:.1f} s")
-        if self._evaluation_left():
+        if self._evaluation_missing(spec.last):
             self.rollouts(spec.last)  # the block's last policy: its evaluation alone
         torch.distributed.barrier()
         total = time.perf_counter() - t0
@@ -252,12 +252,9 @@ class Block:
                          f"{self.saved_through} is on disk; requeueing")
         self.preemption.requeue(self.rank)
 
-    def _evaluated(self, i: int) -> bool:
-        return all(p.exists() for p in self.files.evals[i])
-
-    def _evaluation_left(self) -> bool:
-        """Whether the block's last policy is evaluated in it and is not yet."""
-        return self.spec.last in self.files.evals and not self._evaluated(self.spec.last)
+    def _evaluation_missing(self, i: int) -> bool:
+        """Whether policy i is evaluated in this block and its files are not all there."""
+        return i in self.files.evals and not all(p.exists() for p in self.files.evals[i])
 
     # --- the rollout engine, given each new policy in memory
 
@@ -295,7 +292,7 @@ class Block:
         boundary after each round."""
         run, shards = self.spec.run, self.cfg.rollout.shards
         items: list[Optional[int]] = []
-        if i in self.files.evals and not self._evaluated(i):
+        if self._evaluation_missing(i):
             items.append(None)
         if i < self.spec.last:
             items += [s for s in range(shards) if not run.shard(i, s).exists()]
@@ -368,9 +365,8 @@ class Block:
                     engine.set_train_batch_size(batch.grad_accum * world)
         progress, self.resumed = self.resumed or S.Progress(), None
         if progress.next_step:  # continuing from a checkpoint taken on the signal
-            terms = torch.load(Path(spec.update_dir) / "resume" / "terms.pt",
-                               weights_only=True)
-            carried = bool(progress.steps[0].get("carried_state"))
+            terms = S.resume_terms(Path(spec.update_dir) / "resume")
+            carried = progress.carried
         else:
             if cfg.algorithm.kl_coef > 0 and self.reference is None:
                 from rlver.models import load_policy

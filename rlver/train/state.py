@@ -46,6 +46,17 @@ class Progress:
     tokens_seen: int = 0
     resumed_at: list[int] = field(default_factory=list)
 
+    @property
+    def carried(self) -> bool:
+        """Whether the update began on the previous update's optimizer state."""
+        return bool(self.steps and self.steps[0].get("carried_state"))
+
+
+def resume_terms(resume_dir: Path) -> Terms:
+    """The rollout terms a `save_resume` checkpoint holds."""
+    terms: Terms = torch.load(resume_dir / "terms.pt", weights_only=True)
+    return terms
+
 
 def full_state(engine: Any, zero_stage: int) -> Optional[dict[str, torch.Tensor]]:
     """The full weights on rank 0 (None elsewhere under ZeRO-3); under ZeRO-3 every rank

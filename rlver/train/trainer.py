@@ -77,8 +77,7 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
     # --- where to start: a preempted job's checkpoint, or update i-1's optimizer state
     progress = S.load_resume(resume_dir, engines.actor, engines.critic, world) if resume else None
     if progress is not None:
-        terms = torch.load(resume_dir / "terms.pt", weights_only=True)
-        carried = bool(progress.steps and progress.steps[0].get("carried_state"))
+        terms, carried = S.resume_terms(resume_dir), progress.carried
         S.log(rank, f"update iter {spec.iteration}: resumed at step {progress.next_step + 1}"
                     f"/{len(batch.plan)} from {resume_dir}")
     else:
