@@ -47,8 +47,10 @@ from rlver.errors import RlverInputError
 from rlver.io import write_json
 from rlver.train import state as S
 from rlver.train import trainer as T
-from rlver.train.launch import Preemption, UpdateSpec, job_parameters, job_results
+from rlver.train.launch import job_parameters, job_results
 from rlver.train.orphans import JOB_FILE, cancel_earlier_job
+from rlver.train.preemption import Preemption
+from rlver.train.spec import UpdateSpec
 
 
 @dataclass(frozen=True)
