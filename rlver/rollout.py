@@ -16,6 +16,7 @@ from rlver import scalars
 from rlver.config import derive_seed
 from rlver.dialogue import Dialogue, DialogueSpec, close_all, run_dialogues, simulator_instances
 from rlver.engines import Engine, SamplingSettings
+from rlver.fallbacks import RATE_KEY, fallback_stats
 from rlver.layout import Run
 from rlver.personas import Persona
 from rlver.schema import OUTCOMES
@@ -114,16 +115,16 @@ def rollout_shard(
           f"session", file=sys.stderr)
     rows = [r for d in dialogues
             for r in d.to_rows(iteration, shard, cfg.algorithm.format_penalty_reward)]
-    stats = health.fallback_stats(rows)
+    stats = fallback_stats(rows)
     health.check_fallback_rate(stats, sim, f"rollout iter {iteration} shard {shard}")
     write_trajectories(out_path, rows, config_hash=config_mod.run_hash(config_path),
                        policy_sha256=policy_sha, kind="rollout", extra=stats)
-    metrics = shard_metrics(dialogues, rows) | {health.RATE_KEY: stats[health.RATE_KEY]}
+    metrics = shard_metrics(dialogues, rows) | {RATE_KEY: stats[RATE_KEY]}
     scalars.write(Run.of_config(config_path), "rollout", iteration,
                   scalars.numbers(metrics, "rollout", iteration), shard)
     print(f"rollout: wrote {len(rows)} samples of {len(dialogues)} dialogues to {out_path} "
           f"(mean reward {metrics['reward_mean']:.3f}, simulator fallback rate "
-          f"{stats[health.RATE_KEY]:.1%})", file=sys.stderr)
+          f"{stats[RATE_KEY]:.1%})", file=sys.stderr)
 
 
 def shard_metrics(dialogues: list[Dialogue], rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -24,12 +24,12 @@ import pyarrow.parquet as pq
 from rlver import config as rconfig
 from rlver import faults, layout
 from rlver.errors import RlverInputError
+from rlver.fallbacks import RATE_KEY, fallback_stats
 from rlver.io import atomic_path, read_json_object
 from rlver.metrics import paired_gain
 from rlver.reporting import health, plots
 from rlver.reporting import table as rtable
 from rlver.schema import OUTCOMES, read_metadata
-from rlver.simulator.health import RATE_KEY, fallback_stats
 
 #: Columns the report needs from rollout files; token columns are skipped (large).
 _TRAIN_COLUMNS = ["sample", "reward", "outcome", "final_emotion", "num_turns", "parse_error",
