@@ -109,7 +109,7 @@ def cmd_update(a: argparse.Namespace) -> None:
 
 
 def cmd_block(a: argparse.Namespace) -> None:
-    from rlver.train.resident import BlockSpec, run_block
+    from rlver.resident import BlockSpec, run_block
 
     run_block(BlockSpec(a.config, a.first, a.last, a.personas, a.test_personas))
 

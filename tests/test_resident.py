@@ -365,7 +365,7 @@ def test_a_preempted_block_saves_its_state_requeues_and_ends_as_the_uninterrupte
     requeues itself, and the requeued job continues from that checkpoint (no update
     replayed) to the files of the uninterrupted run: the per-stage run's, or with
     `overrides`, an uninterrupted block's (block and per-stage runs agree: above)."""
-    from rlver.train.resident import BlockSpec, submit_block
+    from rlver.resident import BlockSpec, submit_block
 
     def block(run: Path, personas: Path):
         return submit_block(BlockSpec(str(run / "config.yaml"), 0, 2,

@@ -1,4 +1,4 @@
-"""A resident block: the rollouts, updates and evaluations of iterations [first, last) in
+"""The block stage: the rollouts, updates and evaluations of iterations [first, last) in
 one job (`cluster.iterations_per_job`), one process per rank, with the engines kept in
 memory: the DeepSpeed engines (the policy's and PPO's critic) are created once and carry
 the optimizer state from update to update; the rollout engine is created once and takes
