@@ -38,7 +38,7 @@ def evaluate_policy(
     from rlver.engines import make_engine
     from rlver.io import write_json
     from rlver.models import verified_policy_sha256
-    from rlver.personas import read_personas
+    from rlver.personas.schema import read_personas
     from rlver.schema import write_trajectories
 
     cfg = config_mod.load(config_path)

@@ -18,7 +18,7 @@ from rlver.dialogue import Dialogue, DialogueSpec, close_all, run_dialogues, sim
 from rlver.engines import Engine, SamplingSettings
 from rlver.fallbacks import RATE_KEY, fallback_stats
 from rlver.layout import Run
-from rlver.personas import Persona
+from rlver.personas.schema import Persona
 from rlver.schema import OUTCOMES
 from rlver.simulator import health
 from rlver.simulator.protocol import ProtocolSettings
@@ -72,7 +72,7 @@ def rollout_shard(
     from rlver import config as config_mod
     from rlver.engines import make_engine
     from rlver.models import verified_policy_sha256
-    from rlver.personas import read_personas
+    from rlver.personas.schema import read_personas
     from rlver.schema import write_trajectories
 
     cfg = config_mod.load(config_path)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from rlver.personas import Persona
+from rlver.personas.schema import Persona
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from typing import Any, Optional
 
 from rlver.config import DIFFICULTIES
 from rlver.data import load
-from rlver.personas import Persona
+from rlver.personas.schema import Persona
 from rlver.simulator import Feeling, SimRequest, Simulator, Utterance
 from rlver.simulator import heuristic_text as ht
 

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 from rlver.config import DIFFICULTIES
 from rlver.data import load
-from rlver.personas import NEEDS, Persona
+from rlver.personas.schema import NEEDS, Persona
 from rlver.simulator import Message, SimRequest
 from rlver.simulator.protocol import state
 
