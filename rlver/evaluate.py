@@ -18,6 +18,7 @@ from rlver import scalars
 from rlver.config import derive_seed
 from rlver.dialogue import DialogueSpec, close_all, run_dialogues, simulator_instances
 from rlver.engines import Engine, SamplingSettings
+from rlver.errors import check_index
 from rlver.fallbacks import RATE_KEY, fallback_stats
 from rlver.layout import Run
 from rlver.metrics import benchmark_metrics
@@ -42,6 +43,8 @@ def evaluate_policy(
     from rlver.schema import write_trajectories
 
     cfg = config_mod.load(config_path)
+    check_index("--iteration", iteration, cfg.iterations + 1,
+                f"{config_path}'s policies (iterations + 1)", "pass a policy of the run.")
     sha = verified_policy_sha256(policy_dir)
     ev = cfg.evaluation
     own = engine is None

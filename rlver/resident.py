@@ -87,6 +87,7 @@ def submit_block(spec: BlockSpec) -> Any:
     one task per rank); returns the submitit job."""
     from rlver import config as config_mod
     from rlver.models import verified_policy_sha256
+    from rlver.personas.schema import read_personas
 
     cfg = config_mod.load(spec.config_path)
     if not 0 <= spec.first < spec.last <= cfg.iterations:
@@ -94,6 +95,8 @@ def submit_block(spec: BlockSpec) -> Any:
             f"--first {spec.first} --last {spec.last}: not a block of {spec.config_path}'s "
             f"{cfg.iterations} iterations. Fix: 0 <= first < last <= iterations.")
     verified_policy_sha256(spec.run.policy(spec.first))  # a damaged policy, named here
+    for personas in (spec.personas, spec.test_personas):
+        read_personas(personas)  # and a missing or damaged persona set
     cl = cfg.cluster
     folder = spec.run.block_dir(spec.first)
     executor = submitit.AutoExecutor(folder=folder / "submitit", cluster=cl.launcher,

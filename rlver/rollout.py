@@ -16,6 +16,7 @@ from rlver import scalars
 from rlver.config import derive_seed
 from rlver.dialogue import Dialogue, DialogueSpec, close_all, run_dialogues, simulator_instances
 from rlver.engines import Engine, SamplingSettings
+from rlver.errors import check_index
 from rlver.fallbacks import RATE_KEY, fallback_stats
 from rlver.layout import Run
 from rlver.personas.schema import Persona
@@ -76,10 +77,12 @@ def rollout_shard(
     from rlver.schema import write_trajectories
 
     cfg = config_mod.load(config_path)
-    policy_sha = policy_sha256 or verified_policy_sha256(policy_dir)
     ro = cfg.rollout
-    if not 0 <= shard < ro.shards:
-        raise ValueError(f"shard {shard} outside 0..{ro.shards - 1}")
+    check_index("--iteration", iteration, cfg.iterations, f"{config_path}'s iterations",
+                "pass an iteration the run trains on.")
+    check_index("--shard", shard, ro.shards, f"{config_path}'s rollout.shards",
+                "pass one of its shards.")
+    policy_sha = policy_sha256 or verified_policy_sha256(policy_dir)
     personas = sample_personas(read_personas(personas_path), ro.personas_per_iteration,
                                cfg.seed, iteration)
     specs = shard_specs(personas, ro.samples_per_persona, ro.shards, shard, cfg.seed, iteration,

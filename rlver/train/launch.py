@@ -22,7 +22,7 @@ from typing import Any
 import submitit
 
 from rlver import layout
-from rlver.errors import RlverInputError
+from rlver.errors import RlverInputError, check_index
 from rlver.io import write_json
 from rlver.train.orphans import JOB_FILE, cancel_earlier_job
 from rlver.train.preemption import Preemption
@@ -36,6 +36,8 @@ def check_inputs(spec: UpdateSpec) -> None:
     from rlver.models import check_policy, verified_policy_sha256
     from rlver.schema import read_metadata
 
+    check_index("--iteration", spec.iteration, config_mod.load(spec.config_path).iterations,
+                f"{spec.config_path}'s iterations", "pass an iteration the run trains on.")
     # Damaged weights are named here: inside the job they would surface as its traceback.
     want_policy = verified_policy_sha256(spec.policy_dir)
     if spec.reference_dir.is_dir():
