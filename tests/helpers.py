@@ -15,11 +15,28 @@ from submitit.local.local import LocalJobEnvironment
 
 from bench.support import BIN, ROOT, TINY, snakemake  # noqa: F401  (the tests import them here)
 
-SHARED_DATA = ROOT.parent / "shared" / "data"
+#: The reference data and paper notes beside the repository (../shared/); RLVER_SHARED_DIR
+#: points elsewhere (a clone or worktree that is not beside it).
+SHARED = Path(os.environ.get("RLVER_SHARED_DIR", ROOT.parent / "shared"))
 #: The loopback Slurm cluster of the tests (docs/cluster.md, "Testing against a real Slurm").
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 #: Its state, logs and PID files (cluster.sh's RLVER_SLURM_DIR).
 SLURM_DIR = Path(os.environ.get("RLVER_SLURM_DIR", "/tmp/rlver-slurm"))
+
+def shared(relative: str) -> Path:
+    """../shared/<relative>, for a test that needs it. Where it is absent the test is
+    skipped, except under CI=true, where it fails saying what is missing: CI always has
+    it, so a missing file must never turn into a green run."""
+    path = SHARED / relative
+    if not path.exists():
+        what = (f"{path} is absent (../shared/{relative}: the reference data and paper notes "
+                "beside the repository)")
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{what}; CI=true needs it. Fix: put the shared folder beside the "
+                        "repository, or point RLVER_SHARED_DIR at it.", pytrace=False)
+        pytest.skip(what)
+    return path
+
 
 def job_counts(log: str) -> dict[str, int]:
     """Snakemake's 'Job stats' table as {rule: count}."""
