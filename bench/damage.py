@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.support import trajectory_row  # noqa: E402  (the tests' sample row)
 from rlver import schema  # noqa: E402
 from rlver.errors import RlverInputError  # noqa: E402
-from tests.test_schema import row  # noqa: E402  (the same sample row as the tests)
 
 
 def read_plain(path: Path) -> tuple[pa.Table, dict]:
@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=2)
     ap.add_argument("--stride", type=int, default=1)
     a = ap.parse_args()
-    rows = [row(i) for i in range(a.rows)]
+    rows = [trajectory_row(i) for i in range(a.rows)]
     with tempfile.TemporaryDirectory() as tmp:
         plain, ours = Path(tmp) / "plain.parquet", Path(tmp) / "rlver.parquet"
         pq.write_table(pa.Table.from_pylist(rows, schema=schema.TRAJECTORY_SCHEMA), plain,

@@ -3,8 +3,8 @@ for the embedded SmolLM2-135M in float32, hf and vllm engines.
 
     .venv/bin/python bench/load_weights.py [--repeats 3] [--engines hf,vllm]
 
-Each repeat loads the perturbed policy, then the original one back (tests/
-test_engine_hf.py's "new policy"). vllm splits its time into the write of the weights to
+Each repeat loads the perturbed policy, then the original one back (`bench.support.old_and_new`,
+as tests/test_engine_hf.py). vllm splits its time into the write of the weights to
 /dev/shm and the worker's reload with the prefix-cache reset. Prints one line per engine
 (median of the loads) and last `vllm_load_weights_s=<median total>`.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.test_engine_hf import old_and_new  # noqa: E402
+from bench.support import old_and_new  # noqa: E402
 
 MODEL = ROOT / ".cache" / "test-model" / "smollm2-135m-instruct"
 

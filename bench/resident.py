@@ -29,11 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.support import TINY, snakemake  # noqa: E402
 from rlver import config  # noqa: E402
 from rlver.digest import differences, digest  # noqa: E402
 from rlver.layout import Run  # noqa: E402
 from rlver.models import link_tree, prepare_model  # noqa: E402
-from tests.helpers import TINY, snakemake  # noqa: E402
 
 MODEL = ROOT / ".cache" / "test-model" / "smollm2-135m-instruct"
 #: `--engine vllm`: the vLLM engine, started without torch.compile (as on CPU by default).

@@ -2,7 +2,8 @@
 
 The Snakemake rules call these; a user can call them directly to rerun one stage by
 hand (the README shows how). Bad input ends with one line naming the file, the field
-and the fix, and exit status 2.
+and the fix, and exit status 2 (`main` is the one place that turns the errors bad input
+causes into that line: `rlver.errors.user_message`); a bug keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from rlver.errors import RlverInputError
+from rlver.errors import RlverInputError, user_message
 
 
 def _threads(n: int | None) -> None:
@@ -44,9 +46,9 @@ def cmd_prepare_model(a: argparse.Namespace) -> None:
 
 def cmd_init_policy(a: argparse.Namespace) -> None:
     from rlver.io import atomic_path
-    from rlver.models import check_source, link_tree
+    from rlver.models import check_policy, link_tree
 
-    check_source(a.model)
+    check_policy(Path(a.model))
     with atomic_path(a.out) as tmp:
         link_tree(Path(a.model), tmp)
     print(f"init_policy: {a.out} <- {a.model}", file=sys.stderr)
@@ -55,6 +57,7 @@ def cmd_init_policy(a: argparse.Namespace) -> None:
 def cmd_personas(a: argparse.Namespace) -> None:
     from omegaconf import OmegaConf
 
+    from rlver.config import validate_personas
     from rlver.config_schema import PersonasConfig
     from rlver.personas import build_persona_sets
 
@@ -65,6 +68,8 @@ def cmd_personas(a: argparse.Namespace) -> None:
             f"--spec: not a personas config as a JSON object ({exc}). Fix: pass the personas "
             'group as JSON, e.g. \'{"source": "generated"}\' (`rlver compose` prints it).'
         ) from exc
+    if bad := validate_personas(spec):
+        raise RlverInputError(f"--spec: {'; '.join(bad)}. Fix: correct those keys.")
     build_persona_sets(spec, a.train, a.test)
 
 
@@ -109,7 +114,7 @@ def cmd_update(a: argparse.Namespace) -> None:
 
 
 def cmd_block(a: argparse.Namespace) -> None:
-    from rlver.train.resident import BlockSpec, run_block
+    from rlver.resident import BlockSpec, run_block
 
     run_block(BlockSpec(a.config, a.first, a.last, a.personas, a.test_personas))
 
@@ -161,9 +166,23 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
     calibrate(a.logs, a.simulator, a.difficulty, a.set, a.out, a.limit)
 
 
+def _positive(text: str) -> int:
+    """An argument that counts something: a whole number, at least 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (no usage block), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}. Fix: see `{self.prog} --help`.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rlver", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="rlver", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="subcommand", required=True)
 
     def add(name: str, fn: Callable[[argparse.Namespace], None], help: str
             ) -> argparse.ArgumentParser:
@@ -201,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--policy", required=True)
     s.add_argument("--personas", required=True, help="train persona Parquet")
     s.add_argument("--out", required=True)
-    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--threads", type=_positive, default=None)
 
     s = add("update", cmd_update, "one policy update (submitted through submitit)")
     s.add_argument("--config", required=True)
@@ -225,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--policy", required=True)
     s.add_argument("--personas", required=True, help="test persona Parquet")
     s.add_argument("--out-dir", required=True)
-    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--threads", type=_positive, default=None)
 
     s = add("report", cmd_report, "HTML report and figures of a run")
     s.add_argument("--run-dir", required=True)
@@ -273,24 +292,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="another simulator key, e.g. --set temperature=0 (repeatable)")
     s.add_argument("--out", default=None, help="write the per-turn rows to this Parquet")
-    s.add_argument("--limit", type=int, default=None, help="first N dialogues of each log")
+    s.add_argument("--limit", type=_positive, default=None,
+                   help="first N dialogues of each log")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     # DeepSpeed, imported by transformers, otherwise warns on every CPU-only start.
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if "SLURM_JOB_ID" in os.environ:
         # Where a stage ran, for a user (or test) placing shards on a multi-node cluster.
-        print(f"rlver {args.command}: Slurm job {os.environ['SLURM_JOB_ID']} on "
+        print(f"rlver {args.subcommand}: Slurm job {os.environ['SLURM_JOB_ID']} on "
               f"{socket.gethostname()}", file=sys.stderr)
     try:
         args.fn(args)
-    except RlverInputError as exc:
-        print(f"rlver {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        message = user_message(exc, _path_arguments(args, argv))
+        if message is None:
+            raise
+        print(f"rlver {args.subcommand}: error: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def _path_arguments(args: argparse.Namespace, argv: list[str]) -> dict[str, list[str]]:
+    """The command's string arguments by the name the user typed (--out, or a positional's
+    name), for naming the one a bad file came from."""
+    out: dict[str, list[str]] = {}
+    for dest, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        if dest in ("fn", "subcommand") or not values or not all(
+                isinstance(v, str) for v in values):
+            continue
+        option = "--" + dest.replace("_", "-")
+        typed = any(a == option or a.startswith(option + "=") for a in argv)
+        out[option if typed else dest.upper()] = values
+    return out
 
 
 def _has_cuda() -> bool:

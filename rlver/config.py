@@ -291,14 +291,29 @@ def _ranges(cfg: DictConfig) -> list[Check]:
           for job in ("rollout", "evaluate")
           for key, low in (("gpus", 0), ("cpus", 1), ("mem_mb", 1), ("runtime_min", 1))),
         ("run", bool(cfg.run) and "/" not in cfg.run, "a name without '/'"),
-        ("personas.num_train", cfg.personas.num_train >= 1, "at least 1"),
-        ("personas.num_test", cfg.personas.num_test >= 1, "at least 1"),
-        ("personas.max_attempts", cfg.personas.max_attempts >= 1, "at least 1"),
-        ("personas.llm.max_tokens", cfg.personas.llm.max_tokens >= 1, "at least 1"),
-        ("personas.llm.temperature", cfg.personas.llm.temperature >= 0, "0 or more"),
-        ("personas.llm.max_concurrency", cfg.personas.llm.max_concurrency >= 1, "at least 1"),
-        ("personas.llm.timeout_s", cfg.personas.llm.timeout_s > 0, "positive"),
+        *_persona_ranges(cfg.personas),
     ]
+
+
+def _persona_ranges(p: Any) -> list[Check]:
+    return [
+        ("personas.num_train", p.num_train >= 1, "at least 1"),
+        ("personas.num_test", p.num_test >= 1, "at least 1"),
+        ("personas.max_attempts", p.max_attempts >= 1, "at least 1"),
+        ("personas.llm.max_tokens", p.llm.max_tokens >= 1, "at least 1"),
+        ("personas.llm.temperature", p.llm.temperature >= 0, "0 or more"),
+        ("personas.llm.max_concurrency", p.llm.max_concurrency >= 1, "at least 1"),
+        ("personas.llm.timeout_s", p.llm.timeout_s > 0, "positive"),
+    ]
+
+
+def validate_personas(personas: Any) -> list[str]:
+    """What `validate` finds wrong in the personas group alone (`rlver personas --spec`)."""
+    cfg = OmegaConf.create({"personas": personas})
+    checks = [(key, OmegaConf.select(cfg, key) in values, "one of: " + ", ".join(values))
+              for key, values in CHOICES.items() if key.startswith("personas.")]
+    checks += _persona_ranges(personas) + _persona_llm(cfg)
+    return [f"{key} must be {want}" for key, ok, want in checks if not ok]
 
 
 def _combinations(cfg: DictConfig) -> list[Check]:

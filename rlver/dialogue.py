@@ -40,7 +40,7 @@ from rlver import faults
 from rlver.chat import ChatTokens, split_think
 from rlver.config import SCHEDULES, derive_seed
 from rlver.engines import ContextFull, Engine, Sampled, SamplingSettings
-from rlver.personas import Persona
+from rlver.personas.schema import Persona
 from rlver.simulator import Feeling, Message, SimRequest, Simulator, Utterance
 from rlver.simulator.protocol import ProtocolSettings, Step, reward, step
 

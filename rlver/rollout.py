@@ -16,8 +16,10 @@ from rlver import scalars
 from rlver.config import derive_seed
 from rlver.dialogue import Dialogue, DialogueSpec, close_all, run_dialogues, simulator_instances
 from rlver.engines import Engine, SamplingSettings
+from rlver.errors import check_index
+from rlver.fallbacks import RATE_KEY, fallback_stats
 from rlver.layout import Run
-from rlver.personas import Persona
+from rlver.personas.schema import Persona
 from rlver.schema import OUTCOMES
 from rlver.simulator import health
 from rlver.simulator.protocol import ProtocolSettings
@@ -71,14 +73,16 @@ def rollout_shard(
     from rlver import config as config_mod
     from rlver.engines import make_engine
     from rlver.models import verified_policy_sha256
-    from rlver.personas import read_personas
+    from rlver.personas.schema import read_personas
     from rlver.schema import write_trajectories
 
     cfg = config_mod.load(config_path)
-    policy_sha = policy_sha256 or verified_policy_sha256(policy_dir)
     ro = cfg.rollout
-    if not 0 <= shard < ro.shards:
-        raise ValueError(f"shard {shard} outside 0..{ro.shards - 1}")
+    check_index("--iteration", iteration, cfg.iterations, f"{config_path}'s iterations",
+                "pass an iteration the run trains on.")
+    check_index("--shard", shard, ro.shards, f"{config_path}'s rollout.shards",
+                "pass one of its shards.")
+    policy_sha = policy_sha256 or verified_policy_sha256(policy_dir)
     personas = sample_personas(read_personas(personas_path), ro.personas_per_iteration,
                                cfg.seed, iteration)
     specs = shard_specs(personas, ro.samples_per_persona, ro.shards, shard, cfg.seed, iteration,
@@ -114,16 +118,16 @@ def rollout_shard(
           f"session", file=sys.stderr)
     rows = [r for d in dialogues
             for r in d.to_rows(iteration, shard, cfg.algorithm.format_penalty_reward)]
-    stats = health.fallback_stats(rows)
+    stats = fallback_stats(rows)
     health.check_fallback_rate(stats, sim, f"rollout iter {iteration} shard {shard}")
     write_trajectories(out_path, rows, config_hash=config_mod.run_hash(config_path),
                        policy_sha256=policy_sha, kind="rollout", extra=stats)
-    metrics = shard_metrics(dialogues, rows) | {health.RATE_KEY: stats[health.RATE_KEY]}
+    metrics = shard_metrics(dialogues, rows) | {RATE_KEY: stats[RATE_KEY]}
     scalars.write(Run.of_config(config_path), "rollout", iteration,
                   scalars.numbers(metrics, "rollout", iteration), shard)
     print(f"rollout: wrote {len(rows)} samples of {len(dialogues)} dialogues to {out_path} "
           f"(mean reward {metrics['reward_mean']:.3f}, simulator fallback rate "
-          f"{stats[health.RATE_KEY]:.1%})", file=sys.stderr)
+          f"{stats[RATE_KEY]:.1%})", file=sys.stderr)
 
 
 def shard_metrics(dialogues: list[Dialogue], rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ so the trainer never re-tokenises text:
 File metadata: schema version, config hash, code version, the sha256 of the policy
 weights that sampled the file, the file's kind (rollout or eval); a rollout shard also has
 its simulator's fallback numbers (`simulator_fallback_rate` and the others of
-rlver.simulator.health.fallback_stats); and `content_sha256` over all of that and every
+rlver.fallbacks.fallback_stats); and `content_sha256` over all of that and every
 column's values but timings. Readers refuse a file written by another schema version, and
 a file damaged after it was written: the pages carry Parquet's own CRC32 checksums
 (verified on read), and the content hash catches what a damaged footer would change.

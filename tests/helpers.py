@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,46 +13,29 @@ from pathlib import Path
 import pytest
 from submitit.local.local import LocalJobEnvironment
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-BIN = Path(sys.executable).parent
+from bench.support import BIN, ROOT, TINY, snakemake  # noqa: F401  (the tests import them here)
+
+#: The reference data and paper notes beside the repository (../shared/); RLVER_SHARED_DIR
+#: points elsewhere (a clone or worktree that is not beside it).
+SHARED = Path(os.environ.get("RLVER_SHARED_DIR", ROOT.parent / "shared"))
 #: The loopback Slurm cluster of the tests (docs/cluster.md, "Testing against a real Slurm").
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 #: Its state, logs and PID files (cluster.sh's RLVER_SLURM_DIR).
 SLURM_DIR = Path(os.environ.get("RLVER_SLURM_DIR", "/tmp/rlver-slurm"))
 
-#: Overrides that shrink the smoke experiment to seconds per stage, for tests.
-TINY = [
-    "iterations=2",
-    "personas.num_train=24",
-    "personas.num_test=4",
-    "rollout.personas_per_iteration=2",
-    "rollout.samples_per_persona=2",
-    "rollout.shards=2",
-    "rollout.batch_size=4",
-    "rollout.max_new_tokens=12",
-    "simulator.max_turns=2",
-    "evaluation.num_personas=2",
-    "evaluation.max_turns=2",
-    "evaluation.max_new_tokens=12",
-    "cluster.cpus_per_task=1",
-]
-
-
-def snakemake(workdir: Path, run: str | None, overrides: list[str], args: tuple[str, ...] = (),
-              config: tuple[str, ...] = (), timeout: float = 900
-              ) -> subprocess.CompletedProcess[str]:
-    """The workflow in `workdir` with profiles/local; `config`: more --config items
-    (experiment=..., scale=...). Errors of the Snakefile are printed on stdout: both
-    streams end up in `stderr`."""
-    run_item = [] if run is None else [f"run={run}"]
-    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--profile", str(ROOT / "profiles" / "local"), *args,
-           "--config", *run_item, *config, "overrides=" + " ".join(overrides)]
-    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    res.stderr += res.stdout
-    return res
+def shared(relative: str) -> Path:
+    """../shared/<relative>, for a test that needs it. Where it is absent the test is
+    skipped, except under CI=true, where it fails saying what is missing: CI always has
+    it, so a missing file must never turn into a green run."""
+    path = SHARED / relative
+    if not path.exists():
+        what = (f"{path} is absent (../shared/{relative}: the reference data and paper notes "
+                "beside the repository)")
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{what}; CI=true needs it. Fix: put the shared folder beside the "
+                        "repository, or point RLVER_SHARED_DIR at it.", pytrace=False)
+        pytest.skip(what)
+    return path
 
 
 def job_counts(log: str) -> dict[str, int]:

@@ -22,10 +22,7 @@ from rlver.tools.calibrate import (
     spearman,
 )
 
-SAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "sage_logs"
-needs_data = pytest.mark.skipif(
-    not SAGE.is_dir(), reason=f"reference data not found at {SAGE} (shared/data is absent)"
-)
+from .helpers import shared
 
 LISTEN = "你希望对方用心倾听你的情绪宣泄"
 
@@ -127,9 +124,8 @@ def test_bad_emotion_point_names_the_message(tmp_path):
         read_sage_dialogues(log)
 
 
-@needs_data
 def test_cli_on_logged_dialogues(tmp_path):
-    log = SAGE / "gpt-4.1.jsonl"
+    log = shared("data/sage_logs/gpt-4.1.jsonl")
     rows = [json.loads(line) for line in log.read_text().splitlines()[:3]]
     expected = sum(
         m["role"] == "assistant" and i + 1 < len(r["history"])

@@ -12,13 +12,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from bench.support import trajectory_row
 from rlver import config, io, schema
 from rlver.errors import RlverInputError
 from rlver.personas import build_persona_sets
 from rlver.rollout import rollout_shard
 
 from .helpers import TINY
-from .test_schema import row, write
+from .test_schema import write
 
 
 def flip(path: Path, pos: int, mask: int = 0xFF) -> bytes:
@@ -35,7 +36,7 @@ def test_no_flipped_byte_of_a_trajectory_file_is_read_as_good_data(tmp_path):
     time: each read either refuses the file (page CRC, footer, content hash) or returns
     exactly what was written (the flip hit bytes no reader uses, e.g. statistics)."""
     path = tmp_path / "shard_000.parquet"
-    write(path, [row(i) for i in range(4)])
+    write(path, [trajectory_row(i) for i in range(4)])
     good_table, good_meta = schema.read_trajectories(path)
     refused = 0
     positions = range(4, path.stat().st_size - 4, 7)  # the magic words aside

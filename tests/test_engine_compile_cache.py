@@ -7,16 +7,12 @@ import pytest
 from rlver.engines.vllm import compile_cache_dir
 from rlver.models import link_tree
 
-MODEL = Path(__file__).resolve().parents[1] / ".cache" / "test-model" / "smollm2-135m-instruct"
-
 
 @pytest.fixture
-def policies(tmp_path):
-    if not (MODEL / "config.json").is_file():
-        pytest.skip("the test model is prepared by the test suite's first vLLM/hf test")
+def policies(tmp_path: Path, base_model: Path) -> list[Path]:
     dirs = [tmp_path / f"iter_{i:04d}" / "policy" for i in range(2)]
     for d in dirs:
-        link_tree(MODEL, d)
+        link_tree(base_model, d)
     return dirs
 
 
@@ -30,12 +26,12 @@ def test_iterations_share_the_cache_and_vllm_itself_would_not(policies):
     assert len(hashes) == 2
 
 
-def test_other_architecture_or_arguments_get_their_own_cache(policies, tmp_path):
+def test_other_architecture_or_arguments_get_their_own_cache(policies, tmp_path, base_model):
     p = str(policies[0])
     base = compile_cache_dir(p, {"model": p, "dtype": "bfloat16"})
     assert compile_cache_dir(p, {"model": p, "dtype": "float32"}) != base
     other = tmp_path / "other"
-    link_tree(MODEL, other)
+    link_tree(base_model, other)
     config = other / "config.json"
     text = config.read_text().replace('"num_hidden_layers": 30', '"num_hidden_layers": 2')
     config.unlink()  # a hard link: write a new file, not through the link

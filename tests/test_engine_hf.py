@@ -3,27 +3,14 @@ vllm engine in test_engine_vllm.py, with the same checks."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
+from bench.support import old_and_new
 from rlver import algorithms
 from rlver.engines import Engine, SamplingSettings
-from rlver.models import load_policy
 
 PROMPT = [1, 9690, 198, 2683, 359, 253, 5356, 2, 198, 1, 4093, 198, 19556, 30]
-
-
-def perturbed(model: torch.nn.Module) -> torch.nn.Module:
-    """A "new policy": `model` with seeded noise on every parameter (the tied embedding
-    once: named_parameters lists it once)."""
-    new = copy.deepcopy(model)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in new.parameters():
-            p += 0.02 * torch.randn_like(p)
-    return new
 
 
 def reply_logprobs(model: torch.nn.Module, prompt: list[int], reply: tuple[int, ...]
@@ -43,12 +30,6 @@ def assert_engine_follows(engine: Engine, policy: torch.nn.Module, other: torch.
     mine = (got - reply_logprobs(policy, PROMPT, out.token_ids)).abs().max()
     theirs = (got - reply_logprobs(other, PROMPT, out.token_ids)).abs().max()
     assert len(out.token_ids) >= 4 and mine < 2e-3 and theirs > 0.1, (mine, theirs)
-
-
-def old_and_new(base_model) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The base policy and its perturbed copy."""
-    old, _ = load_policy(base_model)
-    return old, perturbed(old)
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bench.support import old_and_new
 from rlver.engines import SamplingSettings
 from rlver.rollout import rollout_shard
 from rlver.schema import TIMING_COLUMNS, read_trajectories
-from tests.test_engine_hf import assert_engine_follows, old_and_new
+from tests.test_engine_hf import assert_engine_follows
 from tests.test_rollout import assert_logprobs_match, assert_think_rows
 
 pytestmark = [

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from rlver import config
 from rlver.errors import RlverInputError
 
-from .helpers import ROOT, job_counts, snakemake
+from .helpers import ROOT, job_counts, shared, snakemake
 
 EXPERIMENTS = [
     f"paper_{alg}_{template}_{difficulty}"
@@ -29,7 +29,6 @@ EXPERIMENTS = [
     )
 ]
 SCALES = ("paper", "cpu")
-PAPER_MD = ROOT.parent / "shared" / "reference" / "paper.md"
 #: What a user must give a paper-scale run (model.source: a directory with config.json
 #: for the dry run's check; the weights are never read).
 USER_KEYS = ["simulator.base_url=http://gpu017:8000/v1", "simulator.model=simulator"]
@@ -117,9 +116,7 @@ WORDS = {"one": 1, "two": 2, "four": 4, "eight": 8}
 
 def _paper_setup() -> dict[str, object]:
     """The training setup and protocol numbers, parsed from the paper notes."""
-    if not PAPER_MD.is_file():
-        pytest.skip(f"{PAPER_MD} is absent (the paper notes live outside the repository)")
-    text = " ".join(PAPER_MD.read_text(encoding="utf-8").split())
+    text = " ".join(shared("reference/paper.md").read_text(encoding="utf-8").split())
     setup = text.split("## Training setup", 1)[1].split("##", 1)[0]
 
     def find(pattern: str, where: str = setup) -> tuple[str, ...]:

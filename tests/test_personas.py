@@ -27,11 +27,7 @@ from rlver.personas import (
     write_personas,
 )
 
-PROFILES = Path(__file__).resolve().parents[2] / "shared" / "data" / "rlver_profiles"
-needs_profiles = pytest.mark.skipif(
-    not (PROFILES / "train_profile.jsonl").is_file(),
-    reason=f"reference profiles not found at {PROFILES} (the shared data folder is absent)",
-)
+from .helpers import shared
 
 GOOD_ROW = {
     "id": "p-1",
@@ -128,10 +124,10 @@ def test_write_read_round_trip(tmp_path: Path, personas: list[Persona]) -> None:
     assert read_persona_meta(path)["seed"] == "0"
 
 
-@needs_profiles
 def test_import_reference_profiles() -> None:
-    train = import_rlver_jsonl(PROFILES / "train_profile.jsonl")
-    test = import_rlver_jsonl(PROFILES / "test_profile.jsonl", require_opening=True)
+    train = import_rlver_jsonl(shared("data/rlver_profiles/train_profile.jsonl"))
+    test = import_rlver_jsonl(shared("data/rlver_profiles/test_profile.jsonl"),
+                              require_opening=True)
     assert len(train) == 500 and len(test) == 100
     for ps in (train, test):
         assert {p.need for p in ps} == set(NEEDS)
@@ -148,10 +144,10 @@ def test_import_reference_profiles() -> None:
     assert first.need == "practical_advice" and "李明" in first.keywords
 
 
-@needs_profiles
 def test_import_requires_opening_lines_when_asked() -> None:
+    profiles = shared("data/rlver_profiles/train_profile.jsonl")
     with pytest.raises(RlverInputError, match=r"line 1: missing field 'first_talk'"):
-        import_rlver_jsonl(PROFILES / "train_profile.jsonl", require_opening=True)
+        import_rlver_jsonl(profiles, require_opening=True)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -202,7 +202,7 @@ def test_missing_config(tmp_path: Path) -> None:
 
 
 def test_reply_without_user_reaction_keeps_its_verdict() -> None:
-    from rlver.reporting.report import _dialogue
+    from rlver.reporting.page import _dialogue
 
     row = _row(0, 7, [55, 35], "max_turns")
     row["messages"] = row["messages"][:-1]  # ended on the assistant's last reply

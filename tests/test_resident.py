@@ -117,7 +117,7 @@ def test_a_signal_with_no_checkpoint_boundary_in_time_requeues_without_one(
         usr_signal_handled, capsys):
     """A real signal to this process; the block's wait ends at wait_s and hands over to
     submitit's handler (here a recorder, which does not exit as submitit's does)."""
-    from rlver.train.launch import Preemption
+    from rlver.train.preemption import Preemption
 
     signum, got = usr_signal_handled
     preemption = Preemption("block", wait_s=1)
@@ -130,7 +130,7 @@ def test_a_signal_with_no_checkpoint_boundary_in_time_requeues_without_one(
 
 
 def test_a_boundary_within_the_wait_disarms_it(usr_signal_handled):
-    from rlver.train.launch import Preemption
+    from rlver.train.preemption import Preemption
 
     signum, got = usr_signal_handled
     preemption = Preemption("block", wait_s=1)
@@ -365,7 +365,7 @@ def test_a_preempted_block_saves_its_state_requeues_and_ends_as_the_uninterrupte
     requeues itself, and the requeued job continues from that checkpoint (no update
     replayed) to the files of the uninterrupted run: the per-stage run's, or with
     `overrides`, an uninterrupted block's (block and per-stage runs agree: above)."""
-    from rlver.train.resident import BlockSpec, submit_block
+    from rlver.resident import BlockSpec, submit_block
 
     def block(run: Path, personas: Path):
         return submit_block(BlockSpec(str(run / "config.yaml"), 0, 2,

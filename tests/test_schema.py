@@ -4,26 +4,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bench.support import trajectory_row
 from rlver import schema
 from rlver.errors import RlverInputError
 
 
-def row(i: int = 0) -> dict:
-    return {
-        "iteration": 0, "shard": 0, "dialogue": i, "sample": 0, "persona_id": "p",
-        "group_id": "g", "seed": 1,
-        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
-        "input_ids": [1, 2, 3], "loss_mask": [0, 1, 1], "logprobs": [0.0, -0.5, -0.1],
-        "emotion_start": 30, "emotion": [35], "delta": [5], "reason": ["+5: kind"],
-        "parse_error": [False],
-        "truncated": [False], "num_turns": 1, "outcome": "max_turns", "final_emotion": 35,
-        "reward": 0.35, "seconds": 0.1,
-    }
-
-
 def write(path, rows=None):
-    schema.write_trajectories(path, rows or [row(0), row(1)], config_hash="c" * 16,
-                              policy_sha256="p" * 64, kind="rollout")
+    schema.write_trajectories(path, rows or [trajectory_row(0), trajectory_row(1)],
+                              config_hash="c" * 16, policy_sha256="p" * 64, kind="rollout")
 
 
 def test_roundtrip_with_metadata(tmp_path):
@@ -37,11 +25,11 @@ def test_roundtrip_with_metadata(tmp_path):
 
 
 def test_inconsistent_row_is_refused(tmp_path):
-    bad = row() | {"loss_mask": [0, 1]}
+    bad = trajectory_row() | {"loss_mask": [0, 1]}
     with pytest.raises(ValueError, match="differ in length"):
         write(tmp_path / "s.parquet", [bad])
     with pytest.raises(ValueError, match="outcome"):
-        write(tmp_path / "s.parquet", [row() | {"outcome": "won"}])
+        write(tmp_path / "s.parquet", [trajectory_row() | {"outcome": "won"}])
     assert not (tmp_path / "s.parquet").exists()
 
 

@@ -15,11 +15,7 @@ from rlver.errors import RlverInputError
 from rlver.metrics import round_half_up
 from rlver.tools.benchmark_logs import score_file
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SAGE = SHARED / "sage_logs"
-needs_data = pytest.mark.skipif(
-    not SAGE.is_dir(), reason=f"reference data not found at {SAGE} (shared/data is absent)"
-)
+from .helpers import shared
 
 
 def rlver(*args: str) -> subprocess.CompletedProcess:
@@ -51,17 +47,16 @@ def write_eval(path: Path, finals: list[int], kind: str = "eval") -> Path:
     return path
 
 
-@needs_data
 def test_sage_logs_give_the_published_numbers():
-    gpt = score_file(SAGE / "gpt-4.1.jsonl")
-    qwen = score_file(SAGE / "qwen2.5-72b.jsonl")
+    gpt = score_file(shared("data/sage_logs/gpt-4.1.jsonl"))
+    qwen = score_file(shared("data/sage_logs/qwen2.5-72b.jsonl"))
     assert (gpt.n, gpt.score, gpt.success, gpt.failure) == (100, Decimal("68.2"), 35, 13)
     assert (qwen.n, qwen.score, qwen.success, qwen.failure) == (100, Decimal("19.1"), 4, 70)
 
 
-@needs_data
 def test_cli_json_and_table():
-    logs = [str(SAGE / "gpt-4.1.jsonl"), str(SAGE / "qwen2.5-72b.jsonl")]
+    logs = [str(shared("data/sage_logs/gpt-4.1.jsonl")),
+            str(shared("data/sage_logs/qwen2.5-72b.jsonl"))]
     res = rlver("score", "--json", *logs)
     assert res.returncode == 0, res.stderr
     objs = [json.loads(line) for line in res.stdout.splitlines()]

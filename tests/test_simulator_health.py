@@ -25,19 +25,14 @@ from rlver import config
 from rlver.engines import Engine, Sampled
 from rlver.errors import RlverInputError
 from rlver.evaluate import evaluate_policy
+from rlver.fallbacks import RATE_KEY, fallback_stats
 from rlver.layout import Run
 from rlver.models import link_tree
 from rlver.personas import build_persona_sets
 from rlver.reporting.report import build_report
 from rlver.rollout import rollout_shard
 from rlver.schema import read_metadata
-from rlver.simulator.health import (
-    RATE_KEY,
-    check_endpoint,
-    check_fallback_rate,
-    fallback_stats,
-    workflow_note,
-)
+from rlver.simulator.health import check_endpoint, check_fallback_rate, workflow_note
 
 from .helpers import TINY, CharTokenizer, snakemake
 

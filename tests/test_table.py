@@ -19,9 +19,8 @@ from rlver.reporting import paper_numbers
 from rlver.reporting.report import build_report
 from rlver.reporting.table import build_table, run_rows, to_markdown
 
-from .helpers import ROOT
+from .helpers import shared
 
-PAPER_MD = ROOT.parent / "shared" / "reference" / "paper.md"
 #: Final emotions of the benchmark dialogues, per evaluated iteration.
 FINALS = {
     0: [100, 5, 40, 68],  # 53.25 -> 53.3; success 25%, failure 25%
@@ -148,9 +147,7 @@ def test_report_before_any_evaluation_shows_the_papers_rows(tmp_path: Path) -> N
 
 
 def test_paper_numbers_match_the_paper_notes() -> None:
-    if not PAPER_MD.is_file():
-        pytest.skip(f"{PAPER_MD} is absent (the paper notes live outside the repository)")
-    text = PAPER_MD.read_text(encoding="utf-8")
+    text = shared("reference/paper.md").read_text(encoding="utf-8")
     published = {}
     labels = {"Qwen2.5-7B-Instruct (base)": None, "+ PPO, no think": ("ppo", "nothink"),
               "+ PPO, think": ("ppo", "think"), "+ GRPO, no think": ("grpo", "nothink"),

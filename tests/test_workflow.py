@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -16,11 +17,11 @@ import pytest
 
 from bench import faults
 from rlver import config
-from rlver.digest import digest
+from rlver.digest import differences, digest
 from rlver.models import link_tree
 from rlver.schema import TIMING_COLUMNS
 
-from .helpers import TINY, job_counts, snakemake
+from .helpers import BIN, TINY, job_counts, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +66,29 @@ def test_run_produces_the_whole_tree(finished_run):
                  "emotion_trajectories.png"):
         assert (run / "report" / name).exists()
     assert (run / "logs" / "update" / "iter_0000.log").exists()
+
+
+def test_a_block_of_both_iterations_writes_the_per_stage_runs_files(finished_run, reference,
+                                                                    workdir, tmp_path):
+    """cluster.iterations_per_job=2: the run's two iterations in one block job (`rlver
+    block`, as its rule runs it), from the per-stage run's base policy and persona sets;
+    its files are the per-stage run's. The long cases of tests/test_resident.py add an
+    unexported policy, PPO, vLLM, two ranks, kills and preemption."""
+    run = tmp_path / "results" / "tiny"
+    config.freeze(config.compose("smoke", [*RUN, "cluster.iterations_per_job=2"], run="tiny"),
+                  run / "config.yaml")
+    link_tree(finished_run / "iter_0000" / "policy", run / "iter_0000" / "policy")
+    personas = next((workdir / "resources" / "personas").glob("*/train.parquet")).parent
+    res = subprocess.run(
+        [str(BIN / "rlver"), "block", "--config", str(run / "config.yaml"), "--first", "0",
+         "--last", "2", "--personas", str(personas / "train.parquet"),
+         "--test-personas", str(personas / "test.parquet")],
+        capture_output=True, text=True, timeout=900,
+        env=os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = digest(run)
+    assert differences(reference, got) == []
+    assert len(got) == len(reference) > 0
 
 
 def test_second_run_does_nothing(finished_run, workdir):

@@ -48,9 +48,9 @@ from typing import Any, Optional
 
 from rlver.config import DIFFICULTIES
 from rlver.data import load
-from rlver.personas import Persona
-from rlver.simulator import Feeling, SimRequest, Simulator, Utterance
+from rlver.personas.schema import Persona
 from rlver.simulator import heuristic_text as ht
+from rlver.simulator.base import Feeling, SimRequest, Simulator, Utterance
 
 #: Per-turn range of the proposed change, by difficulty (the protocol may clip further).
 _MAX_GAIN = {"vanilla": 15, "challenging": 10}

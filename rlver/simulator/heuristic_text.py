@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 
 from rlver.data import load
-from rlver.personas import Persona
+from rlver.personas.schema import Persona
 
 _LEX = load("heuristic/lexicon.yaml")
 #: Words so frequent that they say nothing about a story; also the "dictionary" that

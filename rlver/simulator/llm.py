@@ -36,7 +36,7 @@ from typing import Any, Optional, TypeVar
 
 from rlver.completions import Chat, CompletionBackend, CompletionError, StructuredOutputsRefused
 from rlver.config import DIFFICULTIES, ON_PARSE_ERROR
-from rlver.simulator import Feeling, SimRequest, Simulator, Utterance
+from rlver.simulator.base import Feeling, SimRequest, Simulator, Utterance
 from rlver.simulator.prompts import (
     FAREWELL_MARKER,
     fallback_utterance,

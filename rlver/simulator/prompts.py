@@ -24,8 +24,8 @@ from typing import Any, Optional
 
 from rlver.config import DIFFICULTIES
 from rlver.data import load
-from rlver.personas import NEEDS, Persona
-from rlver.simulator import Message, SimRequest
+from rlver.personas.schema import NEEDS, Persona
+from rlver.simulator.base import Message, SimRequest
 from rlver.simulator.protocol import state
 
 #: The persona ends its message with this to leave the conversation (stripped from the text).

@@ -3,9 +3,10 @@ rollouts, on DeepSpeed, submitted through submitit.
 
 Read in this order:
 
-- `launch`: the stage (`run_update`): checks its inputs, submits `UpdateJob` through
-  submitit (local executor or Slurm, `cluster.*`), waits, surfaces the log on failure;
-  preemption and requeueing.
+- `spec` (`UpdateSpec`: the files of one update) and `launch`, the stage (`run_update`):
+  checks its inputs, submits `UpdateJob` through submitit (local executor or Slurm,
+  `cluster.*`), waits, surfaces the log on failure; `preemption`: the signal deferred to
+  the next optimizer step's end, then the requeue.
 - `trainer`: the job's loop, top to bottom: rollout terms, advantages, epochs x
   mini-batches of optimizer steps, losses, metrics, export.
 - `advantages`, `losses`: the estimators and losses the config names (`rlver.registry`),
@@ -17,6 +18,7 @@ Read in this order:
   job an earlier, killed submission left running).
 """
 
-from rlver.train.launch import UpdateSpec, run_update, submit_update
+from rlver.train.launch import run_update, submit_update
+from rlver.train.spec import UpdateSpec
 
 __all__ = ["UpdateSpec", "run_update", "submit_update"]

@@ -1,5 +1,5 @@
-"""The update stage as a job: its spec, the input checks, submission through submitit,
-the job body on each rank, and preemption.
+"""The update stage as a job: the input checks, submission through submitit and the job
+body on each rank (its spec: `spec`; the preemption signal's handling: `preemption`).
 
 `run_update` checks its inputs, submits `UpdateJob` through submitit (the local executor
 on one machine, Slurm on a cluster: `cluster.launcher`), waits through any requeues and
@@ -14,47 +14,19 @@ the weights of an uninterrupted run.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import submitit
 
 from rlver import layout
-from rlver.errors import RlverInputError
+from rlver.errors import RlverInputError, check_index
 from rlver.io import write_json
 from rlver.train.orphans import JOB_FILE, cancel_earlier_job
-
-
-@dataclass(frozen=True)
-class UpdateSpec:
-    """Everything an update job needs; plain data so submitit can pickle it."""
-
-    config_path: str
-    iteration: int
-    policy_dir: str
-    rollout_paths: tuple[str, ...]
-    out_policy_dir: str
-    update_dir: str
-
-    @property
-    def run(self) -> layout.Run:
-        """The run this update belongs to (found from its update folder)."""
-        return layout.Run.of_update_dir(self.update_dir)
-
-    @property
-    def prev_update_dir(self) -> Optional[Path]:
-        """Update i-1's folder, where its carried state is."""
-        return None if self.iteration == 0 else self.run.update_dir(self.iteration - 1)
-
-    @property
-    def reference_dir(self) -> Path:
-        """The KL reference: the run's base policy."""
-        return layout.Run.of_config(self.config_path).reference_policy
+from rlver.train.preemption import Preemption
+from rlver.train.spec import UpdateSpec
 
 
 def check_inputs(spec: UpdateSpec) -> None:
@@ -64,6 +36,8 @@ def check_inputs(spec: UpdateSpec) -> None:
     from rlver.models import check_policy, verified_policy_sha256
     from rlver.schema import read_metadata
 
+    check_index("--iteration", spec.iteration, config_mod.load(spec.config_path).iterations,
+                f"{spec.config_path}'s iterations", "pass an iteration the run trains on.")
     # Damaged weights are named here: inside the job they would surface as its traceback.
     want_policy = verified_policy_sha256(spec.policy_dir)
     if spec.reference_dir.is_dir():
@@ -186,52 +160,3 @@ class UpdateJob(submitit.helpers.Checkpointable):
     def checkpoint(self, spec: UpdateSpec) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on rank 0 after `train` saved update_dir/resume: requeue."""
         return submitit.helpers.DelayedSubmission(UpdateJob(resume=True), spec)
-
-
-class Preemption:
-    """Defers submitit's preemption/timeout handler to the next boundary where the job
-    can checkpoint (an optimizer step's end; in a block, also a stage's end).
-
-    The signal only sets a flag; the job checks it (on all ranks at once) at each
-    boundary, saves a DeepSpeed checkpoint together, and then hands over to submitit's
-    own handler, which calls the job's `checkpoint`, requeues the job and exits. A
-    DeepSpeed checkpoint is collective, so it cannot be written from inside the handler.
-
-    `wait_s`: when no boundary comes within this many seconds of the signal (a block in
-    a long evaluation, say), hand over to submitit anyway, without a checkpoint: the
-    requeued job then resumes from the files, and Slurm's kill at the end of
-    `cluster.signal_delay_s` would not requeue it at all. None: wait for the boundary.
-    """
-
-    def __init__(self, stage: str = "update", wait_s: Optional[int] = None) -> None:
-        self.signum = submitit.JobEnvironment._usr_sig()
-        self.stage, self.wait_s = stage, wait_s
-        self.requested = False
-        self._submitit_handler = signal.getsignal(self.signum)
-        signal.signal(self.signum, self._note)
-
-    def _note(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        wait = (f" (at most {self.wait_s} s, then without one)" if self.wait_s else "")
-        print(f"{self.stage}: caught signal {signal.Signals(signum).name}; checkpointing at "
-              f"the next boundary{wait}", file=sys.stderr, flush=True)
-        if self.wait_s:
-            signal.signal(signal.SIGALRM, self._give_up)
-            signal.alarm(self.wait_s)
-
-    def _give_up(self, signum: int, frame: Any) -> None:
-        print(f"{self.stage}: no checkpoint boundary within {self.wait_s} s of the signal; "
-              "requeueing without a checkpoint", file=sys.stderr, flush=True)
-        self.requeue(int(os.environ.get("RANK", "0")))
-
-    def disarm(self) -> None:
-        """At a boundary, before the checkpoint: the wait is over."""
-        signal.alarm(0)
-
-    def requeue(self, rank: int) -> None:
-        """Hand over to submitit on rank 0 (requeue and exit); the other ranks just exit."""
-        self.disarm()
-        if rank == 0 and callable(self._submitit_handler):
-            self._submitit_handler(self.signum, None)
-            raise RuntimeError(f"{self.stage}: submitit's handler did not requeue the job")
-        sys.exit(0)

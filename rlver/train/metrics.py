@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from rlver import algorithms as A
+from rlver.fallbacks import fallback_stats
 from rlver.scalars import Point, numbers
 from rlver.schema import OUTCOMES
-from rlver.simulator import health as simulator_health
 from rlver.train.batch import Terms, action_positions
 
 
@@ -116,7 +116,7 @@ def summary(iteration: int, cfg: Any, rows: list[dict[str, Any]], terms: Terms,
             "critic_lr": steps[-1]["critic_lr"],
         }
     metrics |= health(rows, terms, list(range(len(rows))), zero_spread)
-    metrics |= simulator_health.fallback_stats(rows)
+    metrics |= fallback_stats(rows)
     metrics["steps"] = steps
     return metrics
 

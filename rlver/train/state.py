@@ -25,7 +25,7 @@ import torch
 from rlver import faults
 from rlver.errors import RlverInputError
 from rlver.train.batch import Terms
-from rlver.train.launch import UpdateSpec
+from rlver.train.spec import UpdateSpec
 
 
 def log(rank: int, text: str) -> None:

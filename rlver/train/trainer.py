@@ -30,9 +30,10 @@ from rlver.train import state as S
 from rlver.train.advantages import advantages
 from rlver.train.batch import Terms, action_positions, collate, rollout_terms
 from rlver.train.engines import PolicyLM, make_engine
-from rlver.train.launch import Preemption, UpdateSpec
 from rlver.train.losses import STAT_KEYS, actor_loss, critic_loss
 from rlver.train.plan import Step, make_plan
+from rlver.train.preemption import Preemption
+from rlver.train.spec import UpdateSpec
 
 #: What an update writes besides its metrics (`finish`).
 Export = Literal["all", "policy", "none"]

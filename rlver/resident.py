@@ -1,4 +1,4 @@
-"""A resident block: the rollouts, updates and evaluations of iterations [first, last) in
+"""The block stage: the rollouts, updates and evaluations of iterations [first, last) in
 one job (`cluster.iterations_per_job`), one process per rank, with the engines kept in
 memory: the DeepSpeed engines (the policy's and PPO's critic) are created once and carry
 the optimizer state from update to update; the rollout engine is created once and takes
@@ -47,8 +47,10 @@ from rlver.errors import RlverInputError
 from rlver.io import write_json
 from rlver.train import state as S
 from rlver.train import trainer as T
-from rlver.train.launch import Preemption, UpdateSpec, job_parameters, job_results
+from rlver.train.launch import job_parameters, job_results
 from rlver.train.orphans import JOB_FILE, cancel_earlier_job
+from rlver.train.preemption import Preemption
+from rlver.train.spec import UpdateSpec
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ def submit_block(spec: BlockSpec) -> Any:
     one task per rank); returns the submitit job."""
     from rlver import config as config_mod
     from rlver.models import verified_policy_sha256
+    from rlver.personas.schema import read_personas
 
     cfg = config_mod.load(spec.config_path)
     if not 0 <= spec.first < spec.last <= cfg.iterations:
@@ -92,6 +95,8 @@ def submit_block(spec: BlockSpec) -> Any:
             f"--first {spec.first} --last {spec.last}: not a block of {spec.config_path}'s "
             f"{cfg.iterations} iterations. Fix: 0 <= first < last <= iterations.")
     verified_policy_sha256(spec.run.policy(spec.first))  # a damaged policy, named here
+    for personas in (spec.personas, spec.test_personas):
+        read_personas(personas)  # and a missing or damaged persona set
     cl = cfg.cluster
     folder = spec.run.block_dir(spec.first)
     executor = submitit.AutoExecutor(folder=folder / "submitit", cluster=cl.launcher,
