@@ -78,7 +78,7 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
     progress = S.load_resume(resume_dir, engines.actor, engines.critic, world) if resume else None
     if progress is not None:
         terms, carried = S.resume_terms(resume_dir), progress.carried
-        S.log(rank, f"update iter {spec.iteration}: resumed at step {progress.next_step + 1}"
+        S.log(rank, f"update iter {spec.iteration}: resumed after step {progress.next_step}"
                     f"/{len(batch.plan)} from {resume_dir}")
     else:
         progress = S.Progress()
@@ -164,8 +164,10 @@ def optimize(spec: UpdateSpec, cfg: Any, engines: Engines, batch: Batch, terms: 
              progress: S.Progress, carried: bool, rank: int, world: int,
              device: torch.device, preemption: Optional[Preemption], t0: float) -> float:
     """The optimizer steps of the plan from progress.next_step on (recorded in
-    `progress`); on a preemption, a checkpoint to update/resume and a requeue. Returns
-    when the steps began (perf_counter)."""
+    `progress`). On the preemption signal, at the end of any step, the last one too
+    (before the export, which takes longer than the checkpoint and cannot stop half-way):
+    a checkpoint to update/resume and a requeue. Returns when the steps began
+    (perf_counter)."""
     alg = cfg.algorithm
     actor, critic = engines.actor, engines.critic
     rows, lengths, plan = batch.rows, batch.lengths, batch.plan
@@ -204,7 +206,7 @@ def optimize(spec: UpdateSpec, cfg: Any, engines: Engines, batch: Batch, terms: 
         S.log(rank, f"update iter {spec.iteration}: step {k + 1}/{per_iter}: loss "
                     f"{record['loss']:.4f} grad norm {record['grad_norm']:.3f}")
         faults.point("update.step_end", spec.iteration)
-        if preemption is not None and k + 1 < per_iter and any_rank(preemption.requested):
+        if preemption is not None and any_rank(preemption.requested):
             progress.seconds += time.perf_counter() - t0
             progress.train_seconds += time.perf_counter() - t_train
             S.save_resume(Path(spec.update_dir) / "resume", actor, critic, terms, progress,
