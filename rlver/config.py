@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlver import layout
+from rlver import context, layout
 from rlver.config_schema import JobResources, PersonaLLMConfig, RlverConfig
 from rlver.errors import RlverInputError
 from rlver.io import write_text
@@ -143,6 +143,7 @@ def compose(
     cfg.experiment = experiment
     cfg.run = run or default_run_name(experiment, cfg.scale)
     validate(cfg)
+    context.check(cfg)
     return cfg
 
 
@@ -263,11 +264,22 @@ def _ranges(cfg: DictConfig) -> list[Check]:
         ("rollout.shards", ro.shards >= 1, "at least 1"),
         ("rollout.batch_size", ro.batch_size >= 1, "at least 1"),
         ("rollout.max_new_tokens", ro.max_new_tokens >= 1, "at least 1"),
+        ("rollout.max_model_len", ro.max_model_len >= 1, "at least 1"),
+        ("rollout.temperature", ro.temperature > 0,
+         "positive (the trainer divides the logits by it; greedy members are "
+         "rollout.greedy_per_group)"),
+        ("rollout.top_p", ro.top_p == 1.0,
+         "1.0 (nucleus truncation would record log-probs of another distribution than "
+         "the one the trainer recomputes)"),
         ("rollout.samples_per_persona", ro.samples_per_persona >= 1, "at least 1"),
         ("simulator.max_turns", cfg.simulator.max_turns >= 1, "at least 1"),
+        ("simulator.max_user_tokens", cfg.simulator.max_user_tokens >= 1, "at least 1"),
+        ("simulator.max_model_len", cfg.simulator.max_model_len > cfg.simulator.max_tokens,
+         "more than simulator.max_tokens (the context holds the prompt and the answer)"),
         ("simulator.max_fallback_rate", 0 <= cfg.simulator.max_fallback_rate <= 1,
          "in [0, 1]"),
         ("evaluation.max_turns", cfg.evaluation.max_turns >= 1, "at least 1"),
+        ("evaluation.max_new_tokens", cfg.evaluation.max_new_tokens >= 1, "at least 1"),
         ("evaluation.every", cfg.evaluation.every >= 1, "at least 1"),
         ("algorithm.lr", alg.lr > 0, "positive"),
         ("algorithm.critic_lr", alg.critic_lr > 0, "positive"),
@@ -308,6 +320,9 @@ def _combinations(cfg: DictConfig) -> list[Check]:
     return [
         ("rollout.schedule", ro.schedule == "batched" or ro.engine == "vllm",
          "batched, or async with rollout.engine=vllm"),
+        ("rollout.vllm_args", "max_model_len" not in ro.vllm_args,
+         "without max_model_len (the context is rollout.max_model_len, which the config "
+         "check measures dialogues against)"),
         (
             "rollout.greedy_per_group",
             0 <= ro.greedy_per_group < max(ro.samples_per_persona, 1),
@@ -405,7 +420,9 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "cluster.rollout": _JOB_DEFAULTS, "cluster.evaluate": _JOB_DEFAULTS,
                               "personas.language": "en", "personas.max_attempts": 4,
                               "personas.llm": dataclasses.asdict(PersonaLLMConfig()),
-                              "cluster.iterations_per_job": 1, "cluster.state_every": 0}
+                              "cluster.iterations_per_job": 1, "cluster.state_every": 0,
+                              "rollout.max_model_len": 4096, "simulator.max_model_len": 4096,
+                              "simulator.max_user_tokens": 128}
 
 
 #: Keys a run may change when it continues. None of them changes a file already written,

@@ -16,7 +16,8 @@ COLUMNS = [("reply length", "reply_length_mean", "{:.1f}"),
            ("advantage std", "adv_std", "{:.3g}"),
            ("entropy", "entropy", "{:.3g}"),
            ("approx KL", "approx_kl", "{:.3g}"),
-           ("clip fraction", "clip_fraction", "{:.3g}")]
+           ("clip fraction", "clip_fraction", "{:.3g}"),
+           ("error rows left out", "excluded_error_rows", "{:.0f}")]
 
 
 def plot(updates: list[tuple[int, dict[str, Any]]], path: Path) -> None:

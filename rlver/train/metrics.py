@@ -71,9 +71,10 @@ def health(rows: list[dict[str, Any]], terms: Terms, which: list[int],
 
 def summary(iteration: int, cfg: Any, rows: list[dict[str, Any]], terms: Terms,
             zero_spread: dict[str, bool], progress: Any, t0: float,
-            world: int) -> dict[str, Any]:
+            world: int, excluded: int = 0) -> dict[str, Any]:
     """The update's summary: token-weighted means over its steps (`progress.steps`), the
-    batch's numbers and its health, and every step's record under `steps`."""
+    batch's numbers and its health, and every step's record under `steps`. `excluded`:
+    rows left out (outcome error)."""
     steps = progress.steps
     tokens = sum(s["tokens"] for s in steps)
 
@@ -91,6 +92,7 @@ def summary(iteration: int, cfg: Any, rows: list[dict[str, Any]], terms: Terms,
         "reward_mean": rewards.mean().item(),
         "reward_std": rewards.std(unbiased=False).item(),
         "num_samples": len(rows),
+        "excluded_error_rows": excluded,
         "num_tokens": sum(len(action_positions(r)) for r in rows),
         "grad_norm": sum(s["grad_norm"] for s in steps) / len(steps),
         "lr": steps[-1]["lr"],

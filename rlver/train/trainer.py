@@ -24,6 +24,7 @@ import torch
 from rlver import algorithms as A
 from rlver import config as config_mod
 from rlver import faults, layout, scalars
+from rlver.errors import RlverInputError
 from rlver.io import write_json
 from rlver.train import metrics as M
 from rlver.train import state as S
@@ -46,6 +47,8 @@ class Batch:
     lengths: list[int]
     plan: list[Step]
     zero_spread: dict[str, bool]
+    #: Rows of dialogues that ended with outcome `error`, left out (`read_batch`).
+    excluded: int = 0
 
     @property
     def grad_accum(self) -> int:
@@ -115,14 +118,26 @@ def start(cfg: Any, timeout: Optional[timedelta] = None) -> tuple[int, int, torc
 
 
 def read_batch(spec: UpdateSpec, cfg: Any, rank: int, world: int) -> Batch:
-    """The update's rollouts and the plan of its optimizer steps (epochs x mini-batches)."""
+    """The update's rollouts and the plan of its optimizer steps (epochs x mini-batches).
+
+    Rows of dialogues that ended with outcome `error` are left out: a full context or a
+    simulator that gave no usable answer (simulator.on_parse_error=error) ended them, not
+    the protocol, so their final emotion is not the paper's reward (as DAPO leaves
+    overlong samples out of the loss). Their count is `excluded_error_rows`."""
     from rlver.schema import read_rows
 
-    rows = read_rows(list(spec.rollout_paths))
+    read = read_rows(list(spec.rollout_paths))
+    rows = [r for r in read if r["outcome"] != "error"]
+    if not rows:
+        raise RlverInputError(
+            f"update iter {spec.iteration}: all {len(read)} rollout rows of "
+            f"{', '.join(spec.rollout_paths)} ended with outcome error (field outcome): "
+            "nothing to train on. Fix: read the rollout logs for why (a full context, a "
+            "failing simulator), mend that and rerun the rollouts.")
     lengths = [len(r["input_ids"]) for r in rows]
     actions = [len(action_positions(r)) for r in rows]
     plan = make_plan(lengths, actions, cfg.algorithm, cfg.seed, spec.iteration, rank, world)
-    return Batch(rows, lengths, plan, M.zero_spread_groups(rows))
+    return Batch(rows, lengths, plan, M.zero_spread_groups(rows), len(read) - len(rows))
 
 
 def open_engines(spec: UpdateSpec, cfg: Any, grad_accum: int, world: int,
@@ -238,7 +253,7 @@ def finish(spec: UpdateSpec, cfg: Any, engines: Engines, batch: Batch, terms: Te
         torch.distributed.barrier()
         return {"rank": rank, "weights_sha256": weights_hash}
     metrics = M.summary(spec.iteration, cfg, batch.rows, terms, batch.zero_spread, progress,
-                        t0, world)
+                        t0, world, batch.excluded)
     metrics["weights_sha256"] = weights_hash
     scalars.write(layout.Run.of_config(spec.config_path), "update", spec.iteration,
                   M.points(metrics, spec.iteration * per_iter))
