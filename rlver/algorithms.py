@@ -248,6 +248,21 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
     return 0.5 * torch.maximum(unclipped, clipped), (clipped > unclipped).float()
 
 
+def no_rollout_is(policy_logp: torch.Tensor, rollout_logp: torch.Tensor,
+                  cap: float) -> None:
+    """No correction: every token's loss weighs 1."""
+    return None
+
+
+def truncated_rollout_is(policy_logp: torch.Tensor, rollout_logp: torch.Tensor,
+                         cap: float) -> torch.Tensor:
+    """Truncated importance sampling (TIS, "Your efficient RL framework secretly brings
+    you off-policy RL training"; verl's rollout_is): each token's loss weighted by
+    min(p_trainer / p_engine, cap), the sampled token's probability under the trainer's
+    weights over the engine's that sampled it; the cap bounds the variance."""
+    return torch.clamp(torch.exp(policy_logp - rollout_logp), max=cap)
+
+
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
     """Per-token estimate of KL(policy || reference) from the sampled tokens' log-probs,
     by an estimator registered in `rlver.registry.KL_ESTIMATORS` (`k1`, `k3`)."""

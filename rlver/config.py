@@ -33,6 +33,7 @@ from rlver.registry import (
     GROUP_NORMS,
     KL_ESTIMATORS,
     POLICY_LOSSES,
+    ROLLOUT_IS,
     Registry,
     adv_estimator,
 )
@@ -55,6 +56,7 @@ PERSONA_LANGUAGES = ("en", "zh")
 PERSONA_LLM_BACKENDS = ("llm_vllm", "llm_http")
 LAUNCHERS = ("local", "slurm")
 SCALES = ("paper", "cpu")
+OLD_LOGPROBS = ("rollout", "recompute")
 
 #: Each choice field and its allowed values.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -67,6 +69,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "algorithm.name": ALGORITHMS,
     "algorithm.precision": PRECISIONS,
     "algorithm.keep_policies": KEEP_POLICIES,
+    "algorithm.old_logprobs": OLD_LOGPROBS,
     "model.dtype": DTYPES,
     "template.name": TEMPLATES,
     "personas.source": PERSONA_SOURCES,
@@ -253,6 +256,7 @@ def _registered(cfg: DictConfig) -> list[Check]:
          _one_of(ADV_ESTIMATORS)),
         ("algorithm.policy_loss", alg.policy_loss in POLICY_LOSSES, _one_of(POLICY_LOSSES)),
         ("algorithm.kl_estimator", alg.kl_estimator in KL_ESTIMATORS, _one_of(KL_ESTIMATORS)),
+        ("algorithm.rollout_is", alg.rollout_is in ROLLOUT_IS, _one_of(ROLLOUT_IS)),
     ]
 
 
@@ -294,6 +298,7 @@ def _ranges(cfg: DictConfig) -> list[Check]:
         ("algorithm.warmup_ratio", 0 <= alg.warmup_ratio <= 1, "in [0, 1]"),
         ("algorithm.critic_warmup_ratio", 0 <= alg.critic_warmup_ratio <= 1, "in [0, 1]"),
         ("algorithm.kl_coef", alg.kl_coef >= 0, "0 or more"),
+        ("algorithm.rollout_is_cap", alg.rollout_is_cap > 0, "positive"),
         ("algorithm.zero_stage", alg.zero_stage in {0, 1, 2, 3}, "0, 1, 2 or 3"),
         ("cluster.signal_delay_s", cl.signal_delay_s >= 0, "0 or more"),
         ("cluster.max_requeues", cl.max_requeues >= 0, "0 or more"),
@@ -323,6 +328,10 @@ def _combinations(cfg: DictConfig) -> list[Check]:
         ("rollout.vllm_args", "max_model_len" not in ro.vllm_args,
          "without max_model_len (the context is rollout.max_model_len, which the config "
          "check measures dialogues against)"),
+        ("algorithm.rollout_is", alg.rollout_is == "none" or alg.old_logprobs == "recompute"
+         or alg.rollout_is not in ROLLOUT_IS,
+         "none with algorithm.old_logprobs=rollout (the correction weighs the trainer's "
+         "ratio, taken against its own recomputed log-probs, for the engine's sampling)"),
         (
             "rollout.greedy_per_group",
             0 <= ro.greedy_per_group < max(ro.samples_per_persona, 1),
@@ -422,7 +431,9 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "personas.llm": dataclasses.asdict(PersonaLLMConfig()),
                               "cluster.iterations_per_job": 1, "cluster.state_every": 0,
                               "rollout.max_model_len": 4096, "simulator.max_model_len": 4096,
-                              "simulator.max_user_tokens": 128}
+                              "simulator.max_user_tokens": 128,
+                              "algorithm.old_logprobs": "rollout",
+                              "algorithm.rollout_is": "none", "algorithm.rollout_is_cap": 2.0}
 
 
 #: Keys a run may change when it continues. None of them changes a file already written,

@@ -261,6 +261,18 @@ class AlgorithmConfig:
     #: Per-token policy loss (`rlver.registry.POLICY_LOSSES`): `ppo_clip`, the clipped
     #: surrogate with `clip_ratio`.
     policy_loss: str = "ppo_clip"
+    #: The old log-probs of the ratio: `rollout` (the engine's, recorded with the
+    #: samples) or `recompute` (the trainer's own, from a no-grad pass over the rows
+    #: before the first step, as verl does: the first step's ratio is exactly 1, and the
+    #: engine-trainer mismatch does not clip tokens). The gap between the two is logged
+    #: either way (`logp_gap_*`, `rollout_kl`; docs/update.md).
+    old_logprobs: str = "rollout"
+    #: Importance-sampling correction of each token's loss for the engine-trainer
+    #: mismatch (`rlver.registry.ROLLOUT_IS`): `none`, or `tis` (truncated: weight
+    #: min(p_trainer / p_engine, rollout_is_cap); needs old_logprobs=recompute).
+    rollout_is: str = "none"
+    #: The truncation of `tis` (the TIS paper's C = 2).
+    rollout_is_cap: float = 2.0
     #: Penalty reward for a malformed think block (think template).
     format_penalty_reward: float = 0.0
     #: Trainer state (optimizer moments, PPO critic) carried from update i to update i+1,

@@ -80,7 +80,11 @@ def system_tokens(cfg: Any) -> tuple[int, str]:
     text = str(cfg.template.system_prompt)
     model = model_dir(cfg)
     if model is not None and (model / "tokenizer.json").is_file():
-        return _count_tokens(str(model / "tokenizer.json"), text), f"measured with {model}"
+        try:
+            return (_count_tokens(str(model / "tokenizer.json"), text),
+                    f"measured with {model}")
+        except Exception:  # noqa: BLE001 - a tokenizer file tokenizers cannot read
+            pass
     return len(text.encode()), "its UTF-8 bytes, no tokenizer on this machine"
 
 

@@ -1,6 +1,6 @@
 """What the config refuses before anything runs, for the paper's lengths and the trainer's
 sake: a dialogue longer than the policy engine's context (rlver/context.py), sampling the
-trainer cannot follow."""
+trainer cannot follow, and the mismatch choices (rlver/train/mismatch.py)."""
 
 from __future__ import annotations
 
@@ -80,6 +80,12 @@ def test_an_llm_simulators_messages_are_bounded_by_its_answer_cap():
     ("rollout.top_p=0.9", "rollout.top_p must be 1.0 (nucleus truncation would record"),
     ("+rollout.vllm_args.max_model_len=8192", "rollout.vllm_args must be without "
      "max_model_len"),
+    ("algorithm.old_logprobs=engine", "algorithm.old_logprobs must be one of: rollout, "
+     "recompute"),
+    ("algorithm.rollout_is=is", "algorithm.rollout_is must be one of: none, tis"),
+    ("algorithm.rollout_is=tis", "algorithm.rollout_is must be none with "
+     "algorithm.old_logprobs=rollout"),
+    ("algorithm.rollout_is_cap=0", "algorithm.rollout_is_cap must be positive"),
 ])
 def test_settings_the_trainer_cannot_follow_are_refused_one_message_each(override, message):
     with pytest.raises(RlverInputError) as err:
@@ -87,3 +93,11 @@ def test_settings_the_trainer_cannot_follow_are_refused_one_message_each(overrid
     assert message in str(err.value)
     assert str(err.value).count(" must be ") == 1
 
+
+def test_the_mismatch_choices_compose():
+    cfg = config.compose("smoke", ["algorithm.old_logprobs=recompute",
+                                   "algorithm.rollout_is=tis", "algorithm.rollout_is_cap=3"])
+    alg = cfg.algorithm
+    assert (alg.old_logprobs, alg.rollout_is, alg.rollout_is_cap) == ("recompute", "tis", 3.0)
+    default = config.compose("smoke").algorithm
+    assert (default.old_logprobs, default.rollout_is) == ("rollout", "none")

@@ -3,7 +3,9 @@
 cluster (`tests/slurm/cluster.sh start --nodes 2`, partition `nodes`), one rank on each.
 
 Every run here is one iteration of 4 optimizer steps (2 epochs x 2 mini-batches of the 4
-rollout rows); one rank accumulates 2 micro-batches per step, two ranks run 1 each.
+rollout rows); one rank accumulates 2 micro-batches per step, two ranks run 1 each. The
+old log-probs are the trainer's (`algorithm.old_logprobs=recompute`): a requeued job takes
+them from its checkpoint, or its steps would differ from the uninterrupted job's.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from .helpers import (
 pytestmark = pytest.mark.slow
 
 STEPS = ["iterations=1", "algorithm.lr=1e-5", "algorithm.ppo_epochs=2",
-         "algorithm.mini_batches=2", "algorithm.micro_batch_size=1"]
+         "algorithm.mini_batches=2", "algorithm.micro_batch_size=1",
+         "algorithm.old_logprobs=recompute"]
 COMPARED = ("loss", "grad_norm", "entropy", "approx_kl", "clip_frac", "value_loss")
 
 

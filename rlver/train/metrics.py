@@ -20,6 +20,7 @@ from rlver import algorithms as A
 from rlver.scalars import Point, numbers
 from rlver.schema import OUTCOMES
 from rlver.simulator import health as simulator_health
+from rlver.train import mismatch
 from rlver.train.batch import Terms, action_positions
 
 
@@ -73,8 +74,8 @@ def summary(iteration: int, cfg: Any, rows: list[dict[str, Any]], terms: Terms,
             zero_spread: dict[str, bool], progress: Any, t0: float,
             world: int, excluded: int = 0) -> dict[str, Any]:
     """The update's summary: token-weighted means over its steps (`progress.steps`), the
-    batch's numbers and its health, and every step's record under `steps`. `excluded`:
-    rows left out (outcome error)."""
+    batch's numbers and its health (with the engine-trainer gap, rlver.train.mismatch),
+    and every step's record under `steps`. `excluded`: rows left out (outcome error)."""
     steps = progress.steps
     tokens = sum(s["tokens"] for s in steps)
 
@@ -118,6 +119,9 @@ def summary(iteration: int, cfg: Any, rows: list[dict[str, Any]], terms: Terms,
             "critic_lr": steps[-1]["critic_lr"],
         }
     metrics |= health(rows, terms, list(range(len(rows))), zero_spread)
+    metrics |= mismatch.gap(terms, cfg.algorithm) | {
+        "clip_fraction_first_step": steps[0]["clip_frac"],
+        "approx_kl_first_step": steps[0]["approx_kl"]}
     metrics |= simulator_health.fallback_stats(rows)
     metrics["steps"] = steps
     return metrics

@@ -27,6 +27,7 @@ from rlver import faults, layout, scalars
 from rlver.errors import RlverInputError
 from rlver.io import write_json
 from rlver.train import metrics as M
+from rlver.train import mismatch
 from rlver.train import state as S
 from rlver.train.advantages import advantages
 from rlver.train.batch import Terms, action_positions, collate, rollout_terms
@@ -166,13 +167,21 @@ def open_engines(spec: UpdateSpec, cfg: Any, grad_accum: int, world: int,
 
 def batch_terms(batch: Batch, cfg: Any, engines: Engines, reference: Any, rank: int,
                 world: int, device: torch.device) -> Terms:
-    """The rollout terms (critic values, reference log-probs), then the advantages."""
+    """The rollout terms (critic values, reference log-probs), the advantages, then the
+    trainer's own log-probs of the rows and the old log-probs of the ratio
+    (rlver.train.mismatch)."""
     alg = cfg.algorithm
     fixed: Terms = {}
     if alg.name == "ppo" or alg.kl_coef > 0:
         fixed = rollout_terms(batch.rows, alg, engines.critic, reference,
                               cfg.rollout.temperature, rank, world, engines.pad_id, device)
-    return advantages(batch.rows, fixed, alg)
+    t = time.perf_counter()
+    first_epoch = [mb for step in batch.plan[:alg.mini_batches] for mb in step.micro]
+    policy = mismatch.policy_logprobs(batch.rows, first_epoch, engines.actor,
+                                      cfg.rollout.temperature, world, engines.pad_id, device)
+    S.log(rank, f"update: the trainer's log-probs of the rollouts in "
+                f"{time.perf_counter() - t:.1f} s (one no-grad pass)")
+    return mismatch.old_logprobs(advantages(batch.rows, fixed, alg), policy, alg)
 
 
 def optimize(spec: UpdateSpec, cfg: Any, engines: Engines, batch: Batch, terms: Terms,
