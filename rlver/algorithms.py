@@ -23,7 +23,9 @@ def group_advantages(rewards: torch.Tensor, groups: Sequence[str], eps: float,
     (registered in `rlver.registry.GROUP_NORMS`: `group`, `batch`, `none`).
 
     Population stds (divide by n); a group whose rewards are all equal (including a group
-    of one) gets advantage 0: it carries no preference signal.
+    of one) gets advantage exactly 0: it carries no preference signal. Equality is
+    compared exactly, not as std > 0: the float32 std of equal values is often not 0
+    (eight rewards of 0.97 would each get -0.1065).
     """
     from rlver.registry import GROUP_NORMS
 
@@ -38,14 +40,19 @@ def _members(groups: Sequence[str]) -> dict[str, list[int]]:
     return index
 
 
+def _all_equal(values: torch.Tensor) -> bool:
+    """Whether every element equals the first, exactly (true for one or none)."""
+    return bool((values == values[:1]).all())
+
+
 def _centred(rewards: torch.Tensor, groups: Sequence[str], eps: float,
              by_group_std: bool) -> torch.Tensor:
     adv = torch.zeros_like(rewards)
     for members in _members(groups).values():
         r = rewards[members]
-        spread = r.std(unbiased=False)
-        if spread > 0:
-            adv[members] = (r - r.mean()) / (spread + eps if by_group_std else 1.0)
+        if not _all_equal(r):
+            scale = r.std(unbiased=False) + eps if by_group_std else 1.0
+            adv[members] = (r - r.mean()) / scale
     return adv
 
 
@@ -60,8 +67,7 @@ def norm_by_batch_std(rewards: torch.Tensor, groups: Sequence[str], eps: float) 
     samples barely differ (near-ties at a low temperature) pulls little and one with a
     real difference pulls hard, with the overall scale unchanged."""
     adv = _centred(rewards, groups, eps, by_group_std=False)
-    spread = adv.std(unbiased=False)
-    return adv / (spread + eps) if spread > 0 else adv
+    return adv if _all_equal(adv) else adv / (adv.std(unbiased=False) + eps)
 
 
 def norm_none(rewards: torch.Tensor, groups: Sequence[str], eps: float) -> torch.Tensor:
@@ -70,8 +76,8 @@ def norm_none(rewards: torch.Tensor, groups: Sequence[str], eps: float) -> torch
 
 
 def zero_spread(rewards: torch.Tensor, groups: Sequence[str]) -> dict[str, bool]:
-    """For each group, whether all its rewards are equal (its advantages are all 0)."""
-    return {g: bool(rewards[m].std(unbiased=False) == 0) for g, m in _members(groups).items()}
+    """For each group, whether all its rewards are equal, exactly (its advantages are 0)."""
+    return {g: _all_equal(rewards[m]) for g, m in _members(groups).items()}
 
 
 def turn_spans(positions: Sequence[int]) -> list[list[int]]:
@@ -240,6 +246,21 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
     v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     unclipped, clipped = (values - returns) ** 2, (v_clipped - returns) ** 2
     return 0.5 * torch.maximum(unclipped, clipped), (clipped > unclipped).float()
+
+
+def no_rollout_is(policy_logp: torch.Tensor, rollout_logp: torch.Tensor,
+                  cap: float) -> None:
+    """No correction: every token's loss weighs 1."""
+    return None
+
+
+def truncated_rollout_is(policy_logp: torch.Tensor, rollout_logp: torch.Tensor,
+                         cap: float) -> torch.Tensor:
+    """Truncated importance sampling (TIS, "Your efficient RL framework secretly brings
+    you off-policy RL training"; verl's rollout_is): each token's loss weighted by
+    min(p_trainer / p_engine, cap), the sampled token's probability under the trainer's
+    weights over the engine's that sampled it; the cap bounds the variance."""
+    return torch.clamp(torch.exp(policy_logp - rollout_logp), max=cap)
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:

@@ -18,7 +18,8 @@ from typing import Any, Optional, Protocol
 from rlver.engines import vllm_cpu
 from rlver.errors import RlverInputError
 
-#: In-process vLLM engine: context and KV cache sized for CPU and small models.
+#: In-process vLLM engine: context (the simulator's: `simulator.max_model_len`) and KV
+#: cache sized for CPU and small models.
 VLLM_MAX_MODEL_LEN = 4096
 VLLM_KV_CACHE_BYTES = 1 << 30
 
@@ -288,8 +289,10 @@ class VLLMEngineBackend:
 
     @classmethod
     def from_config(cls, cfg: Any, key: str = "simulator") -> VLLMEngineBackend:
-        """From a config group with the simulator's backend keys, named `key` in errors."""
-        return cls(cfg.model, temperature=cfg.temperature, max_tokens=cfg.max_tokens, key=key)
+        """From the simulator's config group (its context: `max_model_len`), named `key`
+        in errors."""
+        return cls(cfg.model, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                   max_model_len=cfg.max_model_len, key=key)
 
     def complete(
         self,

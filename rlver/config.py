@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlver import layout
+from rlver import context, layout
 from rlver.config_schema import JobResources, PersonaLLMConfig, RlverConfig
 from rlver.errors import RlverInputError
 from rlver.io import write_text
@@ -33,6 +33,7 @@ from rlver.registry import (
     GROUP_NORMS,
     KL_ESTIMATORS,
     POLICY_LOSSES,
+    ROLLOUT_IS,
     Registry,
     adv_estimator,
 )
@@ -55,6 +56,7 @@ PERSONA_LANGUAGES = ("en", "zh")
 PERSONA_LLM_BACKENDS = ("llm_vllm", "llm_http")
 LAUNCHERS = ("local", "slurm")
 SCALES = ("paper", "cpu")
+OLD_LOGPROBS = ("rollout", "recompute")
 
 #: Each choice field and its allowed values.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -67,6 +69,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "algorithm.name": ALGORITHMS,
     "algorithm.precision": PRECISIONS,
     "algorithm.keep_policies": KEEP_POLICIES,
+    "algorithm.old_logprobs": OLD_LOGPROBS,
     "model.dtype": DTYPES,
     "template.name": TEMPLATES,
     "personas.source": PERSONA_SOURCES,
@@ -143,6 +146,7 @@ def compose(
     cfg.experiment = experiment
     cfg.run = run or default_run_name(experiment, cfg.scale)
     validate(cfg)
+    context.check(cfg)
     return cfg
 
 
@@ -252,6 +256,7 @@ def _registered(cfg: DictConfig) -> list[Check]:
          _one_of(ADV_ESTIMATORS)),
         ("algorithm.policy_loss", alg.policy_loss in POLICY_LOSSES, _one_of(POLICY_LOSSES)),
         ("algorithm.kl_estimator", alg.kl_estimator in KL_ESTIMATORS, _one_of(KL_ESTIMATORS)),
+        ("algorithm.rollout_is", alg.rollout_is in ROLLOUT_IS, _one_of(ROLLOUT_IS)),
     ]
 
 
@@ -263,11 +268,22 @@ def _ranges(cfg: DictConfig) -> list[Check]:
         ("rollout.shards", ro.shards >= 1, "at least 1"),
         ("rollout.batch_size", ro.batch_size >= 1, "at least 1"),
         ("rollout.max_new_tokens", ro.max_new_tokens >= 1, "at least 1"),
+        ("rollout.max_model_len", ro.max_model_len >= 1, "at least 1"),
+        ("rollout.temperature", ro.temperature > 0,
+         "positive (the trainer divides the logits by it; greedy members are "
+         "rollout.greedy_per_group)"),
+        ("rollout.top_p", ro.top_p == 1.0,
+         "1.0 (nucleus truncation would record log-probs of another distribution than "
+         "the one the trainer recomputes)"),
         ("rollout.samples_per_persona", ro.samples_per_persona >= 1, "at least 1"),
         ("simulator.max_turns", cfg.simulator.max_turns >= 1, "at least 1"),
+        ("simulator.max_user_tokens", cfg.simulator.max_user_tokens >= 1, "at least 1"),
+        ("simulator.max_model_len", cfg.simulator.max_model_len > cfg.simulator.max_tokens,
+         "more than simulator.max_tokens (the context holds the prompt and the answer)"),
         ("simulator.max_fallback_rate", 0 <= cfg.simulator.max_fallback_rate <= 1,
          "in [0, 1]"),
         ("evaluation.max_turns", cfg.evaluation.max_turns >= 1, "at least 1"),
+        ("evaluation.max_new_tokens", cfg.evaluation.max_new_tokens >= 1, "at least 1"),
         ("evaluation.every", cfg.evaluation.every >= 1, "at least 1"),
         ("algorithm.lr", alg.lr > 0, "positive"),
         ("algorithm.critic_lr", alg.critic_lr > 0, "positive"),
@@ -282,6 +298,7 @@ def _ranges(cfg: DictConfig) -> list[Check]:
         ("algorithm.warmup_ratio", 0 <= alg.warmup_ratio <= 1, "in [0, 1]"),
         ("algorithm.critic_warmup_ratio", 0 <= alg.critic_warmup_ratio <= 1, "in [0, 1]"),
         ("algorithm.kl_coef", alg.kl_coef >= 0, "0 or more"),
+        ("algorithm.rollout_is_cap", alg.rollout_is_cap > 0, "positive"),
         ("algorithm.zero_stage", alg.zero_stage in {0, 1, 2, 3}, "0, 1, 2 or 3"),
         ("cluster.signal_delay_s", cl.signal_delay_s >= 0, "0 or more"),
         ("cluster.max_requeues", cl.max_requeues >= 0, "0 or more"),
@@ -323,6 +340,13 @@ def _combinations(cfg: DictConfig) -> list[Check]:
     return [
         ("rollout.schedule", ro.schedule == "batched" or ro.engine == "vllm",
          "batched, or async with rollout.engine=vllm"),
+        ("rollout.vllm_args", "max_model_len" not in ro.vllm_args,
+         "without max_model_len (the context is rollout.max_model_len, which the config "
+         "check measures dialogues against)"),
+        ("algorithm.rollout_is", alg.rollout_is == "none" or alg.old_logprobs == "recompute"
+         or alg.rollout_is not in ROLLOUT_IS,
+         "none with algorithm.old_logprobs=rollout (the correction weighs the trainer's "
+         "ratio, taken against its own recomputed log-probs, for the engine's sampling)"),
         (
             "rollout.greedy_per_group",
             0 <= ro.greedy_per_group < max(ro.samples_per_persona, 1),
@@ -420,7 +444,11 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "cluster.rollout": _JOB_DEFAULTS, "cluster.evaluate": _JOB_DEFAULTS,
                               "personas.language": "en", "personas.max_attempts": 4,
                               "personas.llm": dataclasses.asdict(PersonaLLMConfig()),
-                              "cluster.iterations_per_job": 1, "cluster.state_every": 0}
+                              "cluster.iterations_per_job": 1, "cluster.state_every": 0,
+                              "rollout.max_model_len": 4096, "simulator.max_model_len": 4096,
+                              "simulator.max_user_tokens": 128,
+                              "algorithm.old_logprobs": "rollout",
+                              "algorithm.rollout_is": "none", "algorithm.rollout_is_cap": 2.0}
 
 
 #: Keys a run may change when it continues. None of them changes a file already written,

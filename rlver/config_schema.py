@@ -100,6 +100,18 @@ class SimulatorConfig:
     backoff_s: float = 1.0
     temperature: float = 0.7
     max_tokens: int = 512
+    #: The longest message of the simulated user the policy sees (its opening line too),
+    #: in the policy's tokens; a longer one is cut to this many (the stage's log says
+    #: so). It bounds the dialogue for the context check (`rollout.max_model_len`). The
+    #: heuristic's lines measure at most 52 tokens (generated personas, SmolLM2's
+    #: tokenizer); the LLM simulators' files set it to their `max_tokens`, which caps an
+    #: answer in the simulator's own tokens (another tokenizer may count more).
+    max_user_tokens: int = 128
+    #: llm_vllm: the context of the in-process engine, in the simulator's tokens (its
+    #: prompt, with the transcript of MAX_TRANSCRIPT_CHARS characters at most, and its
+    #: answer). A call that does not fit fails, is retried and falls back
+    #: (`max_fallback_rate`). llm_http: the server's own --max-model-len applies.
+    max_model_len: int = 4096
     #: After the retries, an unparsable answer is recorded as parse_error and either
     #: changes nothing (`zero_delta`) or ends the dialogue with outcome `error`.
     on_parse_error: str = "zero_delta"
@@ -134,9 +146,17 @@ class RolloutConfig:
     #: turn (false), and stay the same between reruns unless a session had to be closed
     #: for KV room (the log says so). See rlver.engines.vllm.VLLMEngine.
     sessions: bool = True
-    #: Extra vLLM engine arguments, e.g. {gpu_memory_utilization: 0.5, max_model_len:
-    #: 8192, enforce_eager: false}; on CPU the defaults are eager mode and a 2 GiB KV cache.
+    #: Extra vLLM engine arguments, e.g. {gpu_memory_utilization: 0.5, enforce_eager:
+    #: false}; on CPU the defaults are eager mode and a 2 GiB KV cache. The context is
+    #: `max_model_len`, not an argument here.
     vllm_args: dict[str, Any] = field(default_factory=dict)
+    #: The policy engine's context in tokens (prompt + reply), for rollouts and
+    #: evaluations: vLLM's max_model_len; the hf engine refuses a longer context (and is
+    #: limited by the model's max_position_embeddings too). The config is refused when
+    #: the longest dialogue it allows does not fit (rlver/context.py: system prompt and
+    #: template, then per turn a reply of max_new_tokens and a user message of
+    #: simulator.max_user_tokens, for simulator.max_turns and evaluation.max_turns).
+    max_model_len: int = 4096
     #: Personas drawn per iteration (seeded by run seed and iteration).
     personas_per_iteration: int = 32
     #: Dialogues per persona; they form one GRPO group.
@@ -146,9 +166,13 @@ class RolloutConfig:
     #: Dialogues generated together: one batch (batched), or at most this many requests
     #: in the engine at once (async; the other dialogues wait on their simulator).
     batch_size: int = 16
-    #: Token budget of one assistant reply.
+    #: Token budget of one assistant reply (think mode: the thinking and the reply).
     max_new_tokens: int = 128
+    #: Sampling temperature, positive: the trainer recomputes log-probs at it (greedy
+    #: members: `greedy_per_group`).
     temperature: float = 1.0
+    #: 1.0 only: nucleus truncation would make the recorded log-probs those of another
+    #: distribution than the one the trainer recomputes.
     top_p: float = 1.0
     #: Members of each group decoded greedily instead of sampled (the first ones of the
     #: group), scored and trained with the rest: the benchmark decodes greedily, and a
@@ -237,6 +261,18 @@ class AlgorithmConfig:
     #: Per-token policy loss (`rlver.registry.POLICY_LOSSES`): `ppo_clip`, the clipped
     #: surrogate with `clip_ratio`.
     policy_loss: str = "ppo_clip"
+    #: The old log-probs of the ratio: `rollout` (the engine's, recorded with the
+    #: samples) or `recompute` (the trainer's own, from a no-grad pass over the rows
+    #: before the first step, as verl does: the first step's ratio is exactly 1, and the
+    #: engine-trainer mismatch does not clip tokens). The gap between the two is logged
+    #: either way (`logp_gap_*`, `rollout_kl`; docs/update.md).
+    old_logprobs: str = "rollout"
+    #: Importance-sampling correction of each token's loss for the engine-trainer
+    #: mismatch (`rlver.registry.ROLLOUT_IS`): `none`, or `tis` (truncated: weight
+    #: min(p_trainer / p_engine, rollout_is_cap); needs old_logprobs=recompute).
+    rollout_is: str = "none"
+    #: The truncation of `tis` (the TIS paper's C = 2).
+    rollout_is_cap: float = 2.0
     #: Penalty reward for a malformed think block (think template).
     format_penalty_reward: float = 0.0
     #: Trainer state (optimizer moments, PPO critic) carried from update i to update i+1,

@@ -233,19 +233,36 @@ class SimulatorPool:
             self._schedule()
 
 
+def user_message(chat: ChatTokens, text: str, max_tokens: Optional[int], where: str) -> str:
+    """A message of the simulated user as the policy gets it: cut to its first
+    `max_tokens` tokens when longer (`simulator.max_user_tokens`, which the context
+    check counts on; rlver/context.py), with a line on stderr."""
+    if max_tokens is None:
+        return text
+    ids = chat.encode(text)
+    if len(ids) <= max_tokens:
+        return text
+    print(f"{where}: a simulated user's message of {len(ids)} tokens cut to "
+          f"simulator.max_user_tokens={max_tokens}", file=sys.stderr, flush=True)
+    return str(chat.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True))
+
+
 class Turns:
     """The per-turn bookkeeping shared by every schedule (and the benchmark's re-creation
-    of the original loop): what the policy sampled in, what the simulator said out."""
+    of the original loop): what the policy sampled in, what the simulator said out.
+    `max_user_tokens`: the longest simulator message the policy gets (`user_message`)."""
 
     def __init__(self, dialogues: list[Dialogue], engine: Engine, chat: ChatTokens,
                  sampling: SamplingSettings, label: str,
-                 iteration: Optional[int] = None) -> None:
+                 iteration: Optional[int] = None,
+                 max_user_tokens: Optional[int] = None) -> None:
         self.dialogues = dialogues
         self.engine = engine
         self.chat = chat
         self.sampling = sampling
         self.label = label  # starts with the stage's name: "rollout iter 3 shard 1"
         self.iteration = iteration
+        self.max_user_tokens = max_user_tokens
         self.finished = 0
 
     def sampling_for(self, d: Dialogue) -> SamplingSettings:
@@ -282,19 +299,21 @@ class Turns:
         outcome = st.outcome or ("goodbye" if u.farewell else None)
         if f.fatal:
             outcome = "error"
-        d.messages.append(Message("user", u.text))
+        text = user_message(self.chat, u.text, self.max_user_tokens,
+                            f"{self.label}: dialogue {d.dialogue}")
+        d.messages.append(Message("user", text))
         if outcome is not None:
             self.end(d, outcome)
             return
         history = [{"role": m.role, "content": m.content} for m in d.messages[:-1]]
         last = d.turns[-1]
         if d.think:  # the thinking leaves the context: only the visible reply stays
-            d.context = last.prompt + self.chat.after_reply(history, u.text)
+            d.context = last.prompt + self.chat.after_reply(history, text)
         else:  # the sampled ids stay exactly as sampled
             s = last.sampled
             tail = self.engine.tokenizer.decode(s.token_ids[-1:]) if s.finished else ""
             d.context = (last.prompt + list(s.token_ids)
-                         + self.chat.continuation(history, u.text, tail))
+                         + self.chat.continuation(history, text, tail))
 
     def end(self, d: Dialogue, outcome: str, why: str = "") -> None:
         d.outcome = outcome
@@ -306,22 +325,26 @@ class Turns:
 
 
 def start_dialogues(specs: list[DialogueSpec], chat: ChatTokens, protocol: ProtocolSettings,
-                    think: bool = False) -> list[Dialogue]:
-    """Each dialogue opened by its persona's first line, waiting for the first reply."""
-    return [
-        Dialogue(
+                    think: bool = False, max_user_tokens: Optional[int] = None,
+                    label: str = "rollout") -> list[Dialogue]:
+    """Each dialogue opened by its persona's first line (cut as `user_message` cuts),
+    waiting for the first reply."""
+    out = []
+    for s in specs:
+        opening = user_message(chat, s.persona.opening_line, max_user_tokens,
+                               f"{label}: dialogue {s.dialogue}")
+        out.append(Dialogue(
             persona=s.persona,
             dialogue=s.dialogue,
             group_id=s.group_id,
             seed=s.seed,
             emotion_start=protocol.initial_emotion,
-            messages=[Message("user", s.persona.opening_line)],
-            context=chat.start(s.persona.opening_line),
+            messages=[Message("user", opening)],
+            context=chat.start(opening),
             think=think,
             greedy=s.greedy,
-        )
-        for s in specs
-    ]
+        ))
+    return out
 
 
 def run_dialogues(
@@ -338,6 +361,7 @@ def run_dialogues(
     think: bool = False,
     schedule: str = "batched",
     sessions: bool = True,
+    max_user_tokens: Optional[int] = None,
 ) -> list[Dialogue]:
     """Run every dialogue to its end; returns them in the order of `specs`.
 
@@ -345,7 +369,9 @@ def run_dialogues(
     time; more instances, more simulator batches in flight). `schedule`: see the module
     docstring; `async` needs an engine that serves concurrent requests. `sessions`
     (async, nothink): each dialogue's turns share an engine session. `iteration`: the
-    run's iteration, for the stage's kill points (rlver/faults.py).
+    run's iteration, for the stage's kill points (rlver/faults.py). `max_user_tokens`:
+    the simulated user's messages are cut to this many of the policy's tokens
+    (`simulator.max_user_tokens`; None: never cut).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -353,9 +379,9 @@ def run_dialogues(
         raise ValueError(f"schedule async needs a concurrent engine; "
                          f"{type(engine).__name__} is not (use schedule batched)")
     chat = ChatTokens(engine.tokenizer, system_prompt)
-    dialogues = start_dialogues(specs, chat, protocol, think)
+    dialogues = start_dialogues(specs, chat, protocol, think, max_user_tokens, label)
     sims = [simulator] if isinstance(simulator, Simulator) else list(simulator)
-    run = Turns(dialogues, engine, chat, sampling, label, iteration)
+    run = Turns(dialogues, engine, chat, sampling, label, iteration, max_user_tokens)
     if schedule == "async":
         asyncio.run(_run_async(run, sims, protocol, batch_size, sessions and not think))
     else:

@@ -56,7 +56,7 @@ def evaluate_policy(
     health.check_endpoint(cfg.simulator)
     if engine is None:
         engine = make_engine(cfg.rollout.engine, policy_dir, cfg.model.dtype,
-                             dict(cfg.rollout.vllm_args))
+                             dict(cfg.rollout.vllm_args), cfg.rollout.max_model_len)
     simulators = simulator_instances(cfg.simulator, len(specs))
     try:
         dialogues = run_dialogues(
@@ -72,6 +72,7 @@ def evaluate_policy(
             think=cfg.template.name == "think",
             schedule=cfg.rollout.schedule,
             sessions=cfg.rollout.sessions,
+            max_user_tokens=cfg.simulator.max_user_tokens,
         )
     finally:
         close_all([*simulators, engine] if own else simulators)

@@ -1,5 +1,6 @@
 """The trainer's choices by name: advantage estimators, credit, GRPO's group
-normalisation, policy losses and KL estimators, as verl's `core_algos` registers them.
+normalisation, policy losses, rollout importance sampling and KL estimators, as verl's
+`core_algos` registers them.
 
 Each registry maps the names a config key accepts to the functions that implement them.
 Entries are written as "module:function" and imported when the trainer looks them up, so
@@ -81,6 +82,13 @@ GROUP_NORMS = Registry("algorithm.adv_std", {
 #: The per-token policy loss from log-probs, rollout log-probs and advantages.
 POLICY_LOSSES = Registry("algorithm.policy_loss", {
     "ppo_clip": "rlver.train.losses:ppo_clip",
+})
+
+#: Importance-sampling corrections of the loss for the rollout engine's sampling: per
+#: token weights from the trainer's and the engine's log-probs, or None (no correction).
+ROLLOUT_IS = Registry("algorithm.rollout_is", {
+    "none": "rlver.algorithms:no_rollout_is",
+    "tis": "rlver.algorithms:truncated_rollout_is",
 })
 
 #: Estimators of KL(policy || reference) from the sampled tokens' log-probs.

@@ -275,7 +275,8 @@ class Block:
             # A kept policy from its folder; the first policy of the block always is.
             self.engine_policy = i if run.policy(i).exists() else self.spec.first
             self.rollout_engine = make_engine(ro.engine, str(run.policy(self.engine_policy)),
-                                              self.cfg.model.dtype, dict(ro.vllm_args))
+                                              self.cfg.model.dtype, dict(ro.vllm_args),
+                                              ro.max_model_len)
         if self.engine_policy != i:
             assert self.engines is not None and self.trained == i
             self.rollout_engine.load_weights(self.engines.actor.module.lm.named_parameters())

@@ -91,7 +91,8 @@ def rollout_shard(
     health.check_endpoint(sim)
     own = engine is None
     if engine is None:
-        engine = make_engine(ro.engine, policy_dir, cfg.model.dtype, dict(ro.vllm_args))
+        engine = make_engine(ro.engine, policy_dir, cfg.model.dtype, dict(ro.vllm_args),
+                             ro.max_model_len)
     simulators = simulator_instances(sim, len(specs))
     sent_before, cached_before = engine.prompt_tokens, engine.cached_prompt_tokens
     try:
@@ -109,6 +110,7 @@ def rollout_shard(
             think=cfg.template.name == "think",
             schedule=ro.schedule,
             sessions=ro.sessions,
+            max_user_tokens=sim.max_user_tokens,
         )
     finally:
         close_all([*simulators, engine] if own else simulators)

@@ -43,6 +43,25 @@ def test_group_advantages_batch_and_none_weight_groups_by_their_spread():
         algorithms.group_advantages(rewards, groups, 0.0, "rank")
 
 
+@pytest.mark.parametrize("std", ["group", "batch", "none"])
+@pytest.mark.parametrize("size", [2, 3, 4, 8, 16, 32, 100])
+def test_equal_rewards_give_exactly_zero_advantages_and_count_as_zero_spread(std, size):
+    """Rounding makes the float32 std of equal values non-zero (eight rewards of 0.97:
+    std 6e-8, advantages -0.1065 each): equality is compared exactly."""
+    for k in range(101):
+        rewards = torch.full((size,), k / 100, dtype=torch.float32)
+        groups = ["g"] * size
+        adv = algorithms.group_advantages(rewards, groups, 1e-6, std)
+        assert adv.tolist() == [0.0] * size, (k, size, adv[:3].tolist())
+        assert algorithms.zero_spread(rewards, groups) == {"g": True}, (k, size)
+    # beside a group with spread, an equal group stays at exactly 0
+    rewards = torch.tensor([0.97] * size + [0.2, 0.8])
+    adv = algorithms.group_advantages(rewards, ["g"] * size + ["h", "h"], 1e-6, std)
+    assert adv[:size].tolist() == [0.0] * size
+    assert adv[size] < 0 < adv[size + 1]
+    assert algorithms.zero_spread(rewards, ["g"] * size + ["h", "h"]) == {"g": True, "h": False}
+
+
 def test_clipped_surrogate_by_hand():
     old = torch.zeros(4)
     logp = torch.log(torch.tensor([1.5, 0.5, 1.1, 0.7]))

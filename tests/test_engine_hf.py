@@ -60,3 +60,38 @@ def test_hf_engine_refuses_incomplete_weights(base_model, policies):
     with pytest.raises(ValueError, match=r"missing \['model.norm.weight'\].*"
                                          r"unknown \['model.extra.weight'\]"):
         engine.load_weights(weights.items())
+
+
+def test_hf_engine_samples_our_settings_whatever_the_models_generation_config(
+        base_model, tmp_path):
+    """A model folder whose generation_config.json sets a repetition penalty, top_k and
+    top_p (as Qwen2.5-7B-Instruct's does): the engine samples the tokens our settings
+    give (those of the plain folder), sampled and greedy, and records the log-probs the
+    trainer recomputes (rlver.algorithms.token_logprobs at the rollout temperature)."""
+    import json
+
+    from rlver.engines.hf import load_hf_engine
+    from rlver.models import link_tree
+
+    folder = tmp_path / "penalised"
+    link_tree(base_model, folder)
+    path = folder / "generation_config.json"
+    penalties = {"do_sample": True, "temperature": 0.7, "repetition_penalty": 1.5,
+                 "top_k": 20, "top_p": 0.8}
+    gen = json.loads(path.read_text()) | penalties
+    path.unlink()  # a hard link to the cached model's file
+    path.write_text(json.dumps(gen))
+    sampled, greedy = SamplingSettings(24, temperature=0.9), SamplingSettings(24, greedy=True)
+    plain = load_hf_engine(str(base_model), "float32")
+    engine = load_hf_engine(str(folder), "float32")
+    for settings in (sampled, greedy):
+        want = plain.generate([PROMPT, PROMPT], settings, [3, 4])
+        got = engine.generate([PROMPT, PROMPT], settings, [3, 4])
+        assert [s.token_ids for s in got] == [s.token_ids for s in want], settings
+    for s in engine.generate([PROMPT, PROMPT], sampled, [3, 4]):
+        ids = torch.tensor([[*PROMPT, *s.token_ids]])
+        with torch.no_grad():
+            logits = engine.model(ids).logits
+        recomputed = algorithms.token_logprobs(logits, ids, 0.9)[0, len(PROMPT):]
+        assert len(s.token_ids) > 4
+        assert torch.allclose(torch.tensor(s.logprobs), recomputed, atol=2e-3)

@@ -355,9 +355,11 @@ def _job_logs(run: Path) -> str:
     pytest.param("block: iteration 0 done", r"continuing from the state saved after update "
                  r"0; replaying 0 update\(s\)", [], id="between_stages"),
     # in update 1 (three optimizer steps), signalled once step 1 is logged: a checkpoint
-    # at the end of step 1 or, usually, 2 (as the per-stage update takes it)
-    pytest.param("update iter 1: step 1/3", r"continuing update 1 at step [23] ",
-                 ["algorithm.ppo_epochs=3"], id="mid_update"),
+    # at the end of step 1, usually 2, or 3 (as the per-stage update takes it); the old
+    # log-probs recomputed, so the continued update must take them from the checkpoint
+    pytest.param("update iter 1: step 1/3", r"continuing update 1 at step [234] ",
+                 ["algorithm.ppo_epochs=3", "algorithm.old_logprobs=recompute"],
+                 id="mid_update"),
 ])
 def test_a_preempted_block_saves_its_state_requeues_and_ends_as_the_uninterrupted_run(
         make_tiny_run, base_model, tmp_path, request, after, continued, overrides):

@@ -247,6 +247,33 @@ def test_async_turns_of_a_dialogue_share_one_session_ended_with_it():
         assert engine.sessions == [None] * 4 and engine.ended == []
 
 
+
+class LongSim(SlowSim):
+    """+5 per reply; says a 40-character line."""
+
+    def speak(self, requests, emotions, outcomes: Sequence[Optional[str]]):
+        return [Utterance("x" * 40) for _ in requests]
+
+
+@pytest.mark.parametrize("schedule", ["async", "batched"])
+def test_the_simulated_users_messages_are_cut_to_max_user_tokens(schedule, capsys):
+    """The context check counts every user message, the opening line too, as at most
+    simulator.max_user_tokens of the policy's tokens (one a character here): longer ones
+    are cut, for the policy and the simulator alike, and the log says so."""
+    engine = FakeEngine(0.0, concurrent=True)
+    dialogues = _run(engine, [LongSim(0.0)], n=2, turns=3, schedule=schedule,
+                     max_user_tokens=10)
+    for d in dialogues:
+        users = [m.content for m in d.messages if m.role == "user"]
+        assert users[0] == d.persona.opening_line[:10] and len(users) == 4
+        assert users[1:] == ["x" * 10] * 3
+        assert "x" * 11 not in "".join(map(chr, d.sequence()[0]))
+    assert "a simulated user's message of 40 tokens cut to simulator.max_user_tokens=10" in (
+        capsys.readouterr().err)
+    whole = _run(FakeEngine(0.0, concurrent=True), [LongSim(0.0)], n=1, turns=1,
+                 schedule=schedule)[0]
+    assert [m.content for m in whole.messages if m.role == "user"][1] == "x" * 40
+
 class GatedSim(SlowSim):
     """+5 per reply; a `feel` call waits (on a condition, not a clock) until `ready(persona,
     k)` holds, k counting that persona's (or batch's) feel calls from 1. A schedule that

@@ -45,6 +45,7 @@ SIZE = ["rollout.personas_per_iteration=4", "rollout.samples_per_persona=2",
         "personas.num_test=8", "evaluation.num_personas=8", "evaluation.max_turns=8",
         "evaluation.batch_size=8"]
 HTTP = ["simulator=llm_http", "simulator.model=fake", "simulator.max_retries=1",
+        "simulator.max_user_tokens=128",
         "simulator.backoff_s=0.01", "simulator.max_concurrency=8"]
 
 

@@ -122,7 +122,7 @@ def test_update_at_its_time_limit_is_requeued_and_completes(workdir, base_model,
     subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "TimeLimit=20"], check=False)
     metrics = job.results()[0]
     log = job.stderr()
-    assert "Caught signal SIGUSR2" in log and "resumed at step" in log, log[-3000:]
+    assert "Caught signal SIGUSR2" in log and "resumed after step" in log, log[-3000:]
     assert len(metrics["resumed_at_steps"]) >= 1
     assert metrics["optimizer_steps"] == 32
     assert (Path(spec.out_policy_dir) / "model.safetensors").exists()

@@ -76,6 +76,25 @@ def test_kl_to_an_identical_reference_is_zero_at_a_low_temperature(workdir, base
     assert first["approx_kl"] == pytest.approx(plain["approx_kl"], rel=1e-5, abs=1e-9)
 
 
+def test_recomputed_old_logprobs_make_the_first_steps_ratio_exactly_one(workdir, base_model,
+                                                                        rows):
+    """algorithm.old_logprobs=recompute: the trainer's no-grad pass gives the old
+    log-probs, on the first step's own micro-batches, so that step's ratio is exactly 1
+    (no token clipped, approx KL 0), whatever the engine recorded; the gap to the
+    engine's log-probs is logged, and with tis the weights."""
+    got = update(workdir, base_model, rows, "recompute", "algorithm.old_logprobs=recompute",
+                 "algorithm.rollout_is=tis")
+    first = got["steps"][0]
+    assert first["approx_kl"] == 0.0 and first["clip_frac"] == 0.0, first
+    assert got["approx_kl_first_step"] == 0.0 and got["clip_fraction_first_step"] == 0.0
+    # the rows were sampled by the hf engine from this policy at this temperature: a
+    # gap in the last bits only
+    assert 0 < got["logp_gap_mean"] <= got["logp_gap_max"] < 1e-3, got
+    assert 0 <= got["rollout_kl"] < 1e-6
+    assert got["rollout_is_weight_mean"] == pytest.approx(1.0, abs=1e-3)
+    assert got["rollout_is_capped_share"] == 0.0
+
+
 def test_an_estimator_registered_by_name_runs_an_update(workdir, base_model, rows):
     """One function and one registration: the config accepts the name, the loop uses it."""
 
@@ -103,6 +122,10 @@ def test_update_metrics_report_the_runs_health(rows, without_kl):
     want = {"reply_length_mean", "reply_length_max", "truncated_share", "zero_spread_groups",
             "adv_mean", "adv_std", "adv_min", "adv_max"}
     assert want <= metrics.keys() and want <= metrics["steps"][0].keys()
+    gap = {"logp_gap_mean", "logp_gap_max", "rollout_kl", "clip_fraction_first_step",
+           "approx_kl_first_step"}
+    assert gap <= metrics.keys() and metrics["excluded_error_rows"] == 0
+    assert metrics["clip_fraction_first_step"] == metrics["steps"][0]["clip_frac"]
     assert metrics["truncated_share"] == pytest.approx(sum(replies) / len(replies))
     assert 0 < metrics["reply_length_mean"] <= metrics["reply_length_max"] <= 12
     assert metrics["zero_spread_groups"] == 0.0  # rows' rewards differ within each group

@@ -3,7 +3,9 @@
 cluster (`tests/slurm/cluster.sh start --nodes 2`, partition `nodes`), one rank on each.
 
 Every run here is one iteration of 4 optimizer steps (2 epochs x 2 mini-batches of the 4
-rollout rows); one rank accumulates 2 micro-batches per step, two ranks run 1 each.
+rollout rows); one rank accumulates 2 micro-batches per step, two ranks run 1 each. The
+old log-probs are the trainer's (`algorithm.old_logprobs=recompute`): a requeued job takes
+them from its checkpoint, or its steps would differ from the uninterrupted job's.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from .helpers import (
 pytestmark = pytest.mark.slow
 
 STEPS = ["iterations=1", "algorithm.lr=1e-5", "algorithm.ppo_epochs=2",
-         "algorithm.mini_batches=2", "algorithm.micro_batch_size=1"]
+         "algorithm.mini_batches=2", "algorithm.micro_batch_size=1",
+         "algorithm.old_logprobs=recompute"]
 COMPARED = ("loss", "grad_norm", "entropy", "approx_kl", "clip_frac", "value_loss")
 
 
@@ -96,10 +99,31 @@ def test_preempted_update_requeues_and_ends_with_the_uninterrupted_weights(
     preempt_after(job, "step 1/4")
     got, rank1 = job.results()
     log = job.stderr()
-    assert "this job is preempted" in log and "resumed at step" in log, log
+    assert "this job is preempted" in log and "resumed after step" in log, log
     assert len(got["resumed_at_steps"]) == 1 and 1 <= got["resumed_at_steps"][0] < 4
     assert_same_trajectory(got, ref, rel=0, abs=0)
     assert got["weights_sha256"] == rank1["weights_sha256"] == ref["weights_sha256"]
+    w_ref, w_got = weights(ref_spec.out_policy_dir), weights(spec.out_policy_dir)
+    assert all(torch.equal(w_ref[k], w_got[k]) for k in w_ref)
+    assert not (Path(spec.update_dir) / "resume").exists()
+
+
+def test_a_one_step_update_preempted_in_its_step_checkpoints_before_the_export(
+        workdir, base_model, rows):
+    """The paper's one optimizer step per update: a signal during that step is acted on
+    at its end, before the export (a checkpoint and a requeue, not Slurm's kill at the
+    time limit), and the requeued job exports the uninterrupted job's weights."""
+    one_step = ("algorithm.ppo_epochs=1", "algorithm.mini_batches=1")
+    ref_spec = make_spec(workdir, base_model, rows, "one_step", *one_step)
+    ref = run_update(ref_spec)
+    spec = make_spec(workdir, base_model, rows, "one_step_preempted", *one_step)
+    job = submit_update(spec)
+    preempt_after(job, "fresh optimizer state")  # logged before the step begins
+    got = job.results()[0]
+    log = job.stderr()
+    assert "this job is preempted" in log and "resumed after step 1/1" in log, log
+    assert got["resumed_at_steps"] == [1]
+    assert got["steps"] == ref["steps"]
     w_ref, w_got = weights(ref_spec.out_policy_dir), weights(spec.out_policy_dir)
     assert all(torch.equal(w_ref[k], w_got[k]) for k in w_ref)
     assert not (Path(spec.update_dir) / "resume").exists()

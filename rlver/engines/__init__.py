@@ -32,21 +32,30 @@ from __future__ import annotations
 from typing import Optional
 
 from rlver.config import ENGINES
-from rlver.engines.base import ContextFull, Engine, Sampled, SamplingSettings
+from rlver.engines.base import (
+    DEFAULT_MAX_MODEL_LEN,
+    ContextFull,
+    Engine,
+    Sampled,
+    SamplingSettings,
+)
 
-__all__ = ["ContextFull", "Engine", "Sampled", "SamplingSettings", "make_engine"]
+__all__ = ["DEFAULT_MAX_MODEL_LEN", "ContextFull", "Engine", "Sampled", "SamplingSettings",
+           "make_engine"]
 
 
 def make_engine(name: str, policy_dir: str, dtype: str,
-                engine_args: Optional[dict] = None) -> Engine:
+                engine_args: Optional[dict] = None,
+                max_model_len: int = DEFAULT_MAX_MODEL_LEN) -> Engine:
     """The engine named by `rollout.engine`, loaded with the policy at `policy_dir`;
-    `engine_args` (rollout.vllm_args) go to vLLM's engine arguments."""
+    `engine_args` (rollout.vllm_args) go to vLLM's engine arguments; `max_model_len`
+    (rollout.max_model_len): the context it takes."""
     if name == "vllm":
         from rlver.engines.vllm import VLLMEngine
 
-        return VLLMEngine(policy_dir, dtype, engine_args)
+        return VLLMEngine(policy_dir, dtype, engine_args, max_model_len=max_model_len)
     if name != "hf":
         raise ValueError(f"engine must be one of {ENGINES}, got {name!r}")
     from rlver.engines.hf import load_hf_engine
 
-    return load_hf_engine(policy_dir, dtype)
+    return load_hf_engine(policy_dir, dtype, max_model_len)

@@ -9,6 +9,9 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
+#: The engines' context when none is given (rollout.max_model_len's default).
+DEFAULT_MAX_MODEL_LEN = 4096
+
 
 @dataclass(frozen=True)
 class Sampled:

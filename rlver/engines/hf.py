@@ -1,10 +1,16 @@
-"""transformers `generate` as an engine: batched with left padding, runs anywhere."""
+"""transformers `generate` as an engine: batched with left padding, runs anywhere.
+
+Sampling follows our settings only: the model's `generation_config.json` is set aside
+(Qwen2.5-7B-Instruct's, for one, adds a repetition penalty, top_k 20 and top_p 0.8 to
+every `generate` call that does not override them), so the tokens come from the
+distribution whose log-probs are recorded and recomputed by the trainer."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from rlver.engines import base
 from rlver.engines.base import Engine, Sampled, SamplingSettings, checked_weights, stop_tokens
 
 
@@ -13,16 +19,27 @@ class HFEngine(Engine):
 
     One torch seed per batch (derived from the prompts' seeds): a row's tokens depend on
     the batch it is in, which the rollout keeps fixed so reruns are byte-identical.
+    `max_model_len`: the longest context it takes (within the model's own).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, stop_token_ids: list[int]) -> None:
+    def __init__(self, model: Any, tokenizer: Any, stop_token_ids: list[int],
+                 max_model_len: int = base.DEFAULT_MAX_MODEL_LEN) -> None:
+        from transformers import GenerationConfig
+
         self.model = model
         self.tokenizer = tokenizer
         self.stop_token_ids = set(stop_token_ids)
         self.pad_id = tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = stop_token_ids[0]
-        self.max_context = int(getattr(model.config, "max_position_embeddings", 1 << 20))
+        own = int(getattr(model.config, "max_position_embeddings", max_model_len))
+        self.max_context = min(own, max_model_len)
+        # generate() fills every setting a call leaves unset from the model's generation
+        # config: only the token ids stay, the rest are transformers' neutral defaults.
+        gen = model.generation_config
+        model.generation_config = GenerationConfig(
+            bos_token_id=gen.bos_token_id, eos_token_id=gen.eos_token_id,
+            pad_token_id=gen.pad_token_id)
 
     def generate(
         self, prompts: list[list[int]], settings: SamplingSettings, seeds: Sequence[int]
@@ -89,7 +106,8 @@ class HFEngine(Engine):
                     params[name].copy_(tensor)
 
 
-def load_hf_engine(policy_dir: str, dtype: str) -> HFEngine:
+def load_hf_engine(policy_dir: str, dtype: str,
+                   max_model_len: int = base.DEFAULT_MAX_MODEL_LEN) -> HFEngine:
     """The policy at `policy_dir` on the job's GPU if there is one, else the CPU."""
     from rlver.models import load_policy
 
@@ -98,6 +116,6 @@ def load_hf_engine(policy_dir: str, dtype: str) -> HFEngine:
 
     if torch.cuda.is_available():  # the job's GPU (Slurm sets CUDA_VISIBLE_DEVICES)
         model.to(torch.device("cuda", torch.cuda.current_device()))
-    return HFEngine(model, tokenizer, stop_token_ids=stop_tokens(tokenizer,
-                                                                 model.generation_config))
+    return HFEngine(model, tokenizer, stop_tokens(tokenizer, model.generation_config),
+                    max_model_len)
 

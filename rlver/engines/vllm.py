@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 from rlver.engines import vllm_cpu, vllm_worker
-from rlver.engines.base import Engine, Sampled, SamplingSettings, checked_weights, stop_tokens
+from rlver.engines.base import (
+    DEFAULT_MAX_MODEL_LEN,
+    Engine,
+    Sampled,
+    SamplingSettings,
+    checked_weights,
+    stop_tokens,
+)
 
 T = TypeVar("T")
 
@@ -53,10 +60,12 @@ class VLLMEngine(Engine):
     concurrent = True
 
     def __init__(self, policy_dir: str, dtype: str, engine_args: Optional[dict] = None,
-                 stat_loggers: Sequence[Any] = ()) -> None:
-        """`stat_loggers`: vLLM stat-logger factories (subclasses of vLLM's
-        `StatLoggerBase`), called once per engine step; with any, vLLM collects its
-        per-step statistics (off otherwise: they cost the front end time)."""
+                 stat_loggers: Sequence[Any] = (),
+                 max_model_len: int = DEFAULT_MAX_MODEL_LEN) -> None:
+        """`max_model_len`: the context (rollout.max_model_len). `stat_loggers`: vLLM
+        stat-logger factories (subclasses of vLLM's `StatLoggerBase`), called once per
+        engine step; with any, vLLM collects its per-step statistics (off otherwise: they
+        cost the front end time)."""
         from transformers import AutoTokenizer, GenerationConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
@@ -71,7 +80,7 @@ class VLLMEngine(Engine):
         args: dict[str, Any] = {
             "model": str(policy_dir),
             "dtype": dtype,
-            "max_model_len": 4096,
+            "max_model_len": max_model_len,
             "seed": 0,
             # Log-probs after temperature: what the trainer recomputes.
             "logprobs_mode": "processed_logprobs",

@@ -1,5 +1,6 @@
 """The update's health in the run report: its columns in the table and its figure
-(reply length, replies cut at max_new_tokens, zero-spread groups; rlver.train.metrics)."""
+(reply length, replies cut at max_new_tokens, zero-spread groups; rlver.train.metrics),
+and the engine-trainer gap (rlver.train.mismatch)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ COLUMNS = [("reply length", "reply_length_mean", "{:.1f}"),
            ("advantage std", "adv_std", "{:.3g}"),
            ("entropy", "entropy", "{:.3g}"),
            ("approx KL", "approx_kl", "{:.3g}"),
-           ("clip fraction", "clip_fraction", "{:.3g}")]
+           ("clip fraction", "clip_fraction", "{:.3g}"),
+           ("first step clipped", "clip_fraction_first_step", "{:.3g}"),
+           ("log-prob gap (mean)", "logp_gap_mean", "{:.2g}"),
+           ("log-prob gap (max)", "logp_gap_max", "{:.2g}"),
+           ("engine-trainer KL", "rollout_kl", "{:.2g}"),
+           ("error rows left out", "excluded_error_rows", "{:.0f}")]
 
 
 def plot(updates: list[tuple[int, dict[str, Any]]], path: Path) -> None:

@@ -32,6 +32,8 @@ def actor_loss(actor: Any, b: dict[str, torch.Tensor], alg: Any,
     logits = actor(b["input_ids"], b["attention_mask"], b["rows"], b["cols"] - 1)
     logp, entropy = A.target_terms(logits, b["targets"], temperature)
     pg_loss, clipped = POLICY_LOSSES.get(alg.policy_loss)(logp, b["old_logp"], b["adv"], alg)
+    if "is_weight" in b:  # algorithm.rollout_is: the engine sampled, not these weights
+        pg_loss = pg_loss * b["is_weight"]
     loss = pg_loss - alg.entropy_coef * entropy
     stats = {"pg_loss": pg_loss, "clip_frac": clipped, "entropy": entropy}
     if alg.kl_coef > 0:

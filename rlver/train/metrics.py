@@ -20,6 +20,7 @@ from rlver import algorithms as A
 from rlver.fallbacks import fallback_stats
 from rlver.scalars import Point, numbers
 from rlver.schema import OUTCOMES
+from rlver.train import mismatch
 from rlver.train.batch import Terms, action_positions
 
 
@@ -71,9 +72,10 @@ def health(rows: list[dict[str, Any]], terms: Terms, which: list[int],
 
 def summary(iteration: int, cfg: Any, rows: list[dict[str, Any]], terms: Terms,
             zero_spread: dict[str, bool], progress: Any, t0: float,
-            world: int) -> dict[str, Any]:
+            world: int, excluded: int = 0) -> dict[str, Any]:
     """The update's summary: token-weighted means over its steps (`progress.steps`), the
-    batch's numbers and its health, and every step's record under `steps`."""
+    batch's numbers and its health (with the engine-trainer gap, rlver.train.mismatch),
+    and every step's record under `steps`. `excluded`: rows left out (outcome error)."""
     steps = progress.steps
     tokens = sum(s["tokens"] for s in steps)
 
@@ -91,6 +93,7 @@ def summary(iteration: int, cfg: Any, rows: list[dict[str, Any]], terms: Terms,
         "reward_mean": rewards.mean().item(),
         "reward_std": rewards.std(unbiased=False).item(),
         "num_samples": len(rows),
+        "excluded_error_rows": excluded,
         "num_tokens": sum(len(action_positions(r)) for r in rows),
         "grad_norm": sum(s["grad_norm"] for s in steps) / len(steps),
         "lr": steps[-1]["lr"],
@@ -116,6 +119,9 @@ def summary(iteration: int, cfg: Any, rows: list[dict[str, Any]], terms: Terms,
             "critic_lr": steps[-1]["critic_lr"],
         }
     metrics |= health(rows, terms, list(range(len(rows))), zero_spread)
+    metrics |= mismatch.gap(terms, cfg.algorithm) | {
+        "clip_fraction_first_step": steps[0]["clip_frac"],
+        "approx_kl_first_step": steps[0]["approx_kl"]}
     metrics |= fallback_stats(rows)
     metrics["steps"] = steps
     return metrics

@@ -24,8 +24,10 @@ import torch
 from rlver import algorithms as A
 from rlver import config as config_mod
 from rlver import faults, layout, scalars
+from rlver.errors import RlverInputError
 from rlver.io import write_json
 from rlver.train import metrics as M
+from rlver.train import mismatch
 from rlver.train import state as S
 from rlver.train.advantages import advantages
 from rlver.train.batch import Terms, action_positions, collate, rollout_terms
@@ -47,6 +49,8 @@ class Batch:
     lengths: list[int]
     plan: list[Step]
     zero_spread: dict[str, bool]
+    #: Rows of dialogues that ended with outcome `error`, left out (`read_batch`).
+    excluded: int = 0
 
     @property
     def grad_accum(self) -> int:
@@ -79,7 +83,7 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
     progress = S.load_resume(resume_dir, engines.actor, engines.critic, world) if resume else None
     if progress is not None:
         terms, carried = S.resume_terms(resume_dir), progress.carried
-        S.log(rank, f"update iter {spec.iteration}: resumed at step {progress.next_step + 1}"
+        S.log(rank, f"update iter {spec.iteration}: resumed after step {progress.next_step}"
                     f"/{len(batch.plan)} from {resume_dir}")
     else:
         progress = S.Progress()
@@ -116,14 +120,26 @@ def start(cfg: Any, timeout: Optional[timedelta] = None) -> tuple[int, int, torc
 
 
 def read_batch(spec: UpdateSpec, cfg: Any, rank: int, world: int) -> Batch:
-    """The update's rollouts and the plan of its optimizer steps (epochs x mini-batches)."""
+    """The update's rollouts and the plan of its optimizer steps (epochs x mini-batches).
+
+    Rows of dialogues that ended with outcome `error` are left out: a full context or a
+    simulator that gave no usable answer (simulator.on_parse_error=error) ended them, not
+    the protocol, so their final emotion is not the paper's reward (as DAPO leaves
+    overlong samples out of the loss). Their count is `excluded_error_rows`."""
     from rlver.schema import read_rows
 
-    rows = read_rows(list(spec.rollout_paths))
+    read = read_rows(list(spec.rollout_paths))
+    rows = [r for r in read if r["outcome"] != "error"]
+    if not rows:
+        raise RlverInputError(
+            f"update iter {spec.iteration}: all {len(read)} rollout rows of "
+            f"{', '.join(spec.rollout_paths)} ended with outcome error (field outcome): "
+            "nothing to train on. Fix: read the rollout logs for why (a full context, a "
+            "failing simulator), mend that and rerun the rollouts.")
     lengths = [len(r["input_ids"]) for r in rows]
     actions = [len(action_positions(r)) for r in rows]
     plan = make_plan(lengths, actions, cfg.algorithm, cfg.seed, spec.iteration, rank, world)
-    return Batch(rows, lengths, plan, M.zero_spread_groups(rows))
+    return Batch(rows, lengths, plan, M.zero_spread_groups(rows), len(read) - len(rows))
 
 
 def open_engines(spec: UpdateSpec, cfg: Any, grad_accum: int, world: int,
@@ -152,21 +168,31 @@ def open_engines(spec: UpdateSpec, cfg: Any, grad_accum: int, world: int,
 
 def batch_terms(batch: Batch, cfg: Any, engines: Engines, reference: Any, rank: int,
                 world: int, device: torch.device) -> Terms:
-    """The rollout terms (critic values, reference log-probs), then the advantages."""
+    """The rollout terms (critic values, reference log-probs), the advantages, then the
+    trainer's own log-probs of the rows and the old log-probs of the ratio
+    (rlver.train.mismatch)."""
     alg = cfg.algorithm
     fixed: Terms = {}
     if alg.name == "ppo" or alg.kl_coef > 0:
         fixed = rollout_terms(batch.rows, alg, engines.critic, reference,
                               cfg.rollout.temperature, rank, world, engines.pad_id, device)
-    return advantages(batch.rows, fixed, alg)
+    t = time.perf_counter()
+    first_epoch = [mb for step in batch.plan[:alg.mini_batches] for mb in step.micro]
+    policy = mismatch.policy_logprobs(batch.rows, first_epoch, engines.actor,
+                                      cfg.rollout.temperature, world, engines.pad_id, device)
+    S.log(rank, f"update: the trainer's log-probs of the rollouts in "
+                f"{time.perf_counter() - t:.1f} s (one no-grad pass)")
+    return mismatch.old_logprobs(advantages(batch.rows, fixed, alg), policy, alg)
 
 
 def optimize(spec: UpdateSpec, cfg: Any, engines: Engines, batch: Batch, terms: Terms,
              progress: S.Progress, carried: bool, rank: int, world: int,
              device: torch.device, preemption: Optional[Preemption], t0: float) -> float:
     """The optimizer steps of the plan from progress.next_step on (recorded in
-    `progress`); on a preemption, a checkpoint to update/resume and a requeue. Returns
-    when the steps began (perf_counter)."""
+    `progress`). On the preemption signal, at the end of any step, the last one too
+    (before the export, which takes longer than the checkpoint and cannot stop half-way):
+    a checkpoint to update/resume and a requeue. Returns when the steps began
+    (perf_counter)."""
     alg = cfg.algorithm
     actor, critic = engines.actor, engines.critic
     rows, lengths, plan = batch.rows, batch.lengths, batch.plan
@@ -205,7 +231,7 @@ def optimize(spec: UpdateSpec, cfg: Any, engines: Engines, batch: Batch, terms: 
         S.log(rank, f"update iter {spec.iteration}: step {k + 1}/{per_iter}: loss "
                     f"{record['loss']:.4f} grad norm {record['grad_norm']:.3f}")
         faults.point("update.step_end", spec.iteration)
-        if preemption is not None and k + 1 < per_iter and any_rank(preemption.requested):
+        if preemption is not None and any_rank(preemption.requested):
             progress.seconds += time.perf_counter() - t0
             progress.train_seconds += time.perf_counter() - t_train
             S.save_resume(Path(spec.update_dir) / "resume", actor, critic, terms, progress,
@@ -237,7 +263,7 @@ def finish(spec: UpdateSpec, cfg: Any, engines: Engines, batch: Batch, terms: Te
         torch.distributed.barrier()
         return {"rank": rank, "weights_sha256": weights_hash}
     metrics = M.summary(spec.iteration, cfg, batch.rows, terms, batch.zero_spread, progress,
-                        t0, world)
+                        t0, world, batch.excluded)
     metrics["weights_sha256"] = weights_hash
     scalars.write(layout.Run.of_config(spec.config_path), "update", spec.iteration,
                   M.points(metrics, spec.iteration * per_iter))

@@ -1,0 +1,79 @@
+"""The training-inference mismatch: the trainer's own log-probs of the rollouts, the old
+log-probs of the ratio (`algorithm.old_logprobs`), the importance-sampling correction
+(`algorithm.rollout_is`) and the gap between engine and trainer, logged every update.
+
+The rollout engine (vLLM, or transformers' generate with a KV cache, in bf16 at scale)
+and the trainer (DeepSpeed, its own precision and kernels) compute the same policy's
+log-probs differently. With the engine's as the old log-probs, the first step's ratio
+is not 1 and the clip removes tokens for no reason; `recompute` takes the trainer's, from
+one no-grad pass over the rows before the first step (as verl does), on the first
+epoch's micro-batches, so that the first step computes them again bit for bit. The pass
+runs with `rollout` too: the gap needs the trainer's side.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rlver import algorithms as A
+from rlver.registry import ROLLOUT_IS
+from rlver.train.batch import Terms, action_positions, collate
+from rlver.train.plan import MicroBatch
+
+
+def policy_logprobs(rows: list[dict[str, Any]], micro: list[MicroBatch], actor: Any,
+                    temperature: float, world: int, pad_id: int,
+                    device: torch.device) -> dict[int, torch.Tensor]:
+    """The trainer's log-probs of each row's sampled tokens at the sampling temperature,
+    with the weights before the first step, over `micro` (this rank's micro-batches of
+    the first epoch, which hold every row once over the ranks); all ranks get all rows."""
+    mine: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for mb in micro:
+            b = collate([rows[r] for r in mb.rows], [{} for _ in mb.rows], mb.weight, pad_id,
+                        device)
+            logits = actor(b["input_ids"], b["attention_mask"], b["rows"], b["cols"] - 1)
+            logp = A.target_logprobs(logits, b["targets"], temperature).cpu()
+            sizes = [len(action_positions(rows[r])) for r in mb.rows]
+            if mb.weight:
+                mine |= dict(zip(mb.rows, logp.split(sizes), strict=True))
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, mine)
+    return {r: t for part in gathered for r, t in part.items()}
+
+
+def old_logprobs(terms: Terms, policy: dict[int, torch.Tensor], alg: Any) -> Terms:
+    """`terms` (whose `old_logp` are the engine's) with the engine's log-probs as
+    `rollout_logp`, the trainer's as `policy_logp`, the ratio's `old_logp` chosen by
+    `algorithm.old_logprobs`, and the `algorithm.rollout_is` weights (`is_weight`)."""
+    correction = ROLLOUT_IS.get(alg.rollout_is)
+    out: Terms = {}
+    for i, t in terms.items():
+        engine, trainer = t["old_logp"], policy[i]
+        out[i] = t | {"rollout_logp": engine, "policy_logp": trainer,
+                      "old_logp": trainer if alg.old_logprobs == "recompute" else engine}
+        weight = correction(trainer, engine, alg.rollout_is_cap)
+        if weight is not None:
+            out[i]["is_weight"] = weight
+    return out
+
+
+def gap(terms: Terms, alg: Any) -> dict[str, float]:
+    """Engine against trainer over all assistant tokens of the update: the mean and max
+    |delta log-prob|, the k3 estimate of KL(engine || trainer) (`rollout_kl`), and with
+    a correction the mean weight and the share of tokens at the cap."""
+    # float64: gaps of 1e-6 (fp32 engines) give k3 terms of 1e-12, under float32's rounding
+    engine = torch.cat([t["rollout_logp"] for t in terms.values()]).double()
+    trainer = torch.cat([t["policy_logp"] for t in terms.values()]).double()
+    delta = (trainer - engine).abs()
+    if not delta.numel():
+        return {}
+    out = {"logp_gap_mean": delta.mean().item(), "logp_gap_max": delta.max().item(),
+           "rollout_kl": A.approx_kl_terms(trainer, engine).mean().item()}
+    if all("is_weight" in t for t in terms.values()):
+        weight = torch.cat([t["is_weight"] for t in terms.values()])
+        out["rollout_is_weight_mean"] = weight.mean().item()
+        out["rollout_is_capped_share"] = (weight >= alg.rollout_is_cap).float().mean().item()
+    return out
