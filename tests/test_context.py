@@ -10,8 +10,6 @@ from rlver import config, context
 from rlver.config_schema import TemplateConfig
 from rlver.errors import RlverInputError
 
-SYSTEM = len(TemplateConfig().system_prompt.encode())  # no tokenizer here: its bytes
-
 
 def test_worst_case_by_hand():
     # 50 system + 32 template + 3 turns x (100 reply + 20 user + 24 template)
@@ -21,13 +19,15 @@ def test_worst_case_by_hand():
 def test_a_dialogue_longer_than_the_context_is_refused_with_its_numbers():
     """The benchmark's 10 turns of 512-token replies (the paper's evaluation) do not fit
     the default 4096 tokens: refused when the config is composed, with the sum."""
-    need = SYSTEM + 32 + 10 * (512 + 128 + 24)
+    # The system prompt in the model's tokens where it is prepared here, else its bytes.
+    system, how = context.system_tokens(config.compose("smoke"))
+    need = system + 32 + 10 * (512 + 128 + 24)
     with pytest.raises(RlverInputError) as err:
         config.compose("smoke", ["evaluation.max_turns=10", "evaluation.max_new_tokens=512"])
     message = str(err.value)
     assert "rollout.max_model_len=4096 is too short" in message
     assert (f"the longest dialogue of the benchmark needs {need} tokens: system prompt "
-            f"{SYSTEM} (its UTF-8 bytes, no tokenizer on this machine) + template 32 + "
+            f"{system} ({how}) + template 32 + "
             "evaluation.max_turns=10 x (evaluation.max_new_tokens=512 + "
             "simulator.max_user_tokens=128 + template 24)") in message
     assert f"Fix: set rollout.max_model_len to at least {need}" in message
@@ -45,7 +45,8 @@ def test_the_system_prompt_is_measured_with_the_models_tokenizer(base_model):
     local = ["model=local_path", f"model.source={base_model}", "model.name=local"]
     cfg = config.compose("smoke", local)
     tokens, how = context.system_tokens(cfg)
-    assert 10 < tokens < SYSTEM / 3 and how == f"measured with {base_model}"
+    assert 10 < tokens < len(TemplateConfig().system_prompt.encode()) / 3
+    assert how == f"measured with {base_model}"
     with pytest.raises(RlverInputError,
                        match=r"rollout.max_model_len=9000 exceeds the model's context "
                              r"\(max_position_embeddings=8192 in .*config.json\)"):
