@@ -26,7 +26,7 @@ from rlver import faults, layout
 from rlver.errors import RlverInputError
 from rlver.io import atomic_path, read_json_object
 from rlver.metrics import paired_gain
-from rlver.reporting import health, plots
+from rlver.reporting import health, plots, retention_table
 from rlver.reporting import table as rtable
 from rlver.schema import OUTCOMES, read_metadata
 from rlver.simulator.health import RATE_KEY, fallback_stats
@@ -127,7 +127,8 @@ def build_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
         rtable.write_table(table_rows, tmp / "table")
         page = _render_page(
             cfg_dict, rconfig.run_hash(cfg_path), iterations, last_eval, eval_rows, images,
-            _paper_table(table_rows, bool(own_rows)),
+            _paper_table(table_rows, bool(own_rows))
+            + retention_table.report_section(run_dir, tmp),
         )
         (tmp / "index.html").write_text(page, encoding="utf-8")
         faults.point("report.before_rename")
