@@ -214,3 +214,32 @@ def test_lm_eval_through_the_stage_offline_and_a_rerun_gives_the_same(
         kept / "samples_ifeval.jsonl").read_bytes()
     print(f"network isolated: {isolated}; first run {metrics['seconds']} s, "
           f"rerun {again['seconds']} s")
+
+
+@pytest.mark.long
+def test_lm_evals_command_line_gives_the_stages_numbers(tmp_path: Path, base_model: Path
+                                                        ) -> None:
+    """command.sh, lm-eval's own command line on the same policy, data and task file,
+    reports the numbers and answers the stage wrote (one thread each: the sums' order)."""
+    from rlver.models import link_tree
+
+    run = Run(tmp_path / "results" / "tiny")
+    cfg = config.compose("smoke", [*TINY, "retention=cpu", "retention.tasks.ifeval.limit=6",
+                                   "retention.tasks.ifeval.max_gen_toks=24"], run="tiny")
+    config.freeze(cfg, run.config)
+    link_tree(base_model, run.policy(0))
+    res = _measure(run, run.policy(0), False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = run.retention_dir(0)
+    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    cli = subprocess.run(["bash", str(out / "command.sh")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    (results,) = (tmp_path / "lm_eval_ifeval").rglob("results_*.json")
+    (samples,) = (tmp_path / "lm_eval_ifeval").rglob("samples_ifeval_*.jsonl")
+    stage = json.loads((out / "lm_eval_ifeval.json").read_text())
+    by_hand = json.loads(results.read_text())
+    assert by_hand["results"] == stage["results"]
+    answers = [[json.loads(line)["resps"] for line in path.read_text().splitlines()]
+               for path in (samples, out / "samples_ifeval.jsonl")]
+    assert answers[0] == answers[1]
