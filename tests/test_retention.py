@@ -142,6 +142,24 @@ def test_table_and_report_section_show_each_iteration_against_the_base(tmp_path:
     assert retention_table.report_section(none.root, tmp_path) == ""
 
 
+def test_rlver_table_prints_and_writes_the_general_abilities(tmp_path: Path, capsys) -> None:
+    from rlver import cli
+    from rlver.metrics import benchmark_metrics
+
+    run = Run(tmp_path / "results" / "r")
+    config.freeze(config.compose("smoke", ["retention=cpu"], run="r"), run.config)
+    for i in (0, 2):
+        write_json(run.eval_metrics(i), {"iteration": i, "policy_sha256": "ab" * 32}
+                   | benchmark_metrics([40, 50], ["max_turns"] * 2, [4, 4], failure_below=10))
+    write_json(run.retention_metrics(0), _metrics(0, 0.25, 0.4))
+    write_json(run.retention_metrics(2), _metrics(2, 0.5, 0.6))
+    assert cli.main(["table", str(run.root), "--out", str(tmp_path / "t")]) == 0
+    out = capsys.readouterr()
+    assert "General abilities" in out.out and "50.0 ± 5.0 (+25.0)" in out.out
+    assert (tmp_path / "t-retention.md").read_text() in out.out
+    assert (tmp_path / "t-retention.csv").is_file()
+
+
 def test_a_damaged_metrics_file_is_refused_with_the_fix(tmp_path: Path) -> None:
     run = Run(tmp_path / "r")
     config.freeze(config.compose("smoke", ["retention=cpu"], run="r"), run.config)
