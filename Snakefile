@@ -23,6 +23,7 @@ else:
     include: "workflow/rules/block.smk"
 
 
+include: "workflow/rules/retention.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -35,3 +36,4 @@ rule all:
         [update_metrics(i) for i in range(ITERATIONS)],
         [p for i in range(ITERATIONS) for p in rollout_shards(i)],
         [eval_metrics(i) for i in evaluated_iterations()],
+        [retention_metrics(i) for i in retention_iterations()],

@@ -179,6 +179,7 @@ def main() -> None:
     overrides = [
         "model=local_path", f"model.source={model}", "model.name=gpu-check",
         f"model.dtype={dtype}", "simulator=heuristic", "rollout=default", "cluster=local",
+        "retention=none",
         f"cluster.gpus_per_node={int(gpu)}", "iterations=1",
         "rollout.personas_per_iteration=8", "rollout.samples_per_persona=4",
         "rollout.batch_size=32", "rollout.max_new_tokens=128", "simulator.max_turns=4",

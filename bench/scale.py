@@ -183,7 +183,7 @@ def probe_update(model: Path, device: str, out: dict[str, Any], work: Path, rows
     out["init_distributed_s"] = time.perf_counter() - t
     # The algorithm the experiments train with; on the CPU without bf16 or ZeRO.
     over = [f"model.source={model}", "simulator.base_url=http://unused/v1",
-            "simulator.model=unused"] + (
+            "simulator.model=unused", "retention=none"] + (
         ["algorithm.precision=bf16", "algorithm.zero_stage=2"] if device == "cuda"
         else ["algorithm.precision=fp32", "algorithm.zero_stage=0"])
     alg = config_mod.compose("paper_grpo_nothink_vanilla", over).algorithm

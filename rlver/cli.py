@@ -126,6 +126,13 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     evaluate_policy(a.config, a.iteration, a.policy, a.personas, a.out_dir)
 
 
+def cmd_retention(a: argparse.Namespace) -> None:
+    from rlver.retention import measure_policy
+
+    _threads(a.threads)
+    measure_policy(a.config, a.iteration, a.policy, a.out_dir)
+
+
 def cmd_report(a: argparse.Namespace) -> None:
     from rlver.reporting.report import build_report
 
@@ -140,6 +147,7 @@ def cmd_results_doc(a: argparse.Namespace) -> None:
 
 
 def cmd_table(a: argparse.Namespace) -> None:
+    from rlver.reporting import retention_table
     from rlver.reporting.table import build_table, to_markdown, write_table
 
     rows = build_table(a.run_dirs, last_only=a.last)
@@ -147,6 +155,13 @@ def cmd_table(a: argparse.Namespace) -> None:
         md, csv_path = write_table(rows, a.out)
         print(f"table: wrote {md} and {csv_path}", file=sys.stderr)
     print(to_markdown(rows), end="")
+    abilities = retention_table.build(a.run_dirs)
+    if abilities:
+        if a.out:
+            md, csv_path = retention_table.write(abilities, f"{a.out}-retention")
+            print(f"table: wrote {md} and {csv_path}", file=sys.stderr)
+        print("\nGeneral abilities (the paper's Table 2; iteration 0 is the base model):\n")
+        print(retention_table.to_markdown(abilities), end="")
 
 
 def cmd_score(a: argparse.Namespace) -> None:
@@ -246,12 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True)
     s.add_argument("--threads", type=_positive, default=None)
 
+    s = add("retention", cmd_retention,
+            "general abilities of one policy: lm-eval's tasks of retention.tasks")
+    s.add_argument("--config", required=True)
+    s.add_argument("--iteration", type=int, required=True)
+    s.add_argument("--policy", required=True)
+    s.add_argument("--out-dir", required=True, help="iter_<i>/retention/ of the run")
+    s.add_argument("--threads", type=int, default=None)
+
     s = add("report", cmd_report, "HTML report and figures of a run")
     s.add_argument("--run-dir", required=True)
     s.add_argument("--out", required=True)
 
     s = add("table", cmd_table,
-            "paper-style table (score, success, failure) of runs, with the paper's numbers")
+            "paper-style table (score, success, failure) of runs, with the paper's numbers; "
+            "and the general abilities of runs with a retention stage (Table 2)")
     s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="results/<run> directories")
     s.add_argument("--out", default=None, metavar="PREFIX",
                    help="also write PREFIX.md and PREFIX.csv")

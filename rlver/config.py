@@ -23,8 +23,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlver import context, layout
-from rlver.config_schema import JobResources, PersonaLLMConfig, RlverConfig
+from rlver import context, layout, retention_tasks
+from rlver.config_schema import JobResources, PersonaLLMConfig, RetentionConfig, RlverConfig
 from rlver.errors import RlverInputError
 from rlver.io import write_text
 from rlver.registry import (
@@ -147,6 +147,7 @@ def compose(
     cfg.run = run or default_run_name(experiment, cfg.scale)
     validate(cfg)
     context.check(cfg)
+    retention_tasks.check_data(cfg)
     return cfg
 
 
@@ -217,9 +218,11 @@ def _check_unset(cfg: DictConfig) -> None:
         "simulator.model": llm,
     }
     unset = [k for k, need in needed.items() if need and OmegaConf.select(cfg, k) == ""]
+    data = dict(retention_tasks.unset(cfg))
+    unset += list(data)
     if not unset:
         return
-    hints = _USER_KEYS | (
+    hints = _USER_KEYS | data | (
         {"simulator.model": "a local model directory"} if cfg.simulator.backend == "llm_vllm"
         else {}
     )
@@ -237,7 +240,8 @@ def validate(cfg: DictConfig) -> None:
     _check_unset(cfg)
     checks = [(key, OmegaConf.select(cfg, key) in values, "one of: " + ", ".join(values))
               for key, values in CHOICES.items()]
-    checks += _registered(cfg) + _ranges(cfg) + _combinations(cfg)
+    checks += (_registered(cfg) + _ranges(cfg) + _combinations(cfg)
+               + retention_tasks.checks(cfg))
     bad = [f"{key} must be {want}" for key, ok, want in checks if not ok]
     if bad:
         raise RlverInputError("config: " + "; ".join(bad) + ". Fix: override those keys.")
@@ -305,7 +309,7 @@ def _ranges(cfg: DictConfig) -> list[Check]:
         ("cluster.iterations_per_job", cl.iterations_per_job >= 1, "at least 1"),
         ("cluster.state_every", cl.state_every >= 0, "0 or more"),
         *((f"cluster.{job}.{key}", getattr(cl[job], key) >= low, f"at least {low}")
-          for job in ("rollout", "evaluate")
+          for job in ("rollout", "evaluate", "retention")
           for key, low in (("gpus", 0), ("cpus", 1), ("mem_mb", 1), ("runtime_min", 1))),
         ("run", bool(cfg.run) and "/" not in cfg.run, "a name without '/'"),
         *_persona_ranges(cfg.personas),
@@ -448,7 +452,9 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "rollout.max_model_len": 4096, "simulator.max_model_len": 4096,
                               "simulator.max_user_tokens": 128,
                               "algorithm.old_logprobs": "rollout",
-                              "algorithm.rollout_is": "none", "algorithm.rollout_is_cap": 2.0}
+                              "algorithm.rollout_is": "none", "algorithm.rollout_is_cap": 2.0,
+                              "retention": dataclasses.asdict(RetentionConfig()),
+                              "cluster.retention": _JOB_DEFAULTS}
 
 
 #: Keys a run may change when it continues. None of them changes a file already written,
@@ -459,16 +465,17 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
 #:   planned when the run was frozen (`schedule_iterations`); the added steps run after it.
 #: - `evaluation.every`: which policies are evaluated; an evaluation does not depend on
 #:   the others. `algorithm.keep_policies`: which policies stay on disk.
-#: - the queue, account, memory and time limit of the update, rollout and evaluate jobs:
-#:   where and how long they run, not what they compute (a job requeued at its time
-#:   limit ends with the same weights). Their GPUs and CPUs are not among them: a GPU
+#:   `retention.every`: which of the kept policies the retention stage measures.
+#: - the queue, account, memory and time limit of the update, rollout, evaluate and
+#:   retention jobs: where and how long they run, not what they compute (a job requeued
+#:   at its time limit ends with the same weights). Their GPUs and CPUs are not among them: a GPU
 #:   samples other tokens than a CPU, and the number of threads changes sums' order.
 #: The report has no settings in the config: it is rebuilt from the run's files.
 EXTENDABLE = frozenset({
-    "iterations", "evaluation.every", "algorithm.keep_policies",
+    "iterations", "evaluation.every", "algorithm.keep_policies", "retention.every",
     "cluster.partition", "cluster.account", "cluster.qos", "cluster.mem_gb",
     "cluster.timeout_min", "cluster.signal_delay_s", "cluster.max_requeues",
-    *(f"cluster.{job}.{key}" for job in ("rollout", "evaluate")
+    *(f"cluster.{job}.{key}" for job in ("rollout", "evaluate", "retention")
       for key in ("partition", "account", "mem_mb", "runtime_min")),
 })
 

@@ -201,6 +201,42 @@ class EvaluationConfig:
 
 
 @dataclass
+class RetentionTaskConfig:
+    """One lm-eval task of the retention stage, read from a local data file."""
+
+    #: The task's data: a local file (`.jsonl`/`.json`, `.parquet` or `.csv`) with the
+    #: rows the task reads from its evaluation split (IFEval: key, prompt,
+    #: instruction_id_list, kwargs; hendrycks_math500: problem, solution, answer, ...),
+    #: or `package:<file>`, a file under rlver/data/retention/.
+    data: str = ""
+    #: The first N documents only; null: all.
+    limit: Optional[int] = None
+    #: Token budget of one answer; 0: the task's own (IFEval 1280, MATH-500 its model's).
+    max_gen_toks: int = 0
+
+
+@dataclass
+class RetentionConfig:
+    """General abilities kept (the paper's Table 2): lm-evaluation-harness tasks on
+    evaluated policies, scored by lm-eval itself (rlver/retention.py, docs/experiments.md)."""
+
+    #: lm-eval task name -> its data and budget, e.g. {ifeval: {data: /data/ifeval.jsonl}};
+    #: empty: no retention stage.
+    tasks: dict[str, RetentionTaskConfig] = field(default_factory=dict)
+    #: Measure iterations 0, every, 2*every, ... and always the first and the last; 0:
+    #: only the first and the last. A multiple of evaluation.every (the policies kept).
+    every: int = 0
+    #: Prompts in lm-eval's chat format through the policy's chat template (lm_eval
+    #: --apply_chat_template); false: plain text prompts.
+    apply_chat_template: bool = True
+    #: Requests generated together (lm-eval's batch_size).
+    batch_size: int = 8
+    #: Run tasks that execute the model's code (lm-eval's confirm_run_unsafe_code, e.g.
+    #: humaneval, mbpp); false: the stage refuses them.
+    allow_code_execution: bool = False
+
+
+@dataclass
 class AlgorithmConfig:
     """The policy update (paper defaults: config/algorithm/{grpo,ppo}.yaml)."""
 
@@ -305,10 +341,10 @@ class TemplateConfig:
 
 @dataclass
 class JobResources:
-    """What a rollout or evaluate job asks of Slurm, as resources of its Snakemake rule
-    (Snakemake's Slurm executor plugin turns them into sbatch options). The defaults fit
-    the embedded model on one CPU; config/cluster/slurm.yaml sizes a 7B vLLM job. The
-    local executor uses only `cpus` (the stage's threads)."""
+    """What a rollout, evaluate or retention job asks of Slurm, as resources of its
+    Snakemake rule (Snakemake's Slurm executor plugin turns them into sbatch options). The
+    defaults fit the embedded model on one CPU; config/cluster/slurm.yaml sizes a 7B vLLM
+    job. The local executor uses only `cpus` (the stage's threads)."""
 
     #: Slurm partition; empty: `cluster.partition`, and if that is empty too, the site's
     #: default partition.
@@ -328,8 +364,9 @@ class JobResources:
 
 @dataclass
 class ClusterConfig:
-    """Where the jobs run: the update job (submitit), and the rollout and evaluate jobs
-    (`rollout`, `evaluate`: Snakemake's Slurm executor plugin)."""
+    """Where the jobs run: the update job (submitit), and the rollout, evaluate and
+    retention jobs (`rollout`, `evaluate`, `retention`: Snakemake's Slurm executor
+    plugin)."""
 
     #: `local` (submitit's local executor) or `slurm`.
     launcher: str = "local"
@@ -360,9 +397,11 @@ class ClusterConfig:
     #: replays fewer updates; each save costs a checkpoint (about 2 GB at 135M, 107 GB at
     #: 7B with Adam state).
     state_every: int = 0
-    #: The rollout jobs (one per shard) and the evaluate jobs (one per evaluated policy).
+    #: The rollout jobs (one per shard), the evaluate jobs (one per evaluated policy) and
+    #: the retention jobs (one per measured policy).
     rollout: JobResources = field(default_factory=JobResources)
     evaluate: JobResources = field(default_factory=JobResources)
+    retention: JobResources = field(default_factory=JobResources)
 
 
 @dataclass
@@ -382,6 +421,7 @@ class RlverConfig:
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     template: TemplateConfig = field(default_factory=TemplateConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

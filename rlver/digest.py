@@ -2,9 +2,9 @@
 
 `rlver digest RUN_DIR` prints, for every trajectory file (rollout shards, evaluation
 dialogues) a sha256 per column, for every policy the sha256 of its weights, and every
-update's and evaluation's metrics, all without the columns and keys that depend on
-wall-clock time. Two digests are compared key by key (`rlver digest RUN --compare
-OTHER.json`): a refactor, a resumed run or a rerun must change none of them.
+update's, evaluation's and retention measurement's metrics, all without the columns and
+keys that depend on wall-clock time. Two digests are compared key by key (`rlver digest
+RUN --compare OTHER.json`): a refactor, a resumed run or a rerun must change none of them.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ def digest(run_dir: str | Path) -> dict[str, Any]:
             out[run.relative(run.eval_dialogues(i))] = column_hashes(run.eval_dialogues(i))
         if run.eval_metrics(i).is_file():
             out[run.relative(run.eval_metrics(i))] = _metrics(run.eval_metrics(i))
+        if run.retention_metrics(i).is_file():
+            out[run.relative(run.retention_metrics(i))] = _metrics(run.retention_metrics(i))
     return out
 
 

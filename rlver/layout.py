@@ -10,6 +10,8 @@ of a run (README, "What a run produces") is written in one place:
     results/<run>/iter_<i>/update/                     update i: metrics.json,
         submitit/, job.json, state/, critic/, resume/
     results/<run>/iter_<i>/eval/                       metrics.json, dialogues.parquet
+    results/<run>/iter_<i>/retention/                  metrics.json, samples_<task>.jsonl,
+        tasks/ (lm-eval's task files it ran)
     results/<run>/iter_<i>/block/                      the job of a resident block
         starting at i (cluster.iterations_per_job > 1): submitit/, job.json
     results/<run>/tensorboard/                         every stage's scalars, one
@@ -164,6 +166,13 @@ class Run:
 
     def eval_dialogues(self, i: Index) -> Path:
         return self.eval_dir(i) / "dialogues.parquet"
+
+    def retention_dir(self, i: Index) -> Path:
+        """The retention stage's lm-eval results for policy i."""
+        return self.iteration(i) / "retention"
+
+    def retention_metrics(self, i: Index) -> Path:
+        return self.retention_dir(i) / "metrics.json"
 
     def iterations(self) -> list[int]:
         """The iterations that have a folder, in order."""

@@ -32,6 +32,7 @@ from typing import Any
 from rlver import layout
 from rlver.errors import RlverInputError
 from rlver.io import read_json_object
+from rlver.retention_tasks import retention_iterations
 
 
 def _workdir(run: layout.Run) -> Path | None:
@@ -65,6 +66,8 @@ def _stages(run: layout.Run, cfg: Any, evaluated: list[int]) -> list[tuple[str, 
         out.append((f"update iter {i}", run.log("update", i), run.update_metrics(i)))
     out += [(f"evaluate iter {i}", run.log("evaluate", i), run.eval_metrics(i))
             for i in evaluated]
+    out += [(f"retention iter {i}", run.log("retention", i), run.retention_metrics(i))
+            for i in retention_iterations(cfg)]
     out.append(("report", run.log("report"), run.report / "index.html"))
     return out
 

@@ -128,7 +128,30 @@ def world(tmp_path_factory: pytest.TempPathFactory, base_model: Path) -> World:
             "iter_0000/rollouts/shard_000.parquet": good[:100]}),
     }
     bad["policy_empty"].mkdir()
+    bad |= _retention_configs(root)
     return World(root, root / "config.yaml", personas, root / "policy", bad)
+
+
+def _retention_configs(root: Path) -> dict[str, Path]:
+    """Frozen configs the retention stage refuses: its data file deleted after the run
+    was frozen, and a task lm-eval does not have."""
+    from rlver import config
+    from rlver.retention_tasks import data_path
+
+    def frozen(name: str, *overrides: str) -> Path:
+        path = root / name / "config.yaml"
+        config.freeze(config.compose("smoke", [*TINY, *overrides], run="tiny"), path)
+        return path
+
+    data = root / "ifeval.jsonl"
+    shutil.copyfile(data_path("package:ifeval_rlver.jsonl"), data)
+    gone = frozen("ret_gone", "retention=cpu", f"retention.tasks.ifeval.data={data}")
+    data.unlink()
+    unknown = frozen("ret_task", "retention=cpu")  # then its task renamed by hand
+    unknown.write_text(unknown.read_text().replace("    ifeval:\n", "    no_such_task:\n"))
+    return {"retention_data_gone": gone, "retention_data_file": data,
+            "retention_cpu": frozen("ret_cpu", "retention=cpu"),
+            "retention_unknown_task": unknown}
 
 
 #: A case: (argv, output path) from the world.
@@ -176,6 +199,16 @@ def evaluate(personas: str | None = None, policy: str | None = None) -> Build:
         return ["evaluate", "--config", str(w.config), "--iteration", "0",
                 "--policy", str(w.bad[policy] if policy else w.policy),
                 "--personas", str(w.bad[personas] if personas else w.personas),
+                "--out-dir", str(out)], out
+
+    return build
+
+
+def retention(config: str | None = None, policy: str | None = None) -> Build:
+    def build(w: World) -> tuple[list[str], Path]:
+        out = w.out / "retention"
+        return ["retention", "--config", str(w.bad[config] if config else w.config),
+                "--iteration", "0", "--policy", str(w.bad[policy] if policy else w.policy),
                 "--out-dir", str(out)], out
 
     return build
@@ -281,6 +314,34 @@ CASES: dict[str, tuple[Build, tuple[str, ...]]] = {
                                 ("model.safetensors", "truncated", FIX)),
     "evaluate-policy-truncated": (evaluate(policy="policy_truncated"),
                                   ("model.safetensors", "truncated", FIX)),
+    # the retention stage: its config keys, its data, its tasks, its policy
+    "retention-every-not-kept": (compose("retention=cpu", "evaluation.every=2",
+                                         "retention.every=3"),
+                                 ("retention.every must be 0 or a multiple of "
+                                  "evaluation.every (2)", FIX)),
+    "retention-limit-0": (compose("retention=cpu", "retention.tasks.ifeval.limit=0"),
+                          ("retention.tasks.ifeval.limit", FIX)),
+    "retention-data-missing": (compose("retention=cpu",
+                                       "retention.tasks.ifeval.data=/no/such/ifeval.jsonl"),
+                               ("retention.tasks.ifeval.data: /no/such/ifeval.jsonl not found",
+                                FIX)),
+    "retention-data-not-a-table": (compose("retention=cpu",
+                                           "retention.tasks.ifeval.data=/etc/hostname"),
+                                   ("retention.tasks.ifeval.data must be a file ending in",
+                                    FIX)),
+    "retention-paper-data-unset": (compose(
+        "model.source=/tmp", "simulator.base_url=http://gpu017:8000/v1",
+        "simulator.model=simulator", experiment="paper_ppo_think_vanilla"),
+        ("not set: retention.tasks.ifeval.data, retention.tasks.hendrycks_math500.data", FIX)),
+    "retention-no-tasks": (retention(), ("field retention.tasks is empty", FIX)),
+    "retention-data-gone": (retention(config="retention_data_gone"),
+                            ("{retention_data_gone}", "field retention.tasks.ifeval.data",
+                             "{retention_data_file}", "not found", FIX)),
+    "retention-unknown-task": (retention(config="retention_unknown_task"),
+                               ("'no_such_task' is not a task of lm-eval", FIX)),
+    "retention-policy-truncated": (retention(config="retention_cpu", policy="policy_truncated"),
+                                   ("model.safetensors", "truncated", FIX)),
+    "retention-config-missing": (retention(config="missing"), ("{missing}", "not found", FIX)),
 }
 
 

@@ -30,6 +30,11 @@ COMMAND = re.compile(r"(?:\.venv/bin/)?(?:snakemake|rlver)(?: |$)")
 #: becomes a directory holding only config.json (a dry run reads no weights).
 PLACEHOLDERS = {"experiment=NAME": "experiment=smoke"}
 MODEL_PATHS = ("/models/Qwen2.5-7B-Instruct", "/path/to/Qwen2.5-7B-Instruct")
+#: The retention tasks' data of the docs, and files of their format (a dry run reads none).
+DATA_PATHS = {
+    "/data/ifeval.jsonl": str(ROOT / "rlver" / "data" / "retention" / "ifeval_rlver.jsonl"),
+    "/data/math500.jsonl": str(ROOT / "tests" / "data" / "retention" / "math500_sample.jsonl"),
+}
 #: A paper experiment as written (not shrunk by scale=cpu).
 PAPER_SCALE = re.compile(r"experiment=paper_(?!.*scale=cpu)")
 #: Commands not run, and why.
@@ -114,7 +119,8 @@ def test_rlver_commands_parse() -> None:
 
 
 def _dry_run_argv(cmd: str, stub: Path, workdir: Path) -> list[str]:
-    for old, new in [*PLACEHOLDERS.items(), *((p, str(stub)) for p in MODEL_PATHS)]:
+    for old, new in [*PLACEHOLDERS.items(), *((p, str(stub)) for p in MODEL_PATHS),
+                     *DATA_PATHS.items()]:
         cmd = cmd.replace(old, new)
     argv = shlex.split(cmd, comments=True)
     argv[0] = str(BIN / "snakemake")

@@ -30,8 +30,13 @@ EXPERIMENTS = [
 ]
 SCALES = ("paper", "cpu")
 #: What a user must give a paper-scale run (model.source: a directory with config.json
-#: for the dry run's check; the weights are never read).
-USER_KEYS = ["simulator.base_url=http://gpu017:8000/v1", "simulator.model=simulator"]
+#: for the dry run's check; the weights are never read): the simulator's endpoint and the
+#: retention tasks' data (IFEval: the project's own set; MATH-500: two problems in its
+#: format; a dry run reads neither).
+USER_KEYS = ["simulator.base_url=http://gpu017:8000/v1", "simulator.model=simulator",
+             "retention.tasks.ifeval.data=package:ifeval_rlver.jsonl",
+             f"retention.tasks.hendrycks_math500.data={ROOT}/tests/data/retention/"
+             "math500_sample.jsonl"]
 
 
 def _parts(experiment: str) -> tuple[str, str, str]:
@@ -226,6 +231,7 @@ def test_dry_run(experiment: str, scale: str, dry_runs: dict) -> None:
     assert jobs["rollout"] == iterations * shards
     assert sum(v for k, v in jobs.items() if k.startswith("update_")) == iterations
     assert jobs["evaluate"] == (2 if scale == "paper" else 3)  # 0 and last / every one
+    assert jobs["retention"] == 2  # the first and the last policy
     run = experiment if scale == "paper" else f"{experiment}-cpu"
     assert f"results/{run}/config.yaml" in res.stderr
     assert not (workdir / "results").exists()
@@ -244,7 +250,7 @@ def test_dry_run_sizes_rollout_and_evaluate_from_the_config(scale: str, dry_runs
     """Paper scale: config/cluster/slurm.yaml's 7B vLLM job, on the update's partition and
     account; cpu scale: the embedded model's one CPU, no partition (the site's default)."""
     _, res = dry_runs["paper_grpo_nothink_vanilla", scale]
-    for rule in ("rollout", "evaluate"):
+    for rule in ("rollout", "evaluate", "retention"):
         got = _job_resources(res.stderr, rule)
         if scale == "paper":
             assert (got["slurm_partition"], got["slurm_account"], got["gpu"], got["mem_mb"],
@@ -282,6 +288,7 @@ def test_dry_run_of_the_full_schedule(stub_model: Path, tmp_path: Path) -> None:
     jobs = job_counts(res.stderr)
     assert jobs["rollout"] == 1000 and jobs["update_0999"] == 1
     assert jobs["evaluate"] == 21  # iterations 0, 50, ..., 1000
+    assert jobs["retention"] == 5  # iterations 0, 250, ..., 1000
 
 
 def test_dry_run_without_model_path_says_what_to_set(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Transcribed from RLVER (Wang et al., arXiv 2507.03112): Table 1, the Sentient
 benchmark's score / success / failure (its chit-chat columns are left out: we have no
-chit-chat benchmark), and Table 3, the PPO simulator ablation, which publishes scores only.
+chit-chat benchmark), Table 2, the general abilities kept (MATH500, LiveCodeBench, IFEval),
+and Table 3, the PPO simulator ablation, which publishes scores only.
 Settings use our config names: algorithm.name, template.name and the training
 simulator.difficulty.
 """
@@ -59,3 +60,31 @@ def for_setting(algorithm: str, template: str, difficulty: str) -> list[PaperRes
         if r.algorithm is None
         or (r.algorithm, r.template, r.difficulty) == (algorithm, template, difficulty)
     ]
+
+
+@dataclass(frozen=True)
+class PaperAbilities:
+    """One row of Table 2: general-ability scores (percent) of the base model
+    (algorithm/template None) or of a model trained as (algorithm, template)."""
+
+    algorithm: Optional[str]
+    template: Optional[str]
+    math500: float
+    livecodebench: float
+    ifeval: float
+
+    def score(self, benchmark: str) -> float:
+        """The score on one of TABLE2_BENCHMARKS."""
+        return float(getattr(self, benchmark.lower()))
+
+
+#: Table 2's benchmarks, in its column order.
+TABLE2_BENCHMARKS = ("MATH500", "LiveCodeBench", "IFEval")
+
+#: Table 2: general abilities of the base model and of the think models after training
+#: (vanilla simulator), MATH500 / LiveCodeBench / IFEval.
+GENERAL_ABILITIES: tuple[PaperAbilities, ...] = (
+    PaperAbilities(None, None, 77.8, 26.7, 70.4),
+    PaperAbilities("ppo", "think", 76.6, 28.0, 68.6),
+    PaperAbilities("grpo", "think", 75.2, 29.3, 69.7),
+)

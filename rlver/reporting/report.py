@@ -20,6 +20,7 @@ from rlver import config as rconfig
 from rlver import faults
 from rlver.errors import RlverInputError
 from rlver.io import atomic_path
+from rlver.reporting import retention_table
 from rlver.reporting import table as rtable
 from rlver.reporting.figures import FIGURES, plot_all
 from rlver.reporting.iterations import read_eval_rows, scan
@@ -56,7 +57,8 @@ def build_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
         rtable.write_table(table_rows, tmp / "table")
         page = render_page(
             cfg_dict, rconfig.run_hash(cfg_path), iterations, last_eval, eval_rows, images,
-            paper_table(table_rows, bool(own_rows)),
+            paper_table(table_rows, bool(own_rows))
+            + retention_table.report_section(run_dir, tmp),
         )
         (tmp / "index.html").write_text(page, encoding="utf-8")
         faults.point("report.before_rename")

@@ -139,9 +139,15 @@ def to_csv(rows: list[Row]) -> str:
 
 def write_table(rows: list[Row], prefix: str | os.PathLike[str]) -> tuple[Path, Path]:
     """PREFIX.md and PREFIX.csv, each written atomically."""
+    return write_pair(prefix, to_markdown(rows), to_csv(rows))
+
+
+def write_pair(prefix: str | os.PathLike[str], markdown: str, csv_text: str
+               ) -> tuple[Path, Path]:
+    """A table as PREFIX.md and PREFIX.csv, each written atomically."""
     md, csv_path = Path(f"{prefix}.md"), Path(f"{prefix}.csv")
-    write_text(md, to_markdown(rows))
-    write_text(csv_path, to_csv(rows))
+    write_text(md, markdown)
+    write_text(csv_path, csv_text)
     return md, csv_path
 
 

@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 
 from rlver import config as rlver_config
 from rlver import layout
+from rlver import retention_tasks as rlver_retention_tasks
 from rlver.errors import RlverInputError
 from rlver.models import check_source
 from rlver.personas import check_persona_set
@@ -105,10 +106,14 @@ def eval_metrics(i):
     return str(L.eval_metrics(i))
 
 
+def retention_metrics(i):
+    return str(L.retention_metrics(i))
+
+
 def slurm_resources(job):
-    """The resources of a rollout or evaluate job (config cluster.<job>), named as
-    Snakemake's Slurm executor plugin reads them; partition and account fall back to the
-    update job's, and an empty one is left out (the site's default)."""
+    """The resources of a rollout, evaluate or retention job (config cluster.<job>), named
+    as Snakemake's Slurm executor plugin reads them; partition and account fall back to
+    the update job's, and an empty one is left out (the site's default)."""
     want = CFG.cluster[job]
     named = {
         "slurm_partition": want.partition or CFG.cluster.partition,
@@ -128,6 +133,10 @@ def log_path(stage, i=None, shard=None):
 
 def evaluated_iterations():
     return rlver_config.evaluated_iterations(CFG)
+
+
+def retention_iterations():
+    return rlver_retention_tasks.retention_iterations(CFG)
 
 
 wildcard_constraints:

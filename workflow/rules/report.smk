@@ -6,6 +6,7 @@ rule report:
     input:
         config=CONFIG,
         evals=[eval_metrics(i) for i in evaluated_iterations()],
+        retention=[retention_metrics(i) for i in retention_iterations()],
         updates=[update_metrics(i) for i in range(ITERATIONS)],
         rollouts=[p for i in range(ITERATIONS) for p in rollout_shards(i)],
     output:
