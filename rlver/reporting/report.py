@@ -25,8 +25,7 @@ from rlver import config as rconfig
 from rlver import faults, layout
 from rlver.errors import RlverInputError
 from rlver.io import atomic_path, read_json_object
-from rlver.metrics import paired_gain
-from rlver.reporting import health, plots
+from rlver.reporting import findings, health, plots, settings
 from rlver.reporting import table as rtable
 from rlver.schema import OUTCOMES, read_metadata
 from rlver.simulator.health import RATE_KEY, fallback_stats
@@ -45,33 +44,10 @@ _EVAL_COLUMNS = [
     "delta",
     "reason",
     "parse_error",
+    "truncated",
     "num_turns",
     "outcome",
     "final_emotion",
-]
-#: Config values shown at the top of the page (dotted keys).
-_KEY_CONFIG = [
-    "scale",
-    "iterations",
-    "model.name",
-    "model.dtype",
-    "personas.source",
-    "simulator.backend",
-    "simulator.difficulty",
-    "simulator.initial_emotion",
-    "simulator.max_turns",
-    "rollout.personas_per_iteration",
-    "rollout.samples_per_persona",
-    "rollout.shards",
-    "rollout.temperature",
-    "evaluation.num_personas",
-    "evaluation.initial_emotion",
-    "evaluation.max_turns",
-    "evaluation.every",
-    "algorithm.name",
-    "algorithm.lr",
-    "algorithm.clip_ratio",
-    "template.name",
 ]
 _OUTCOME_COLORS = {
     "success": "#2ca02c",
@@ -117,6 +93,12 @@ def build_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     evaluated = [it for it in iterations if it.eval_dialogues_path is not None]
     last_eval = evaluated[-1] if evaluated else None
     eval_rows = _read_eval_rows(last_eval.eval_dialogues_path) if last_eval else []
+    first_eval = evaluated[0] if len(evaluated) > 1 else None
+    notes = findings.notes(
+        cfg_dict, [(it.index, it.update) for it in iterations if it.update is not None],
+        (first_eval.index, _read_eval_rows(first_eval.eval_dialogues_path))
+        if first_eval else None,
+        (last_eval.index, eval_rows) if last_eval else None)
     own_rows = rtable.run_rows(run_dir)
     table_rows = own_rows + rtable.paper_rows(run_dir)
 
@@ -127,7 +109,7 @@ def build_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
         rtable.write_table(table_rows, tmp / "table")
         page = _render_page(
             cfg_dict, rconfig.run_hash(cfg_path), iterations, last_eval, eval_rows, images,
-            _paper_table(table_rows, bool(own_rows)),
+            _paper_table(table_rows, bool(own_rows)), settings.rows(cfg_dict, run_dir), notes,
         )
         (tmp / "index.html").write_text(page, encoding="utf-8")
         faults.point("report.before_rename")
@@ -338,14 +320,6 @@ def _num(value: Any, fmt: str = "{:.3f}") -> str:
     return _e(value)
 
 
-def _lookup(d: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
-
-
 def _table(header: list[str], rows: list[list[str]]) -> str:
     """Cells must already be escaped; header is plain text."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
@@ -394,58 +368,6 @@ def _iteration_table(iterations: list[_Iteration]) -> str:
         "policy sha256",
     ]
     return _table(header, rows)
-
-
-#: Below this many optimizer steps a run checks the plumbing, not the method: the
-#: cpu_learning experiment (docs/results.md) needs about 20 to gain its +10 points, the
-#: paper's curves reach 210 (GRPO) to 350 (PPO).
-FEW_STEPS = 20
-
-
-def _scope_note(cfg: dict[str, Any], iterations: list[_Iteration]) -> str:
-    """What a run of few optimizer steps can and cannot show, or nothing."""
-    steps = sum(int((it.update or {}).get("optimizer_steps", 0)) for it in iterations)
-    if not any(it.update for it in iterations) or steps >= FEW_STEPS:
-        return ""
-    lr = _lookup(cfg, "algorithm.lr")
-    return (
-        f'<p class="warn">{steps} optimizer steps (lr {_e(lr)}): enough to show that every '
-        "stage runs and writes what the next one reads, too few for the policy to change "
-        "measurably. Evaluation dialogues may be identical from one iteration to the next, "
-        "and the scores say nothing about the method; the paper's numbers below come from "
-        f"hundreds of steps of a 7B model. At least {FEW_STEPS} steps are needed to see "
-        "learning (docs/results.md).</p>"
-    )
-
-
-def _gain_note(evaluated: list[_Iteration]) -> str:
-    """The held-out score's change from the first to the last evaluation, measured against
-    its own swing: the paired standard error over the benchmark's personas."""
-    if len(evaluated) < 2:
-        return ""
-    first, last = evaluated[0], evaluated[-1]
-    before, after = (
-        {r["persona_id"]: int(r["final_emotion"])
-         for r in _read_eval_rows(it.eval_dialogues_path)}
-        for it in (first, last)
-    )
-    try:
-        gain, se, n = paired_gain(before, after)
-    except ValueError:
-        return ""
-    verdict = (
-        "more than twice its standard error: the policy improved on these personas"
-        if gain > 2 * se else
-        "within twice its standard error: the benchmark's own swing; more iterations "
-        "(or more benchmark personas) are needed to tell"
-    )
-    return (
-        f"<p>Held-out score from iteration {first.index} to {last.index}: {gain:+.1f} points "
-        f"(mean final emotion of the same {n} benchmark personas; paired standard error "
-        f"{se:.1f}), {verdict}. Each point is one greedy dialogue per persona, so neighbouring "
-        "evaluations can move by a few points without the policy getting better or worse "
-        "(docs/results.md has a longer run's curve).</p>"
-    )
 
 
 def _fallbacks(it: _Iteration) -> str:
@@ -583,10 +505,11 @@ def _render_page(
     eval_rows: list[dict[str, Any]],
     images: dict[str, bytes],
     paper_table: str,
+    setting_rows: list[tuple[str, str]],
+    notes: str,
 ) -> str:
     run = cfg.get("run", "")
-    keys = [[_e(k), _e(_lookup(cfg, k))] for k in _KEY_CONFIG]
-    keys.append([_e("config hash"), _e(cfg_hash)])
+    keys = [[_e(k), _e(v)] for k, v in [*setting_rows, ("config hash", cfg_hash)]]
     if last_eval is not None and eval_rows:
         examples = "".join(_dialogue(label, r) for label, r in _examples(eval_rows))
         ex_head = f"Example dialogues (eval of iteration {last_eval.index})"
@@ -602,12 +525,11 @@ def _render_page(
             _table(["key", "value"], keys),
             "<h2>Iterations</h2>",
             _iteration_table(iterations) if iterations else "<p>No iterations yet.</p>",
-            _scope_note(cfg, iterations),
             "<h2>Paper-style table</h2>",
             paper_table,
             "<h2>Learning curve</h2>",
             _img("learning_curve.png", images["learning_curve.png"], "learning curve"),
-            _gain_note([it for it in iterations if it.eval_dialogues_path is not None]),
+            notes,
             "<h2>Training health</h2>",
             "<p>Per update: reply length in tokens, the share of replies cut at "
             "<code>rollout.max_new_tokens</code>, the share of GRPO groups whose rewards "
