@@ -18,7 +18,6 @@ from rlver import scalars
 from rlver.config import derive_seed
 from rlver.dialogue import DialogueSpec, close_all, run_dialogues, simulator_instances
 from rlver.engines import Engine, SamplingSettings
-from rlver.layout import Run
 from rlver.metrics import benchmark_metrics
 from rlver.simulator import health
 from rlver.simulator.protocol import ProtocolSettings
@@ -85,7 +84,7 @@ def evaluate_policy(
         [r["num_turns"] for r in firsts], failure_below=ev.failure_below,
     ) | stats
     write_json(out / "metrics.json", metrics)
-    scalars.write(Run.of_config(config_path), "evaluate", iteration,
+    scalars.write(config_path, "evaluate", iteration,
                   scalars.numbers(metrics, "eval", iteration))
     print(f"evaluate iter {iteration}: score {metrics['score']:.1f}, success "
           f"{metrics['success']}/{metrics['n']}, failure {metrics['failure']}/{metrics['n']}, "
