@@ -89,16 +89,17 @@ def numbers(metrics: Mapping[str, Any], prefix: str, step: int,
     return points
 
 
-def write(config_path: str | os.PathLike[str], stage: str, iteration: int,
+def write(run: layout.Run | str | os.PathLike[str], stage: str, iteration: int,
           points: Iterable[Point], shard: int | None = None) -> dict[str, int]:
     """Send `points` of `stage` at `iteration` (and `shard`) to every backend of the run
-    frozen at `config_path`. Returns the points each backend lost (0: all written); a loss
-    is printed to stderr (the job's log), never raised."""
+    (a `layout.Run`, or the path of its frozen config). Returns the points each backend
+    lost (0: all written); a loss is printed to stderr (the job's log), never raised."""
     from rlver import config
     from rlver.registry import TRACKERS
 
+    config_path = run.config if isinstance(run, layout.Run) else Path(run)
     cfg = config.load(config_path)
-    job = Job(Path(config_path), stage, iteration, shard, cfg)
+    job = Job(config_path, stage, iteration, shard, cfg)
     points = list(points)
     lost: dict[str, int] = {}
     for name in cfg.logging.backends:
