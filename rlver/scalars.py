@@ -113,6 +113,10 @@ def write(run: layout.Run | str | os.PathLike[str], stage: str, iteration: int,
             print(f"scalars: WARNING: {name} lost {lost[name]} of {len(points)} points "
                   f"({share:.0%}) of {job.label}: {exc}"
                   + (f"; {', '.join(keeps)} got them" if keeps else ""), file=sys.stderr)
+    written = [name for name, n in lost.items() if n == 0]
+    if written != ["tensorboard"] and written:
+        print(f"scalars: {len(points)} points of {job.label} to {', '.join(written)}",
+              file=sys.stderr)
     return lost
 
 
