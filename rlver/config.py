@@ -24,7 +24,13 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from rlver import context, layout, retention_tasks
-from rlver.config_schema import JobResources, PersonaLLMConfig, RetentionConfig, RlverConfig
+from rlver.config_schema import (
+    JobResources,
+    LoggingConfig,
+    PersonaLLMConfig,
+    RetentionConfig,
+    RlverConfig,
+)
 from rlver.errors import RlverInputError
 from rlver.io import write_text
 from rlver.registry import (
@@ -34,6 +40,7 @@ from rlver.registry import (
     KL_ESTIMATORS,
     POLICY_LOSSES,
     ROLLOUT_IS,
+    TRACKERS,
     Registry,
     adv_estimator,
 )
@@ -57,6 +64,8 @@ PERSONA_LLM_BACKENDS = ("llm_vllm", "llm_http")
 LAUNCHERS = ("local", "slurm")
 SCALES = ("paper", "cpu")
 OLD_LOGPROBS = ("rollout", "recompute")
+#: Empty: $WANDB_MODE, else offline.
+WANDB_MODES = ("", "offline", "online", "disabled")
 
 #: Each choice field and its allowed values.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -77,6 +86,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "personas.llm.backend": PERSONA_LLM_BACKENDS,
     "cluster.launcher": LAUNCHERS,
     "scale": SCALES,
+    "logging.wandb.mode": WANDB_MODES,
 }
 
 #: The config tree shipped with the repository.
@@ -261,6 +271,28 @@ def _registered(cfg: DictConfig) -> list[Check]:
         ("algorithm.policy_loss", alg.policy_loss in POLICY_LOSSES, _one_of(POLICY_LOSSES)),
         ("algorithm.kl_estimator", alg.kl_estimator in KL_ESTIMATORS, _one_of(KL_ESTIMATORS)),
         ("algorithm.rollout_is", alg.rollout_is in ROLLOUT_IS, _one_of(ROLLOUT_IS)),
+        *_trackers(cfg),
+    ]
+
+
+#: The package each tracker backend writes with.
+_TRACKER_PACKAGES = {"wandb": "wandb", "mlflow": "mlflow"}
+
+
+def _trackers(cfg: DictConfig) -> list[Check]:
+    """Known backends, each once, their library installed (a missing one would lose every
+    point of the run, found only at the end of the first job)."""
+    import importlib.util
+
+    backends = list(cfg.logging.backends)
+    missing = [n for n in backends if n in _TRACKER_PACKAGES
+               and importlib.util.find_spec(_TRACKER_PACKAGES[n]) is None]
+    return [
+        ("logging.backends", all(n in TRACKERS for n in backends), _one_of(TRACKERS)),
+        ("logging.backends", len(set(backends)) == len(backends), "without repeats"),
+        ("logging.backends", not missing,
+         f"without {', '.join(missing)} here ({', '.join(missing)} not installed: "
+         "pip install -e '.[trackers]', as `make setup` does)"),
     ]
 
 
@@ -454,7 +486,9 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "algorithm.old_logprobs": "rollout",
                               "algorithm.rollout_is": "none", "algorithm.rollout_is_cap": 2.0,
                               "retention": dataclasses.asdict(RetentionConfig()),
-                              "cluster.retention": _JOB_DEFAULTS}
+                              "cluster.retention": _JOB_DEFAULTS,
+
+                              "logging": dataclasses.asdict(LoggingConfig())}
 
 
 #: Keys a run may change when it continues. None of them changes a file already written,
@@ -500,8 +534,11 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """sha256 of the resolved config."""
-    blob = json.dumps(to_container(cfg), sort_keys=True, separators=(",", ":"))
+    """sha256 of the resolved config, without `logging`: where the scalars go changes no
+    output."""
+    tree = to_container(cfg)
+    tree.pop("logging", None)
+    blob = json.dumps(tree, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

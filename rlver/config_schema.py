@@ -405,6 +405,44 @@ class ClusterConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases (`logging.backends` with `wandb`)."""
+
+    #: The W&B project; empty: $WANDB_PROJECT, else `rlver`.
+    project: str = ""
+    #: The W&B entity (user or team); empty: $WANDB_ENTITY, else your default entity.
+    entity: str = ""
+    #: `offline` (written under results/<run>/wandb/, uploaded later with `wandb sync`),
+    #: `online` or `disabled`; empty: $WANDB_MODE, else offline. Only `online` uses the
+    #: network.
+    mode: str = ""
+
+
+@dataclass
+class MlflowConfig:
+    """MLflow (`logging.backends` with `mlflow`)."""
+
+    #: The tracking URI (a server, `file:` or `sqlite:`); empty: $MLFLOW_TRACKING_URI,
+    #: else a file store in results/<run>/mlruns/ (no server, no network).
+    tracking_uri: str = ""
+    #: The MLflow experiment; empty: the run's experiment name.
+    experiment: str = ""
+
+
+@dataclass
+class LoggingConfig:
+    """Where the stages' scalars go (rlver/scalars.py): the same points, steps and tags to
+    every backend. Where the scalars go changes no output, so these keys are not part of
+    the config hash."""
+
+    #: `tensorboard` (results/<run>/tensorboard/), `wandb` (Weights & Biases), `mlflow`;
+    #: trackers need the `trackers` extra (`make setup` installs it).
+    backends: list[str] = field(default_factory=lambda: ["tensorboard"])
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+@dataclass
 class RlverConfig:
     """One run. `run` names `results/<run>/`; `seed` derives every other seed."""
 
@@ -425,3 +463,4 @@ class RlverConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     template: TemplateConfig = field(default_factory=TemplateConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)

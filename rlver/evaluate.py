@@ -20,7 +20,6 @@ from rlver.dialogue import DialogueSpec, close_all, run_dialogues, simulator_ins
 from rlver.engines import Engine, SamplingSettings
 from rlver.errors import check_index
 from rlver.fallbacks import RATE_KEY, fallback_stats
-from rlver.layout import Run
 from rlver.metrics import benchmark_metrics
 from rlver.simulator import health
 from rlver.simulator.protocol import ProtocolSettings
@@ -90,7 +89,7 @@ def evaluate_policy(
         [r["num_turns"] for r in firsts], failure_below=ev.failure_below,
     ) | stats
     write_json(out / "metrics.json", metrics)
-    scalars.write(Run.of_config(config_path), "evaluate", iteration,
+    scalars.write(config_path, "evaluate", iteration,
                   scalars.numbers(metrics, "eval", iteration))
     print(f"evaluate iter {iteration}: score {metrics['score']:.1f}, success "
           f"{metrics['success']}/{metrics['n']}, failure {metrics['failure']}/{metrics['n']}, "

@@ -16,6 +16,9 @@ of a run (README, "What a run produces") is written in one place:
         starting at i (cluster.iterations_per_job > 1): submitit/, job.json
     results/<run>/tensorboard/                         every stage's scalars, one
         event file per stage, iteration and shard (rlver/scalars.py)
+    results/<run>/trackers/                            the run's W&B and MLflow run ids
+    results/<run>/wandb/<stage>.iter_<i>[.shard_<s>]/  W&B's files of one job
+    results/<run>/mlflow.db                            the local MLflow store
     results/<run>/report/, results/<run>/logs/
 
 Iterations and shards are numbers; a string is passed through unchanged, so the rules can
@@ -114,6 +117,22 @@ class Run:
         fixed, so a rerun replaces it; TensorBoard reads any name holding "tfevents"."""
         name = f"events.out.tfevents.{stage}.iter_{it(i)}"
         return self.tensorboard / (name + ("" if shard is None else f".shard_{sh(shard)}"))
+
+    @property
+    def trackers(self) -> Path:
+        """The run's tracker ids (`<backend>.json`) and the lock their writers take
+        (rlver/trackers/)."""
+        return self.root / "trackers"
+
+    @property
+    def wandb(self) -> Path:
+        """W&B's run folders, one per job (`<stage>.iter_<i>[.shard_<s>]`)."""
+        return self.root / "wandb"
+
+    @property
+    def mlflow_db(self) -> Path:
+        """The MLflow store (SQLite) used when no tracking URI is set."""
+        return self.root / "mlflow.db"
 
     def iteration(self, i: Index) -> Path:
         return self.root / f"iter_{it(i)}"

@@ -1,6 +1,6 @@
-"""The trainer's choices by name: advantage estimators, credit, GRPO's group
+"""Choices by name: the trainer's advantage estimators, credit, GRPO's group
 normalisation, policy losses, rollout importance sampling and KL estimators, as verl's
-`core_algos` registers them.
+`core_algos` registers them, and the backends the stages' scalars go to.
 
 Each registry maps the names a config key accepts to the functions that implement them.
 Entries are written as "module:function" and imported when the trainer looks them up, so
@@ -95,6 +95,15 @@ ROLLOUT_IS = Registry("algorithm.rollout_is", {
 KL_ESTIMATORS = Registry("algorithm.kl_estimator", {
     "k1": "rlver.algorithms:kl_k1",
     "k3": "rlver.algorithms:kl_k3",
+})
+
+
+#: Where the stages' scalars go (`logging.backends`, rlver.scalars): each entry writes one
+#: job's points, `fn(job, points)`, and raises on failure.
+TRACKERS = Registry("logging.backends", {
+    "tensorboard": "rlver.scalars:tensorboard",
+    "wandb": "rlver.trackers.wandb_run:write",
+    "mlflow": "rlver.trackers.mlflow_run:write",
 })
 
 

@@ -18,7 +18,6 @@ from rlver.dialogue import Dialogue, DialogueSpec, close_all, run_dialogues, sim
 from rlver.engines import Engine, SamplingSettings
 from rlver.errors import check_index
 from rlver.fallbacks import RATE_KEY, fallback_stats
-from rlver.layout import Run
 from rlver.personas.schema import Persona
 from rlver.schema import OUTCOMES
 from rlver.simulator import health
@@ -125,7 +124,7 @@ def rollout_shard(
     write_trajectories(out_path, rows, config_hash=config_mod.run_hash(config_path),
                        policy_sha256=policy_sha, kind="rollout", extra=stats)
     metrics = shard_metrics(dialogues, rows) | {RATE_KEY: stats[RATE_KEY]}
-    scalars.write(Run.of_config(config_path), "rollout", iteration,
+    scalars.write(config_path, "rollout", iteration,
                   scalars.numbers(metrics, "rollout", iteration), shard)
     print(f"rollout: wrote {len(rows)} samples of {len(dialogues)} dialogues to {out_path} "
           f"(mean reward {metrics['reward_mean']:.3f}, simulator fallback rate "

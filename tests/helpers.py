@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 from submitit.local.local import LocalJobEnvironment
 
-from bench.support import BIN, ROOT, TINY, snakemake  # noqa: F401  (the tests import them here)
+from bench.support import (  # noqa: F401  (the tests import them here)
+    BIN,
+    ROOT,
+    TINY,
+    snakemake,
+    update_spec,
+)
 
 #: The reference data and paper notes beside the repository (../shared/); RLVER_SHARED_DIR
 #: points elsewhere (a clone or worktree that is not beside it).
@@ -42,28 +48,6 @@ def job_counts(log: str) -> dict[str, int]:
     """Snakemake's 'Job stats' table as {rule: count}."""
     table = log.split("Job stats:")[1].split("total")[0]
     return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
-
-
-def update_spec(workdir: Path, base_model: Path, rows: list[dict], name: str,
-                *overrides: str) -> object:
-    """The UpdateSpec of iteration 0 of a run `name` (the smoke experiment with TINY and
-    `overrides`) whose rollouts are `rows`, frozen and written under `workdir`."""
-    from rlver import config
-    from rlver.io import weights_sha256
-    from rlver.models import link_tree
-    from rlver.schema import write_trajectories
-    from rlver.train import UpdateSpec
-
-    cfg = config.compose("smoke", [*TINY, *overrides], run=name)
-    run = workdir / name
-    config.freeze(cfg, run / "config.yaml")
-    policy = run / "iter_0000" / "policy"
-    link_tree(base_model, policy)
-    path = run / "iter_0000" / "rollouts" / "shard_000.parquet"
-    write_trajectories(path, rows, config_hash=config.config_hash(cfg),
-                       policy_sha256=weights_sha256(policy), kind="rollout")
-    return UpdateSpec(str(run / "config.yaml"), 0, str(policy), (str(path),),
-                      str(run / "iter_0001" / "policy"), str(run / "iter_0000" / "update"))
 
 
 #: Overrides that send the update job to the loopback Slurm cluster (no GPUs, small), and

@@ -24,7 +24,7 @@ def _install_section() -> str:
 
 def test_check_resolves_the_environment_files_pip_set():
     python, args = _check_module().environment_pins((ROOT / "environment.yml").read_text())
-    assert (python, args) == ("3.11", ["-e", ".[gpu,test]"])
+    assert (python, args) == ("3.11", ["-e", ".[gpu,test,trackers]"])
 
 
 def test_gpu_extra_pins_exact_versions_of_vllm_torch_deepspeed():

@@ -151,9 +151,16 @@ def test_full_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "reaction 0 &amp; more" in page
     # The simulator's verdict on reply 0 of the best dialogue: 40 -> 50.
     assert "emotion 50 (delta +10)" in page
-    # One reward column; a two-step run says what it can and cannot show.
+    # One reward column; a two-step run whose score did not move says what to expect.
     assert "<th>train reward</th>" in page and "update reward" not in page
-    assert "2 optimizer steps (lr 2e-06)" in page and "say nothing about the method" in page
+    assert "after 2 optimizer steps (lr 2e-06), within twice its standard error" in page
+    assert "2 optimizer steps are few" in page
+    assert "4 of the 4 evaluation dialogues of iteration 2 are word for word" in page
+    # The settings that shaped the run, in words; no cut replies, no warning about them.
+    assert "<td>scale</td><td>one machine, CPU only: model smollm2-135m-instruct, heuristic " \
+           "simulator</td>" in page
+    assert "<td>config/experiment/smoke.yaml as written (scale=paper: not shrunk)</td>" in page
+    assert "cut at their token cap" not in page
     # The learning curve's gain, measured against its own swing (paired over personas).
     ends = [{r["persona_id"]: r["final_emotion"] for r in _dialogues(i) if r["sample"] == 0}
             for i in (0, 2)]

@@ -280,6 +280,64 @@ def test_one_tensorboard_run_holds_every_stage(finished_run):
     assert [s for s, _ in curve("eval/failure")] == [0, 1, 2]
 
 
+def test_report_loads_in_a_browser(finished_run, tmp_path):
+    """The run's report in headless Chromium: no console error, every figure decoded, the
+    sections and tables there (tests/browser.py); the screenshot is kept in tmp_path."""
+    from . import browser
+
+    page = browser.check_report(finished_run / "report" / "index.html")
+    (tmp_path / "report.png").write_bytes(page.screenshot)
+
+
+#: Replays event files (a job's points, as TensorBoard holds them) through rlver.scalars,
+#: each as the job that wrote it: the stage, iteration and shard of its name.
+REPLAY = """
+import sys
+from pathlib import Path
+from rlver import scalars
+from tests import tracker_points
+config_path, *files = sys.argv[1:]
+for f in map(Path, files):
+    stage, iteration, *shard = f.name.split(".")[3:]
+    points = [(t, v, s) for t, s, v in tracker_points.tensorboard(f)]
+    lost = scalars.write(config_path, stage, int(iteration[5:]), points,
+                         int(shard[0][6:]) if shard else None)
+    assert not any(lost.values()), lost
+"""
+
+
+def test_trackers_get_the_points_tensorboard_has(finished_run, tmp_path):
+    """W&B (offline) and MLflow (SQLite in the run folder) added to a copy of the finished
+    run (where the scalars go is not part of its config's hash); every job's points,
+    replayed through rlver.scalars in two processes (iteration 0's jobs, then, the run
+    restarted, the others), read back through each library equal the run's TensorBoard
+    points, in one W&B run and one MLflow run."""
+    import subprocess
+    import sys
+
+    from . import tracker_points
+
+    run = tmp_path / "tiny"
+    frozen = config.load(finished_run / "config.yaml")
+    tracked = [*RUN, "logging.backends=[tensorboard,wandb,mlflow]"]
+    config.freeze(config.compose("smoke", tracked, run="tiny"), run / "config.yaml")
+    assert config.run_hash(run / "config.yaml") == config.config_hash(frozen)
+    files = sorted((finished_run / "tensorboard").iterdir())
+    first = [f for f in files if ".iter_0000" in f.name]
+    for jobs in (first, [f for f in files if f not in first]):
+        res = subprocess.run([sys.executable, "-c", REPLAY, str(run / "config.yaml"),
+                              *map(str, jobs)], capture_output=True, text=True,
+                             cwd=Path(__file__).parents[1], timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+    tensorboard = tracker_points.tensorboard(finished_run / "tensorboard")
+    wandb, wandb_ids = tracker_points.wandb(run)
+    assert len(tracker_points.wandb_runs(run)) == len(files) and len(wandb_ids) == 1
+    assert tracker_points.same(wandb, tensorboard)
+    mlflow, mlflow_ids = tracker_points.mlflow(f"sqlite:///{run / 'mlflow.db'}")
+    assert len(mlflow_ids) == 1
+    assert tracker_points.same(mlflow, tensorboard)
+
+
 def test_status_after_the_run_and_mid_run(finished_run, tmp_path, capsys):
     """`rlver status` of the finished run, then of a copy cut back to iteration 1's
     rollouts (shard 1 running), with file times set so the estimate is known."""

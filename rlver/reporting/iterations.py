@@ -30,6 +30,7 @@ _EVAL_COLUMNS = [
     "delta",
     "reason",
     "parse_error",
+    "truncated",
     "num_turns",
     "outcome",
     "final_emotion",

@@ -8,36 +8,10 @@ import html
 from typing import Any
 
 from rlver.fallbacks import RATE_KEY
-from rlver.metrics import paired_gain
 from rlver.reporting import health
 from rlver.reporting import table as rtable
-from rlver.reporting.iterations import Iteration, read_eval_rows
+from rlver.reporting.iterations import Iteration
 from rlver.schema import OUTCOMES
-
-#: Config values shown at the top of the page (dotted keys).
-_KEY_CONFIG = [
-    "scale",
-    "iterations",
-    "model.name",
-    "model.dtype",
-    "personas.source",
-    "simulator.backend",
-    "simulator.difficulty",
-    "simulator.initial_emotion",
-    "simulator.max_turns",
-    "rollout.personas_per_iteration",
-    "rollout.samples_per_persona",
-    "rollout.shards",
-    "rollout.temperature",
-    "evaluation.num_personas",
-    "evaluation.initial_emotion",
-    "evaluation.max_turns",
-    "evaluation.every",
-    "algorithm.name",
-    "algorithm.lr",
-    "algorithm.clip_ratio",
-    "template.name",
-]
 
 
 def _e(value: Any) -> str:
@@ -50,14 +24,6 @@ def _num(value: Any, fmt: str = "{:.3f}") -> str:
     if isinstance(value, float):
         return _e(fmt.format(value))
     return _e(value)
-
-
-def _lookup(d: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -116,58 +82,6 @@ def _health_table(iterations: list[Iteration]) -> str:
     if not rows:
         return "<p>No update yet.</p>"
     return _table(["iteration", *(name for name, _, _ in health.COLUMNS)], rows)
-
-
-#: Below this many optimizer steps a run checks the plumbing, not the method: the
-#: cpu_learning experiment (docs/results.md) needs about 20 to gain its +10 points, the
-#: paper's curves reach 210 (GRPO) to 350 (PPO).
-FEW_STEPS = 20
-
-
-def _scope_note(cfg: dict[str, Any], iterations: list[Iteration]) -> str:
-    """What a run of few optimizer steps can and cannot show, or nothing."""
-    steps = sum(int((it.update or {}).get("optimizer_steps", 0)) for it in iterations)
-    if not any(it.update for it in iterations) or steps >= FEW_STEPS:
-        return ""
-    lr = _lookup(cfg, "algorithm.lr")
-    return (
-        f'<p class="warn">{steps} optimizer steps (lr {_e(lr)}): enough to show that every '
-        "stage runs and writes what the next one reads, too few for the policy to change "
-        "measurably. Evaluation dialogues may be identical from one iteration to the next, "
-        "and the scores say nothing about the method; the paper's numbers below come from "
-        f"hundreds of steps of a 7B model. At least {FEW_STEPS} steps are needed to see "
-        "learning (docs/results.md).</p>"
-    )
-
-
-def _gain_note(evaluated: list[Iteration]) -> str:
-    """The held-out score's change from the first to the last evaluation, measured against
-    its own swing: the paired standard error over the benchmark's personas."""
-    if len(evaluated) < 2:
-        return ""
-    first, last = evaluated[0], evaluated[-1]
-    before, after = (
-        {r["persona_id"]: int(r["final_emotion"])
-         for r in read_eval_rows(it.eval_dialogues_path)}
-        for it in (first, last)
-    )
-    try:
-        gain, se, n = paired_gain(before, after)
-    except ValueError:
-        return ""
-    verdict = (
-        "more than twice its standard error: the policy improved on these personas"
-        if gain > 2 * se else
-        "within twice its standard error: the benchmark's own swing; more iterations "
-        "(or more benchmark personas) are needed to tell"
-    )
-    return (
-        f"<p>Held-out score from iteration {first.index} to {last.index}: {gain:+.1f} points "
-        f"(mean final emotion of the same {n} benchmark personas; paired standard error "
-        f"{se:.1f}), {verdict}. Each point is one greedy dialogue per persona, so neighbouring "
-        "evaluations can move by a few points without the policy getting better or worse "
-        "(docs/results.md has a longer run's curve).</p>"
-    )
 
 
 def _fallbacks(it: Iteration) -> str:
@@ -305,10 +219,11 @@ def render_page(
     eval_rows: list[dict[str, Any]],
     images: dict[str, bytes],
     paper_table: str,
+    setting_rows: list[tuple[str, str]],
+    notes: str,
 ) -> str:
     run = cfg.get("run", "")
-    keys = [[_e(k), _e(_lookup(cfg, k))] for k in _KEY_CONFIG]
-    keys.append([_e("config hash"), _e(cfg_hash)])
+    keys = [[_e(k), _e(v)] for k, v in [*setting_rows, ("config hash", cfg_hash)]]
     if last_eval is not None and eval_rows:
         examples = "".join(_dialogue(label, r) for label, r in _examples(eval_rows))
         ex_head = f"Example dialogues (eval of iteration {last_eval.index})"
@@ -324,12 +239,11 @@ def render_page(
             _table(["key", "value"], keys),
             "<h2>Iterations</h2>",
             _iteration_table(iterations) if iterations else "<p>No iterations yet.</p>",
-            _scope_note(cfg, iterations),
             "<h2>Paper-style table</h2>",
             paper_table,
             "<h2>Learning curve</h2>",
             _img("learning_curve.png", images["learning_curve.png"], "learning curve"),
-            _gain_note([it for it in iterations if it.eval_dialogues_path is not None]),
+            notes,
             "<h2>Training health</h2>",
             "<p>Per update: reply length in tokens, the share of replies cut at "
             "<code>rollout.max_new_tokens</code>, the share of GRPO groups whose rewards "

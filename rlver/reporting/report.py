@@ -20,7 +20,7 @@ from rlver import config as rconfig
 from rlver import faults
 from rlver.errors import RlverInputError
 from rlver.io import atomic_path
-from rlver.reporting import retention_table
+from rlver.reporting import findings, retention_table, settings
 from rlver.reporting import table as rtable
 from rlver.reporting.figures import FIGURES, plot_all
 from rlver.reporting.iterations import read_eval_rows, scan
@@ -47,6 +47,12 @@ def build_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     evaluated = [it for it in iterations if it.eval_dialogues_path is not None]
     last_eval = evaluated[-1] if evaluated else None
     eval_rows = read_eval_rows(last_eval.eval_dialogues_path) if last_eval else []
+    first_eval = evaluated[0] if len(evaluated) > 1 else None
+    notes = findings.notes(
+        cfg_dict, [(it.index, it.update) for it in iterations if it.update is not None],
+        (first_eval.index, read_eval_rows(first_eval.eval_dialogues_path))
+        if first_eval else None,
+        (last_eval.index, eval_rows) if last_eval else None)
     own_rows = rtable.run_rows(run_dir)
     table_rows = own_rows + rtable.paper_rows(run_dir)
 
@@ -59,6 +65,7 @@ def build_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
             cfg_dict, rconfig.run_hash(cfg_path), iterations, last_eval, eval_rows, images,
             paper_table(table_rows, bool(own_rows))
             + retention_table.report_section(run_dir, tmp),
+            settings.rows(cfg_dict, run_dir), notes,
         )
         (tmp / "index.html").write_text(page, encoding="utf-8")
         faults.point("report.before_rename")

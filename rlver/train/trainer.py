@@ -23,7 +23,7 @@ import torch
 
 from rlver import algorithms as A
 from rlver import config as config_mod
-from rlver import faults, layout, scalars
+from rlver import faults, scalars
 from rlver.errors import RlverInputError
 from rlver.io import write_json
 from rlver.train import metrics as M
@@ -265,7 +265,7 @@ def finish(spec: UpdateSpec, cfg: Any, engines: Engines, batch: Batch, terms: Te
     metrics = M.summary(spec.iteration, cfg, batch.rows, terms, batch.zero_spread, progress,
                         t0, world, batch.excluded)
     metrics["weights_sha256"] = weights_hash
-    scalars.write(layout.Run.of_config(spec.config_path), "update", spec.iteration,
+    scalars.write(spec.config_path, "update", spec.iteration,
                   M.points(metrics, spec.iteration * per_iter))
     write_json(Path(spec.update_dir) / "metrics.json", metrics)
     shutil.rmtree(Path(spec.update_dir) / "resume", ignore_errors=True)
