@@ -17,7 +17,7 @@ from submitit.local.local import LocalJobEnvironment
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
-#: The loopback Slurm cluster of the tests (docs/cluster.md, "Testing against a real Slurm").
+#: The loopback Slurm cluster of the tests (tests/slurm/README.md).
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 #: Its state, logs and PID files (cluster.sh's RLVER_SLURM_DIR).
 SLURM_DIR = Path(os.environ.get("RLVER_SLURM_DIR", "/tmp/rlver-slurm"))
