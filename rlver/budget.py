@@ -218,6 +218,7 @@ def to_text(b: Budget) -> str:
     lines.append("GB/GPU: each update rank's weights, gradients and optimizer state under "
                  f"ZeRO-{w.zero_stage} (activations on top; "
                  f"{b.inputs['gpu_memory_bytes'] / GB:.0f} GB GPUs)")
+    lines += ["", summary_line(b)]
     return "\n".join(lines) + "\n"
 
 
@@ -257,18 +258,23 @@ def to_json(b: Budget) -> dict[str, Any]:
 
 
 def summary_line(b: Budget) -> str:
-    """One line: the run's GPU-hours, wall time, disk and its cheapest allowed layout."""
+    """One line: the run's GPU-hours, wall time, disk, fixed-cost share and the cheapest
+    layout it allows."""
     own = b.own
     priced = [e for e in b.estimates if not e.layout.how.startswith("not implemented")]
     cheapest = min(priced, key=lambda e: e.gpu_h_run())
     cheaper = ("" if cheapest is own else
-               f"; cheapest layout it allows: {cheapest.layout.name}, "
-               f"{cheapest.gpu_h_run():,.0f} GPU-h ({cheapest.layout.how})")
-    return (f"rlver budget: run {b.run}: {own.gpu_h_run():,.0f} GPU-hours, "
-            f"{own.wall_s_run() / 3600:,.0f} wall hours ({own.layout.name}), disk "
-            f"{b.disk.peak / GB:,.0f} GB at the peak, {b.disk.end / GB:,.0f} GB at the end, "
-            f"fixed costs {own.fixed_share():.2f} of an iteration{cheaper}; `rlver budget` "
-            "with the same experiment and overrides prints the tables")
+               f"; the cheapest layout it allows: {cheapest.layout.name}, "
+               f"{_n(cheapest.gpu_h_run())} GPU-hours ({cheapest.layout.how})")
+    return (f"rlver budget: run {b.run}: {_n(own.gpu_h_run())} GPU-hours, "
+            f"{_n(own.wall_s_run() / 3600)} h of wall time ({own.layout.name}); disk "
+            f"{b.disk.peak / GB:,.0f} GB at the peak, {b.disk.end / GB:,.0f} GB at the end; "
+            f"fixed costs {own.fixed_share():.2f} of an iteration{cheaper}")
+
+
+def _n(x: float) -> str:
+    """Hours in the summary: whole ones, a decimal below 10."""
+    return f"{x:,.0f}" if x >= 10 else f"{x:.1f}"
 
 
 def budget_note(cfg: DictConfig) -> Optional[str]:
@@ -277,7 +283,8 @@ def budget_note(cfg: DictConfig) -> Optional[str]:
     if cfg.cluster.gpus_per_node == 0:
         return None
     try:
-        return summary_line(make_budget(cfg))
+        return (f"{summary_line(make_budget(cfg))} (the tables: rlver budget --experiment "
+                f"{cfg.experiment} with the run's overrides)")
     except Exception as exc:  # a note must never stop a run
         return f"rlver budget: not available for this run ({exc})"
 

@@ -89,7 +89,9 @@ def test_a_rank_that_does_not_see_it_stops_the_job_with_one_message(tmp_path: Pa
     assert str(node0) in out[0] and "rank 1 on" in out[0] and "results_dir" in out[0]
 
 
-@pytest.mark.long
+@pytest.mark.slow
+@pytest.mark.long  # the smoke run, about 11 min here: outside make test, run with -m long
+@pytest.mark.timeout(3600)
 def test_the_smoke_run_with_results_and_resources_elsewhere(tmp_path: Path) -> None:
     """The smoke experiment end to end (about 11 minutes on 2 cores) with its results and
     resources outside the working directory: every file there, none in the clone, and
