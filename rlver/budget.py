@@ -8,9 +8,9 @@ the one-line summary (`summary_line`) when it composes a run that uses GPUs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -122,7 +122,9 @@ def layouts(cfg: DictConfig, w: cost.Workload, inp: cost.Inputs
     out = [own] + ([replace(per_stage, how="cluster.iterations_per_job=1")]
                    if own.resident else []) + one_node
     notes = []
-    if w.keep_state >= 1 and w.zero_stage <= 2:
+    if w.iterations < 2:
+        notes.append("resident blocks: a run of one iteration has none")
+    elif w.keep_state >= 1 and w.zero_stage <= 2:
         for base in ([] if own.resident else [per_stage]) + one_node:
             k = block_size(w, base, inp, cl.timeout_min * 60)
             how = " ".join(filter(None, [base.how, f"cluster.iterations_per_job={k}"]))
@@ -241,7 +243,7 @@ def inputs_text(inp: cost.Inputs) -> str:
 def to_json(b: Budget) -> dict[str, Any]:
     """The budget as one JSON object."""
     return {
-        "run": b.run, "workload": b.workload.__dict__,
+        "run": b.run, "workload": dataclasses.asdict(b.workload),
         "layouts": [{"name": e.layout.name, "how": e.layout.how,
                      "gpu_hours_run": e.gpu_h_run(), "wall_hours_run": e.wall_s_run() / 3600,
                      "gpu_hours_per_iteration": e.gpu_h_per_iteration(),
@@ -287,11 +289,3 @@ def budget_note(cfg: DictConfig) -> Optional[str]:
                 f"{cfg.experiment} with the run's overrides)")
     except Exception as exc:  # a note must never stop a run
         return f"rlver budget: not available for this run ({exc})"
-
-
-def write_json(b: Budget, path: Path) -> None:
-    import json
-
-    from rlver.io import write_text
-
-    write_text(path, json.dumps(to_json(b), indent=1) + "\n")

@@ -197,3 +197,16 @@ def test_docs_scale_says_only_numbers_its_budgets_print() -> None:
     printed = {n.replace(",", "") for n in re.findall(r"\d[\d,]*(?:\.\d+)?", blocks)}
     said = {n.replace(",", "") for n in re.findall(r"(?<![\w.-])\d[\d,]*(?:\.\d+)?", prose)}
     assert said and not said - printed, sorted(said - printed)
+
+
+def test_budget_as_json(capsys) -> None:
+    import json
+
+    assert main(["budget", "--experiment", "paper_grpo_think_vanilla", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    own = data["layouts"][0]
+    assert own["how"] == "this config" and set(own["stages"]) == set(budget.STAGES)
+    assert own["gpu_hours_run"] == pytest.approx(_budget("paper_grpo_think_vanilla")
+                                                 .own.gpu_h_run())
+    assert data["disk_gb"]["peak"] > data["disk_gb"]["end"] > 0
+    assert data["workload"]["iterations"] == 1000
