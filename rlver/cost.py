@@ -1,6 +1,7 @@
 """What a run costs before it starts: seconds, GPU-hours and bytes, by stage and layout.
 
-Pure functions over plain numbers. Every job pays fixed costs (its Slurm start, process
+Pure functions over plain numbers (`load_inputs` reads them from the package's data).
+Every job pays fixed costs (its Slurm start, process
 start and imports, the engine's or DeepSpeed's start, reading and writing weights and
 optimizer state) and does work (decoding, waiting for the simulated user, training). The
 fixed parts that do not grow with the model are measured on this machine by
@@ -18,9 +19,6 @@ from importlib import resources
 from typing import Any
 
 import yaml
-
-#: The cost model's input files, in rlver/data/cost/.
-INPUT_FILES = ("stated.yaml", "measured.yaml")
 
 
 @dataclass(frozen=True)
