@@ -43,7 +43,7 @@ run: setup
 # Two pytest workers, a whole test file to each (module fixtures such as a vLLM server or
 # a finished workflow run are made once), slowest files first (tests/conftest.py): a third
 # of a one-worker run's time is one core waiting on a start-up, a subprocess or a server
-# while the other is idle. One worker: 31 min here; two: about 27 (docs/performance.md).
+# while the other is idle. One worker: 30 min 35 s; two: 27 min 13 s (docs/performance.md).
 test: setup
 	$(BIN)/pytest -ra --durations=30 -n 2 --dist loadfile --no-loadscope-reorder -m "not long"
 
@@ -52,8 +52,9 @@ test: setup
 test-fast: setup
 	$(BIN)/pytest -ra --durations=10 -n 2 --dist loadfile -m "not slow"
 
-# docs/results.md: the cpu_learning experiment for 3 seeds (about an hour each on 2
-# cores), then its page, generated from the runs' files. A finished seed is not redone.
+# docs/results.md: the cpu_learning experiment for 3 seeds (43 to 52 minutes each on 2
+# cores, docs/results.md), then its page, generated from the runs' files. A finished seed
+# is not redone.
 SEEDS := 0 1 2
 results: setup
 	for seed in $(SEEDS); do \

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 
 from rlver.digest import differences, digest  # noqa: E402
+from rlver.models import SOURCE_RECORD  # noqa: E402
 
 RUN = "faults"
 OVERRIDES = [
@@ -96,7 +97,7 @@ def prepare(workdir: Path, model_cache: Path) -> None:
     excepted), so that each case does not convert the GGUF again."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    if model_cache.is_dir():
+    if (model_cache / SOURCE_RECORD).is_file():  # else the workflow converts the GGUF
         dest = workdir / "resources" / "models" / "smollm2-135m-instruct"
         shutil.copytree(model_cache, dest, copy_function=os.link)
 

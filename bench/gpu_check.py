@@ -11,7 +11,9 @@ policy export, submitit's submission) and the work (tokens generated and trained
 second) with bench/scale.py's probes, on the largest of its random-weight Qwen2 shapes
 whose update fits the GPU (about 20 bytes a parameter; nothing is downloaded), and
 writes scale.json in --workdir (default results/gpu_check). Compare its numbers with the
-7B extrapolation's inputs in docs/scale.md.
+cost model's inputs (`rlver budget --experiment paper_grpo_think_vanilla --inputs`);
+`python bench/scale.py --from-json <that scale.json> --update-data` makes its fits the
+model's measured inputs.
 
 Stages, each the real stage function on its own files (no Snakemake, no Slurm):
 1. `rollout`: the hf engine on the GPU, GRPO groups, the heuristic simulator;

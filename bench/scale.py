@@ -1,9 +1,12 @@
 """What one iteration costs: the fixed costs of our stages measured at three model sizes,
-fitted against bytes, and extrapolated to Qwen2.5-7B at the paper's settings.
+fitted against bytes, and fed to the cost model (rlver/cost.py) that prices a run at 7B.
 
     python bench/scale.py                      # q90m q180m q250m on the CPU (~12 min)
+    python bench/scale.py --update-data        # ... and write the fits into the model's data
     python bench/scale.py --sizes q90m q450m   # other sizes (SIZES below)
-    python bench/scale.py --from-json results/scale/scale.json   # only the model
+    python bench/scale.py --from-json results/scale/scale.json   # fits of an earlier run
+    python bench/scale.py --disk results/smoke --update-data     # bytes a stored token
+    python bench/scale.py --model-only         # the model's tables from its data alone
 
 Every size is a Qwen2-architecture model with random weights made from a config (the
 SmolLM2 tokenizer of the test model, so its vocabulary: 49,152), saved as the policy
@@ -23,13 +26,14 @@ first (posix_fadvise, so a read costs the disk as a new job on another node woul
   weights, as the update's export), `load_checkpoint` of that state (state load);
 - submitit's local launcher: submission to job start, and job end to result.
 
-The model part (`extrapolate`) fits each cost as seconds = a + bytes / rate, and prices
-one iteration of the paper's PPO and GRPO experiment at 7B with the stated inputs
-(`PAPER`: storage bandwidth, GPU throughput, each with its source) for today's design
-(fresh jobs each iteration) and for a resident design (engines and state kept in memory).
-Prints the tables; the last line is `fixed_cost_share_7b=<GRPO, today's design>`.
-Writes scale.json in --out. Peak memory: about 28 bytes a parameter in the update probe
-(DeepSpeed fp32 Adam, 16, plus the state being loaded), 7 GB for q250m.
+Each cost is fitted as seconds = a + bytes / rate (`fits`); `--update-data` writes the
+fits and submitit's start into rlver/data/cost/measured.yaml, the measured inputs of the
+cost model (the stated ones, storage bandwidth and GPU rates with their sources, are
+rlver/data/cost/stated.yaml). The tables end with the model's price of an iteration of
+the paper's GRPO and PPO experiments at 7B (`rlver budget`, docs/scale.md); the last line
+is `fixed_cost_share_7b=<paper_grpo_think_vanilla, per stage, 4x8>`. Writes scale.json
+in --out. Peak memory: about 28 bytes a parameter in the update probe (DeepSpeed fp32
+Adam, 16, plus the state being loaded), 7 GB for q250m.
 """
 
 from __future__ import annotations
@@ -317,35 +321,9 @@ def measure(sizes: list[str], work: Path, device: str, engines: list[str],
     return results
 
 
-# ------------------------------------------------------------------------ the cost model
+# ------------------------------------------------------------------------ fits and data
 
 GB = 1e9
-#: Qwen2.5-7B-Instruct (its config.json: hidden 3584, 28 layers, intermediate 18944,
-#: vocab 152064, untied embeddings): 7.62e9 parameters.
-PARAMS_7B = 7.62e9
-
-#: Stated inputs of the 7B extrapolation, each with its source ([refs] in docs/scale.md).
-PAPER: dict[str, tuple[float, str]] = {
-    "shared_fs_bytes_per_s": (2 * GB, "stated: shared file system, 2 GB/s"),
-    "local_nvme_bytes_per_s": (10 * GB, "stated: node-local NVMe, 10 GB/s"),
-    "update_gpus": (32, "paper: 4 nodes x 8 GPUs (config/cluster/slurm_4x8.yaml)"),
-    "rollout_gpus": (1, "profiles/slurm/config.yaml: rollout gpu: 1"),
-    "dialogues": (32, "config/paper/training.yaml: 32 dialogues a step"),
-    "turns": (8, "config/paper/training.yaml: simulator.max_turns 8"),
-    "reply_tokens": (512, "config/paper/training.yaml: max_new_tokens 512 (upper bound)"),
-    "context_tokens_per_dialogue": (8 * (512 + 150) + 300,
-                                    "stated: 8 x (512 reply + ~150 user) + ~300 system"),
-    "decode_s_per_token": (0.025, "stated from [v1]: 13 ms/token at 1 request (8B, A100), "
-                                  "latency grows past 8; 25 ms at 32"),
-    "simulator_s_per_turn": (3.0, "stated: the LLM simulator's reply, ~3 s a turn"),
-    "train_flops_per_gpu_s": (0.4 * 989e12, "[d1] H100 989 TFLOP/s bf16 dense x [d2] 40% MFU"),
-    "vllm_init_s": (20.0, "[v2] Llama-3-8B: init engine 39.3 s less torch.compile 19.4 s"),
-    "vllm_compile_cold_s": (19.4, "[v2] Llama-3-8B: torch.compile 19.4 s on a cache miss"),
-    "vllm_compile_warm_s": (9.2, "[v3] Llama-3-8B: Dynamo 5.0 s + cached graphs 4.2 s"),
-    "slurm_queue_s": (30.0, "stated: a job's start on an idle partition [s1]"),
-    "weight_sync_s": (5.0, "issue 22: verl 4-6 s at 7B ([r1]: 0.8 s broadcast alone)"),
-    "resident_checkpoint_every": (5, "RLVER's own code: a checkpoint every 5 steps"),
-}
 
 
 def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -395,78 +373,78 @@ def fits(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def extrapolate(f: dict[str, dict[str, float]], sub: dict[str, float]
-                ) -> dict[str, dict[str, Any]]:
-    """Seconds by kind and GPU-hours of one iteration at 7B, per experiment and design.
+#: The cost model's measured inputs, which this script writes.
+MEASURED = ROOT / "rlver" / "data" / "cost" / "measured.yaml"
 
-    Intercepts (what does not grow with the model) come from the fits here; bytes move at
-    the stated storage bandwidth; the work runs at the cited GPU rates. Queue time is
-    wall time but holds no GPU; everything else holds the job's GPUs."""
-    P = {k: v for k, (v, _) in PAPER.items()}
-    p = PARAMS_7B
-    bf16_bytes = 2 * p  # the policy directory (bf16 safetensors), vLLM's weights, export
-    state_per_model = 16 * p  # ZeRO mixed-precision Adam: 2 + 2 + 12 bytes a parameter
-    ctx_tokens = P["dialogues"] * P["context_tokens_per_dialogue"]
-    out: dict[str, dict[str, Any]] = {}
 
-    def a(name: str) -> float:
-        return max(0.0, f[name]["intercept_s"]) if name in f else 0.0
+def write_measured(results: dict[str, Any], f: dict[str, dict[str, Any]],
+                   path: Path = MEASURED) -> Path:
+    """Write the fits and submitit's start into the cost model's measured inputs
+    (`path`), keeping its other constants."""
+    import yaml
 
-    designs = (  # name, resident, update GPUs, state storage bandwidth
-        ("today 4x8", False, P["update_gpus"], P["shared_fs_bytes_per_s"]),
-        ("today 1x8", False, 8, P["shared_fs_bytes_per_s"]),
-        ("today 1x8, state on NVMe", False, 8, P["local_nvme_bytes_per_s"]),
-        ("resident 4x8", True, P["update_gpus"], P["shared_fs_bytes_per_s"]),
-        ("resident 1x8", True, 8, P["shared_fs_bytes_per_s"]),
-    )
-    for exp, models in (("GRPO", 1), ("PPO", 2)):  # PPO: actor and critic
-        gen_s = P["turns"] * P["reply_tokens"] * P["decode_s_per_token"]
-        sim_s = P["turns"] * P["simulator_s_per_turn"]
-        fs = P["shared_fs_bytes_per_s"]
-        for design, resident, gpus, state_bw in designs:
-            train_s = 6 * p * ctx_tokens * models / (P["train_flops_per_gpu_s"] * gpus)
-            if resident:
-                queue = {}
-                fixed = {"rollout: weight sync to the engine": P["weight_sync_s"],
-                         "update: state save (every 5th iteration)":
-                         models * state_per_model / state_bw / P["resident_checkpoint_every"]}
-                held_gpus = {"rollout": gpus, "update": gpus}  # one allocation, colocated
-            else:
-                queue = {"rollout: queue": P["slurm_queue_s"],
-                         "update: queue + submitit": P["slurm_queue_s"]
-                         + sub["submit_to_start_s"]}
-                fixed = {
-                    "rollout: process start + imports": a("vllm process start + imports"),
-                    "rollout: vLLM init (profile, KV cache, CUDA graphs)": P["vllm_init_s"],
-                    "rollout: torch.compile (shared cache)": P["vllm_compile_warm_s"],
-                    "rollout: policy read": bf16_bytes / fs,
-                    "update: process start + imports": a("update process start + imports"),
-                    "update: policy load": models * (bf16_bytes / fs + a("policy load")),
-                    "update: DeepSpeed init": models * (
-                        a("DeepSpeed init") + f["DeepSpeed init"]["slope_s"] * p / gpus),
-                    "update: state load": models * (state_per_model / state_bw
-                                                    + a("state load")),
-                    "update: state save": models * (state_per_model / state_bw
-                                                    + a("state save")),
-                    "update: policy export": models * bf16_bytes / fs + a("policy export"),
-                }
-                held_gpus = {"rollout": P["rollout_gpus"], "update": gpus}
-            work = {"rollout: generate": gen_s, "rollout: simulator": sim_s,
-                    "update: train": train_s}
-            held = {"rollout": 0.0, "update": 0.0}
-            for k, v in (fixed | work).items():
-                held[k.split(":")[0]] += v
-            gpu_h = sum(held[j] * held_gpus[j] for j in held) / 3600
-            fixed_s = sum(queue.values()) + sum(fixed.values())
-            work_s = sum(work.values())
-            out[f"{exp} {design}"] = {
-                "fixed_s": queue | fixed, "work_s": work,
-                "fixed_total_s": fixed_s, "work_total_s": work_s,
-                "fixed_share": fixed_s / (fixed_s + work_s),
-                "gpu_hours_per_iteration": gpu_h, "gpu_hours_per_1000": 1000 * gpu_h,
-                "wall_s_per_iteration": fixed_s + work_s,
-            }
-    return out
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["command"] = results.get("command", "python bench/scale.py")
+    data["date"] = results.get("date", time.strftime("%Y-%m-%d"))
+    load = results.get("load_average_at_start", [0])[0]
+    data["machine"] = f"{os.cpu_count()} cores, load average {load:.1f} at the start"
+    data["fits"] = {name: {k: round(v[k], 12) for k in ("intercept_s", "slope_s")}
+                    | {"per": v["per"], "how": v["how"]} for name, v in f.items()}
+    data["constants"]["submitit_submit_to_start_s"] = {
+        "value": round(results["submitit"]["submit_to_start_s"], 3),
+        "source": f"{data['command']} ({data['date']}): submitit's local launcher, "
+                  "submission to the job's first line"}
+    return _write_data(data, path)
+
+
+def measure_disk(run_dir: Path) -> dict[str, Any]:
+    """Bytes a stored token of a run's trajectory files (rollout shards): the file sizes
+    over their tokens, the cost model's `stored_bytes_per_token`."""
+    import pyarrow.parquet as pq
+
+    files = sorted(run_dir.glob("iter_*/rollouts/shard_*.parquet"))
+    if not files:
+        raise SystemExit(f"scale: {run_dir}: no rollout shards (iter_*/rollouts/*.parquet)")
+    size = sum(f.stat().st_size for f in files)
+    tokens = sum(len(ids) for f in files for ids in
+                 pq.read_table(f, columns=["input_ids"]).column("input_ids").to_pylist())
+    return {"bytes": size, "tokens": tokens, "files": len(files)}
+
+
+def write_disk(run_dir: Path, d: dict[str, Any], path: Path = MEASURED) -> Path:
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["constants"]["stored_bytes_per_token"] = {
+        "value": round(d["bytes"] / d["tokens"], 2),
+        "source": f"python bench/scale.py --disk {run_dir} ({time.strftime('%Y-%m-%d')}): "
+                  f"{d['bytes']:,} bytes of rollout shards for {d['tokens']:,} tokens"}
+    return _write_data(data, path)
+
+
+def _write_data(data: dict[str, Any], path: Path) -> Path:
+    import yaml
+
+    head = path.read_text(encoding="utf-8").split("\ncommand:")[0]  # the header comment
+    body = yaml.safe_dump(data, sort_keys=False, width=1000, default_flow_style=None)
+    path.write_text(head + "\n" + body, encoding="utf-8")
+    return path
+
+
+def print_model() -> float:
+    """The cost model's tables for the paper's GRPO and PPO think experiments (what
+    `rlver budget --items` prints); returns GRPO's fixed-cost share, per stage."""
+    from rlver import budget
+    from rlver import config as config_mod
+
+    share = 0.0
+    for exp in ("paper_grpo_think_vanilla", "paper_ppo_think_vanilla"):
+        b = budget.make_budget(config_mod.compose(exp, [], require_user_keys=False))
+        print(f"\n### {exp} at 7B (rlver budget --experiment {exp} --items)\n")
+        print(budget.to_text(b))
+        print(budget.items_text(b.own))
+        share = share or b.own.fixed_share()
+    return share
 
 
 def print_measured(results: dict[str, Any]) -> None:
@@ -504,8 +482,7 @@ def print_measured(results: dict[str, Any]) -> None:
           f" job end to result {sub['start_to_result_s']:.2f} s")
 
 
-def print_tables(results: dict[str, Any], f: dict[str, dict[str, float]],
-                 x: dict[str, dict[str, Any]]) -> None:
+def print_tables(results: dict[str, Any], f: dict[str, dict[str, float]]) -> None:
     print_measured(results)
     print("\n### Fits: seconds = a + x / rate\n\n| cost | a (s) | rate | x | a from |\n"
           "| --- | ---: | ---: | --- | --- |")
@@ -514,16 +491,6 @@ def print_tables(results: dict[str, Any], f: dict[str, dict[str, float]],
         shown = ("-" if rate == float("inf") else f"{rate / GB:.2f} GB/s"
                  if v["per"] == "bytes" else f"{rate:.3g} params/s")
         print(f"| {name} | {v['intercept_s']:.2f} | {shown} | {v['per']} | {v['how']} |")
-    print("\n### Qwen2.5-7B, one iteration at the paper's settings (model: PAPER inputs)\n")
-    print("| experiment, design | fixed s | work s | fixed share | GPU-h/iter | "
-          "GPU-h/1000 iter | wall h/1000 iter |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, v in x.items():
-        print(f"| {name} | {v['fixed_total_s']:.0f} | {v['work_total_s']:.0f} | "
-              f"{v['fixed_share']:.2f} | {v['gpu_hours_per_iteration']:.2f} | "
-              f"{v['gpu_hours_per_1000']:.0f} | {v['wall_s_per_iteration'] / 3.6:.0f} |")
-    for name, v in x.items():
-        print(f"\n{name}: " + "; ".join(f"{k} {s:.1f}" for k, s in
-                                       (v["fixed_s"] | v["work_s"]).items()))
 
 
 def main() -> None:
@@ -532,7 +499,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--engines", nargs="*", default=["hf", "vllm"], choices=["hf", "vllm"])
     p.add_argument("--out", default=str(ROOT / "results" / "scale"))
-    p.add_argument("--from-json", help="a scale.json of an earlier run: only the model")
+    p.add_argument("--from-json", help="a scale.json of an earlier run: its fits, no probe")
+    p.add_argument("--update-data", action="store_true",
+                   help="write the fits (or --disk's bytes) into rlver/data/cost/measured.yaml")
+    p.add_argument("--disk", metavar="RUN_DIR", help="measure bytes a stored token of a run")
+    p.add_argument("--model-only", action="store_true", help="the model's tables alone")
     p.add_argument("--batch", type=int, default=8, help="sequences generated together")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--rows", type=int, default=2, help="sequences of a training step")
@@ -545,24 +516,34 @@ def main() -> None:
     if a.probe:
         child(a)
         return
-    out = Path(a.out)
-    if a.from_json:
-        results = json.loads(Path(a.from_json).read_text())
-    else:
+    if a.disk:
+        d = measure_disk(Path(a.disk))
+        print(f"scale: {a.disk}: {d['bytes']:,} bytes for {d['tokens']:,} tokens in "
+              f"{d['files']} shards")
+        if a.update_data:
+            print(f"scale: wrote {write_disk(Path(a.disk), d)}")
+        print(f"stored_bytes_per_token={d['bytes'] / d['tokens']:.2f}")
+        return
+    if not a.model_only:
+        out = Path(a.out)
+        if a.from_json:
+            results = json.loads(Path(a.from_json).read_text())
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            results = measure(a.sizes, out, a.device, a.engines, a.batch, a.new_tokens,
+                              a.rows, a.seq)
+            results["command"] = "python " + " ".join(sys.argv)
+            results["date"] = time.strftime("%Y-%m-%d")
+            results["load_average_at_end"] = os.getloadavg()
+        f = fits(results)
+        results["fits"] = f
         out.mkdir(parents=True, exist_ok=True)
-        results = measure(a.sizes, out, a.device, a.engines, a.batch, a.new_tokens,
-                          a.rows, a.seq)
-        results["command"] = "python " + " ".join(sys.argv)
-        results["date"] = time.strftime("%Y-%m-%d")
-        results["load_average_at_end"] = os.getloadavg()
-    f = fits(results)
-    x = extrapolate(f, results["submitit"])
-    results |= {"fits": f, "extrapolation_7b": x,
-                "inputs": {k: {"value": v, "source": s} for k, (v, s) in PAPER.items()}}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scale.json").write_text(json.dumps(results, indent=1))
-    print_tables(results, f, x)
-    print(f"fixed_cost_share_7b={x['GRPO today 4x8']['fixed_share']:.3f}")
+        (out / "scale.json").write_text(json.dumps(results, indent=1))
+        print_tables(results, f)
+        if a.update_data:
+            print(f"\nscale: wrote {write_measured(results, f)}")
+    share = print_model()
+    print(f"fixed_cost_share_7b={share:.3f}")
 
 
 if __name__ == "__main__":

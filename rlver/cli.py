@@ -31,11 +31,36 @@ def cmd_compose(a: argparse.Namespace) -> None:
     from rlver import config
 
     cfg = config.compose(a.experiment, a.overrides, run=a.run)
+    if a.base_model:
+        from rlver.models import prepared_sha256
+
+        sha = prepared_sha256(a.base_model, cfg.model.source)
+        if sha is None:
+            raise RlverInputError(f"--base-model {a.base_model}: not found. Fix: prepare it "
+                                  "first (rlver prepare-model, or the workflow's rule).")
+        cfg.model.sha256 = sha
     if a.out:
         config.freeze(cfg, a.out)
         print(f"compose: froze run '{cfg.run}' to {a.out}", file=sys.stderr)
     else:
         print(config.to_yaml(cfg), end="")
+
+
+def cmd_budget(a: argparse.Namespace) -> None:
+    from rlver import budget, config
+
+    cfg = config.compose(a.experiment, a.overrides, run=a.run, require_user_keys=False)
+    b = budget.make_budget(cfg)
+    if a.json:
+        print(json.dumps(budget.to_json(b), indent=1))
+        return
+    print(budget.to_text(b), end="")
+    if a.items:
+        print()
+        print(budget.items_text(b.own), end="")
+    if a.inputs:
+        print()
+        print(budget.inputs_text(b.inputs), end="")
 
 
 def cmd_prepare_model(a: argparse.Namespace) -> None:
@@ -102,7 +127,7 @@ def cmd_digest(a: argparse.Namespace) -> None:
 def cmd_status(a: argparse.Namespace) -> None:
     from rlver.status import status, to_json, to_text
 
-    st = status(a.run_dir)
+    st = status(a.run_dir, workdir=a.workdir)
     print(to_json(st) if a.json else to_text(st))
 
 
@@ -210,8 +235,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", default=None,
                    help="run name (default: the experiment's name; <experiment>-cpu at scale=cpu)")
     s.add_argument("--out", default=None, help="freeze to this file (refuses a changed config)")
+    s.add_argument("--base-model", default=None, metavar="DIR",
+                   help="the prepared base model: its weights' sha256 goes into the config "
+                        "(model.sha256); it must be prepared from model.source")
     s.add_argument("overrides", nargs="*",
                    help="Hydra overrides, e.g. rollout.shards=4 or scale=cpu")
+
+    s = add("budget", cmd_budget, "what a run will cost before it starts: GPU-hours and "
+            "wall time by stage, disk, and the layouts its config allows (docs/scale.md)")
+    s.add_argument("--experiment", required=True)
+    s.add_argument("--run", default=None, help="run name (as for compose)")
+    s.add_argument("--json", action="store_true", help="one JSON object")
+    s.add_argument("--items", action="store_true",
+                   help="also every cost of an iteration and of an evaluation, in seconds")
+    s.add_argument("--inputs", action="store_true",
+                   help="also the cost model's inputs, each with its source")
+    s.add_argument("overrides", nargs="*",
+                   help="Hydra overrides, as for compose (model.source and the simulator's "
+                        "endpoint may stay unset)")
 
     s = add("prepare-model", cmd_prepare_model, "write the base model as an HF directory")
     s.add_argument("--source", required=True,
@@ -307,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
             "where a run is: iterations done, the stage running, rewards, time left")
     s.add_argument("run_dir", metavar="RUN_DIR", help="a results/<run> directory")
     s.add_argument("--json", action="store_true", help="one JSON object")
+    s.add_argument("--workdir", default=None,
+                   help="Snakemake's working directory (the clone), where the run's results "
+                        "are stored elsewhere (--config results_dir); default: the folder "
+                        "holding results/")
 
     s = add("calibrate", cmd_calibrate,
             "replay logged SAGE dialogues through a simulator; compare emotion changes")

@@ -16,10 +16,9 @@ import hashlib
 import json
 import os
 import re
-import shlex
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -114,10 +113,13 @@ def compose(
     overrides: list[str] | None = None,
     run: str | None = None,
     config_dir: str | os.PathLike[str] = CONFIG_DIR,
+    require_user_keys: bool = True,
 ) -> DictConfig:
     """Compose the config tree for `experiment` with Hydra `overrides`, validated.
 
     Raises RlverInputError naming the key for unknown keys, bad values or unknown groups.
+    `require_user_keys=False` lets the keys a user must set (`_USER_KEYS`) stay empty,
+    for what needs no model or endpoint (`rlver budget`).
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -155,7 +157,7 @@ def compose(
         GlobalHydra.instance().clear()
     cfg.experiment = experiment
     cfg.run = run or default_run_name(experiment, cfg.scale)
-    validate(cfg)
+    validate(cfg, require_user_keys)
     context.check(cfg)
     retention_tasks.check_data(cfg)
     return cfg
@@ -167,41 +169,6 @@ def _unknown_experiment(experiment: str, config_dir: Path, why: str) -> RlverInp
         f"config: unknown experiment '{experiment}' ({why}). "
         f"Fix: give one of: {', '.join(names)}."
     )
-
-
-def snakemake_overrides(snakemake_config: dict[str, Any]) -> tuple[str, Optional[str], list[str]]:
-    """(experiment, run, Hydra overrides) from Snakemake's `--config` entries.
-
-    Snakemake only accepts plain identifiers as keys, so nested keys come either as a
-    YAML mapping (`rollout={shards: 4}`) or verbatim in `overrides="rollout.shards=4 seed=1"`;
-    every other top-level key is an override too (`seed=1`, a group choice `scale=cpu`).
-    """
-    opts = dict(snakemake_config)
-    experiment = str(opts.pop("experiment", "smoke"))
-    run = opts.pop("run", None)
-    raw = str(opts.pop("overrides", "") or "")
-    try:
-        overrides = shlex.split(raw)
-    except ValueError as exc:
-        raise RlverInputError(
-            f"--config overrides={raw!r}: {exc} (Snakemake strips quotes from --config "
-            "values). Fix: give values with spaces in the mapping form, e.g. "
-            "--config 'template={system_prompt: \"Be kind.\"}'."
-        ) from exc
-
-    def flatten(key: str, value: Any) -> list[str]:
-        if isinstance(value, dict):
-            return [o for k, v in value.items() for o in flatten(f"{key}.{k}", v)]
-        if value is None:
-            return [f"{key}=null"]
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        if not re.fullmatch(r"[\w.+\-/:]*", text):
-            text = "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-        return [f"{key}={text}"]
-
-    for key in sorted(opts):
-        overrides += flatten(key, opts[key])
-    return experiment, None if run is None else str(run), overrides
 
 
 #: Keys that a config file may leave empty for the user to set, and what to give them.
@@ -245,9 +212,10 @@ def _check_unset(cfg: DictConfig) -> None:
     )
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, require_user_keys: bool = True) -> None:
     """Checks that a type system cannot express; each names the key."""
-    _check_unset(cfg)
+    if require_user_keys:
+        _check_unset(cfg)
     checks = [(key, OmegaConf.select(cfg, key) in values, "one of: " + ", ".join(values))
               for key, values in CHOICES.items()]
     checks += (_registered(cfg) + _ranges(cfg) + _combinations(cfg)
@@ -336,6 +304,10 @@ def _ranges(cfg: DictConfig) -> list[Check]:
         ("algorithm.kl_coef", alg.kl_coef >= 0, "0 or more"),
         ("algorithm.rollout_is_cap", alg.rollout_is_cap > 0, "positive"),
         ("algorithm.zero_stage", alg.zero_stage in {0, 1, 2, 3}, "0, 1, 2 or 3"),
+        ("cluster.nodes", cl.nodes >= 1, "at least 1"),
+        ("cluster.tasks_per_node", cl.tasks_per_node >= 1, "at least 1"),
+        ("cluster.gpus_per_node", cl.gpus_per_node >= 0, "0 or more"),
+        ("cluster.timeout_min", cl.timeout_min >= 1, "at least 1"),
         ("cluster.signal_delay_s", cl.signal_delay_s >= 0, "0 or more"),
         ("cluster.max_requeues", cl.max_requeues >= 0, "0 or more"),
         ("cluster.iterations_per_job", cl.iterations_per_job >= 1, "at least 1"),
@@ -478,6 +450,7 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "simulator.structured_feel": True,
                               "simulator.max_fallback_rate": 0.05,
                               "cluster.rollout": _JOB_DEFAULTS, "cluster.evaluate": _JOB_DEFAULTS,
+                              "cluster.rollout.qos": "", "cluster.evaluate.qos": "",
                               "personas.language": "en", "personas.max_attempts": 4,
                               "personas.llm": dataclasses.asdict(PersonaLLMConfig()),
                               "cluster.iterations_per_job": 1, "cluster.state_every": 0,
@@ -487,8 +460,8 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "algorithm.rollout_is": "none", "algorithm.rollout_is_cap": 2.0,
                               "retention": dataclasses.asdict(RetentionConfig()),
                               "cluster.retention": _JOB_DEFAULTS,
-
-                              "logging": dataclasses.asdict(LoggingConfig())}
+                              "logging": dataclasses.asdict(LoggingConfig()),
+                              "model.sha256": ""}
 
 
 #: Keys a run may change when it continues. None of them changes a file already written,
@@ -510,7 +483,7 @@ EXTENDABLE = frozenset({
     "cluster.partition", "cluster.account", "cluster.qos", "cluster.mem_gb",
     "cluster.timeout_min", "cluster.signal_delay_s", "cluster.max_requeues",
     *(f"cluster.{job}.{key}" for job in ("rollout", "evaluate", "retention")
-      for key in ("partition", "account", "mem_mb", "runtime_min")),
+      for key in ("partition", "account", "qos", "mem_mb", "runtime_min")),
 })
 
 Change = tuple[str, Any, Any]
@@ -533,11 +506,18 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
+#: Keys the workflow records in the frozen file about its inputs (not settings): left out
+#: of the config hash, which every output carries, so recording them changes no output.
+RECORDED_KEYS = ("model.sha256",)
+
+
 def config_hash(cfg: DictConfig) -> str:
-    """sha256 of the resolved config, without `logging`: where the scalars go changes no
-    output."""
+    """sha256 of the resolved config, without `logging` (where the scalars go changes no
+    output) and `RECORDED_KEYS`."""
     tree = to_container(cfg)
     tree.pop("logging", None)
+    for dotted in RECORDED_KEYS:
+        _drop(tree, dotted)
     blob = json.dumps(tree, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

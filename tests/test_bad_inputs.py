@@ -234,6 +234,15 @@ def command(*args: str) -> Build:
     return build
 
 
+def budget(*overrides: str, experiment: str = "paper_grpo_think_vanilla") -> Build:
+    """`rlver budget`; `{name}` inside an override is the bad file `name`."""
+    def build(w: World) -> tuple[list[str], Path]:
+        subs = [o.format(**{k: str(v) for k, v in w.bad.items()}) for o in overrides]
+        return ["budget", "--experiment", experiment, *subs], w.out / "result"
+
+    return build
+
+
 FIX = "Fix"
 
 #: id -> (case, substrings the message must hold; "{name}" is the bad file's path).
@@ -263,6 +272,16 @@ CASES: dict[str, tuple[Build, tuple[str, ...]]] = {
     "broken-override-list": (compose("rollout.shards=[1"), ("rollout.shards=[1", FIX)),
     "broken-override-dict": (compose("rollout={a: 1"), ("rollout={a: 1", FIX)),
     "run-with-dotdot": (compose(run="../x"), ("run must be a name without '/'", FIX)),
+    # budget: what it cannot price
+    "budget-cpu-run": (budget(experiment="smoke"), ("cluster.gpus_per_node is 0", FIX)),
+    "budget-unknown-experiment": (budget(experiment="nope"),
+                                  ("'nope'", "unknown experiment", FIX)),
+    "budget-unknown-model": (budget("model.name=mystery-9b"),
+                             ("model.source", "'mystery-9b'", "models.yaml", FIX)),
+    "budget-damaged-weights": (budget("model.source={policy_truncated}"),
+                               ("model.safetensors", "truncated", FIX)),
+    "budget-zero-nodes": (budget("cluster.nodes=0"), ("cluster.nodes must be at least 1", FIX)),
+    "budget-wrong-type": (budget("iterations=many"), ("iterations", "'many'", FIX)),
     # a config file where a frozen run config is expected
     "config-missing": (rollout(config="missing"), ("{missing}", "not found", FIX)),
     "config-empty": (rollout(config="empty"), ("{empty}", "missing", FIX)),

@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from rlver import config
+from rlver import config, snakemake_config
 from rlver.errors import RlverInputError
 
 
@@ -116,7 +116,7 @@ def test_derive_seed_is_stable_and_distinct():
 
 
 def test_snakemake_config_entries_become_overrides():
-    experiment, run, overrides = config.snakemake_overrides({
+    experiment, run, overrides = snakemake_config.snakemake_overrides({
         "experiment": "smoke", "run": "r1", "overrides": "rollout.shards=4 seed=1",
         "rollout": {"batch_size": "8"}, "template": {"system_prompt": "Be kind, it's ok"},
     })
@@ -125,7 +125,7 @@ def test_snakemake_config_entries_become_overrides():
     cfg = config.compose(experiment, overrides, run=run)
     assert cfg.rollout.shards == 4 and cfg.seed == 1 and cfg.rollout.batch_size == 8
     assert cfg.template.system_prompt == "Be kind, it's ok"
-    assert config.snakemake_overrides({}) == ("smoke", None, [])
+    assert snakemake_config.snakemake_overrides({}) == ("smoke", None, [])
 
 
 def test_keys_added_later_keep_older_runs_valid(tmp_path):
@@ -139,12 +139,13 @@ def test_keys_added_later_keep_older_runs_valid(tmp_path):
 
     cfg = config.compose("smoke")
     before = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in config.ADDED_KEYS:
-        *groups, leaf = dotted.split(".")
+    for dotted in config.ADDED_KEYS:  # what the code of the time froze and hashed
+        *parents, leaf = dotted.split(".")
         node = before
-        for group in groups:
-            node = node[group]
-        del node[leaf]  # what the code of the time froze and hashed
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            del node[leaf]
     old = tmp_path / "config.yaml"
     old.write_text(OmegaConf.to_yaml(OmegaConf.create(before)))
     blob = json.dumps(before, sort_keys=True, separators=(",", ":"))
@@ -180,3 +181,19 @@ def test_a_run_frozen_by_an_earlier_release_continues(tmp_path):
     shutil.copy(data, frozen)
     assert config.config_hash(config.load(frozen)) == "e216ab4b3965fcf8"
     config.freeze(config.compose("smoke"), frozen)  # not refused
+
+
+def test_the_recorded_base_model_sha_is_frozen_but_not_hashed(tmp_path):
+    """model.sha256 goes into the frozen file (a run continues only on those weights) and
+    not into the hash every output carries: recording it changes no output."""
+    cfg = config.compose("smoke")
+    recorded = config.compose("smoke")
+    recorded.model.sha256 = "ab" * 32
+    assert config.config_hash(recorded) == config.config_hash(cfg)
+    frozen = tmp_path / "config.yaml"
+    config.freeze(recorded, frozen)
+    assert config.load(frozen).model.sha256 == "ab" * 32
+    other = config.compose("smoke")
+    other.model.sha256 = "cd" * 32
+    with pytest.raises(RlverInputError, match="model.sha256"):
+        config.freeze(other, frozen)

@@ -42,6 +42,8 @@ SKIPPED = {
     "a synopsis, not a command ([optional] parts, `...`)": re.compile(r"\[|\.\.\."),
     "needs Snakemake's lock or metadata of a run (nothing to dry-run)": re.compile(
         r"--unlock|--lint"),
+    "a line a command printed (`rlver budget: ...`), not a command": re.compile(
+        r"^rlver [\w-]+: "),
 }
 
 

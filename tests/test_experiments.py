@@ -235,6 +235,10 @@ def test_dry_run(experiment: str, scale: str, dry_runs: dict) -> None:
     run = experiment if scale == "paper" else f"{experiment}-cpu"
     assert f"results/{run}/config.yaml" in res.stderr
     assert not (workdir / "results").exists()
+    # The budget's one line for a run that trains on GPUs, none on CPUs.
+    budget = [ln for ln in res.stderr.splitlines() if ln.startswith("rlver budget: ")]
+    assert len(budget) == (1 if scale == "paper" else 0), budget
+    assert scale == "cpu" or budget[0].startswith(f"rlver budget: run {run}: ")
 
 
 def _job_resources(log: str, rule: str) -> dict[str, str]:
@@ -267,7 +271,8 @@ def test_dry_run_with_the_slurm_profile_takes_each_jobs_own_sizes(
     Slurm executor is swapped for the local one: the plan is the same, and this machine
     need not be a Slurm submit host."""
     own = ["cluster.rollout.partition=a100", "cluster.rollout.mem_mb=96000",
-           "cluster.evaluate.account=evalproj", "cluster.partition=h100"]
+           "cluster.evaluate.account=evalproj", "cluster.partition=h100",
+           "cluster.qos=normal", "cluster.evaluate.qos=long"]
     res = snakemake(tmp_path, None, [f"model.source={stub_model}", *USER_KEYS, "iterations=1",
                                      *own],
                     args=("-n", "--profile", str(ROOT / "profiles" / "slurm"),
@@ -275,9 +280,10 @@ def test_dry_run_with_the_slurm_profile_takes_each_jobs_own_sizes(
                     config=("experiment=paper_ppo_nothink_vanilla",), timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     rollout, evaluate = (_job_resources(res.stderr, r) for r in ("rollout", "evaluate"))
-    assert (rollout["slurm_partition"], rollout["mem_mb"]) == ("a100", "96000")
-    assert (evaluate["slurm_partition"], evaluate["slurm_account"], evaluate["mem_mb"]) == (
-        "h100", "evalproj", "64000")
+    assert (rollout["slurm_partition"], rollout["mem_mb"], rollout["qos"]) == (
+        "a100", "96000", "normal")
+    assert (evaluate["slurm_partition"], evaluate["slurm_account"], evaluate["mem_mb"],
+            evaluate["qos"]) == ("h100", "evalproj", "64000", "long")
 
 
 @pytest.mark.slow
@@ -289,6 +295,11 @@ def test_dry_run_of_the_full_schedule(stub_model: Path, tmp_path: Path) -> None:
     assert jobs["rollout"] == 1000 and jobs["update_0999"] == 1
     assert jobs["evaluate"] == 21  # iterations 0, 50, ..., 1000
     assert jobs["retention"] == 5  # iterations 0, 250, ..., 1000
+    from rlver import budget  # the line snakemake prints is the package's budget
+
+    cfg = config.compose("paper_grpo_think_challenging",
+                         [f"model.source={stub_model}", *USER_KEYS])
+    assert budget.summary_line(budget.make_budget(cfg)) in res.stderr
 
 
 def test_dry_run_without_model_path_says_what_to_set(tmp_path: Path) -> None:

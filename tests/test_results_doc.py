@@ -60,3 +60,14 @@ def test_a_run_without_evaluations_is_refused(tmp_path: Path) -> None:
 
         write_results_doc([run], tmp_path / "r.md", "T", [])
     assert not (tmp_path / "r.md").exists()
+
+
+def test_the_summary_rounds_a_score_as_the_table_does(tmp_path: Path) -> None:
+    """35.25 is 35.3 in both places (half up, as published), not 35.2 in one of them."""
+    run = _make_run(tmp_path / "s0", "paper_grpo_nothink_vanilla",
+                    {0: [10, 20, 20, 20], 2: [31, 36, 37, 37]})  # 17.5 -> 35.25
+    out = tmp_path / "results.md"
+    assert cli.main(["results-doc", str(run), "--out", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert "| 17.5 | 2 | 35.3 | +17.8 |" in page  # 17.75: half up
+    assert "| 35.3 | 0% |" in page and "35.2" not in page

@@ -79,11 +79,11 @@ def write_results_doc(run_dirs: list[str | os.PathLike[str]], out: str | os.Path
         "| run | seed | score at iteration 0 | last evaluated iteration | score there | change "
         "| wall time (min) |",
         "|---|---:|---:|---:|---:|---:|---:|",
-        *(f"| {c.run} | {c.seed} | {c.scores[0][1]:.1f} | {c.scores[-1][0]} | "
-          f"{c.scores[-1][1]:.1f} | {d:+.1f} | {c.wall_s / 60:.0f} |"
+        *(f"| {c.run} | {c.seed} | {rtable.rounded_score(c.scores[0][1])} | {c.scores[-1][0]} | "
+          f"{rtable.rounded_score(c.scores[-1][1])} | {_signed(d)} | {c.wall_s / 60:.0f} |"
           for c, d in zip(curves, deltas, strict=True)),
         "",
-        f"Mean change over {len(curves)} runs: {sum(deltas) / len(deltas):+.1f} points. Wall "
+        f"Mean change over {len(curves)} runs: {_signed(sum(deltas) / len(deltas))} points. Wall "
         "time: from the run's frozen config to its last evaluation (file times).",
         "",
         *_goal_lines(curves, deltas, goal),
@@ -101,6 +101,12 @@ def write_results_doc(run_dirs: list[str | os.PathLike[str]], out: str | os.Path
     ]
     write_text(out, "\n".join(lines))
     return out, figure
+
+
+def _signed(change: float) -> str:
+    """A change of score, rounded as the table rounds the scores (half up): +20.1."""
+    rounded = rtable.rounded_score(change)
+    return f"+{rounded}" if rounded >= 0 else str(rounded)
 
 
 def _goal_lines(curves: list[Curve], deltas: list[float], goal: float | None) -> list[str]:

@@ -78,7 +78,7 @@ def run_rows(run_dir: str | os.PathLike[str], last_only: bool = False) -> list[R
     bench = f"{cfg.simulator.backend}, {cfg.simulator.difficulty}"
     return [
         Row("run", str(cfg.run), i, str(cfg.model.name), "base" if i == 0 else trained, bench,
-            int(m["n"]), _score(m["score"]), _pct(m["success"], m["n"]),
+            int(m["n"]), rounded_score(m["score"]), _pct(m["success"], m["n"]),
             _pct(m["failure"], m["n"]))
         for i, m in evals
     ]
@@ -183,8 +183,9 @@ def read_eval_metrics(path: Path) -> dict[str, Any]:
     return obj
 
 
-def _score(value: float) -> Decimal:
-    """Half up on the shortest decimal of the float: 68.15 -> 68.2, as published."""
+def rounded_score(value: float) -> Decimal:
+    """A score half up to one decimal on the shortest decimal of the float: 68.15 ->
+    68.2, as published (the report, the table and docs/results.md print it so)."""
     return round_half_up(Decimal(repr(float(value))))
 
 

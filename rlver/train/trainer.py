@@ -35,6 +35,7 @@ from rlver.train.engines import PolicyLM, make_engine
 from rlver.train.losses import STAT_KEYS, actor_loss, critic_loss
 from rlver.train.plan import Step, make_plan
 from rlver.train.preemption import Preemption
+from rlver.train.shared import check_shared_folder
 from rlver.train.spec import UpdateSpec
 
 #: What an update writes besides its metrics (`finish`).
@@ -72,7 +73,7 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
     """The update on this rank. Every rank returns its weights' hash; rank 0's result is
     the metrics (also written to metrics.json)."""
     t0 = time.perf_counter()
-    rank, world, device = start(cfg)
+    rank, world, device = start(cfg, Path(spec.update_dir))
     resume_dir = Path(spec.update_dir) / "resume"
     if rank == 0 and not resume:
         shutil.rmtree(resume_dir, ignore_errors=True)  # a leftover of a killed job
@@ -100,10 +101,12 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
                   export="all")
 
 
-def start(cfg: Any, timeout: Optional[timedelta] = None) -> tuple[int, int, torch.device]:
+def start(cfg: Any, folder: Path, timeout: Optional[timedelta] = None
+          ) -> tuple[int, int, torch.device]:
     """Seeds, threads, torch.distributed and the device of this rank: (rank, world,
-    device). `timeout`: how long a collective waits for the other ranks (DeepSpeed's
-    default, 30 min, when None)."""
+    device), once every rank sees the files of the job's `folder` (`check_shared_folder`).
+    `timeout`: how long a collective waits for the other ranks (DeepSpeed's default,
+    30 min, when None)."""
     import deepspeed
 
     torch.manual_seed(cfg.seed)
@@ -116,6 +119,7 @@ def start(cfg: Any, timeout: Optional[timedelta] = None) -> tuple[int, int, torc
     if torch.cuda.is_available():
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
         torch.cuda.set_device(device)
+    check_shared_folder(folder, rank, world)
     return rank, world, device
 
 

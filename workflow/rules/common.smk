@@ -9,18 +9,27 @@ from rlver import config as rlver_config
 from rlver import layout
 from rlver import retention_tasks as rlver_retention_tasks
 from rlver.errors import RlverInputError
-from rlver.models import check_source
+from rlver.models import check_source, prepared_sha256
 from rlver.personas import check_persona_set
+from rlver.snakemake_config import snakemake_overrides, storage_dirs
 
 
-def compose_run_config(snakemake_config):
-    """The run's config from --config (see rlver.config.snakemake_overrides), refused if it
-    differs from the run's frozen config but in extendable keys, whose changes are recorded
-    (not by a dry run)."""
-    experiment, run, overrides = rlver_config.snakemake_overrides(snakemake_config)
+def compose_run_config(snakemake_config, results, resources):
+    """The run's config from --config (see rlver.snakemake_config.snakemake_overrides),
+    with the prepared base model's sha256 once it is prepared (refused if it was prepared
+    from another source, rlver.models.prepared_sha256); refused if it differs from the
+    run's frozen config but in extendable keys, whose changes are recorded (not by a dry
+    run)."""
+    experiment, run, overrides = snakemake_overrides(snakemake_config)
     cfg = rlver_config.compose(experiment, overrides, run=run)
-    run_dir = layout.Run(f"results/{cfg.run}")
+    check_source(cfg.model.source)
+    cfg.model.sha256 = prepared_sha256(
+        layout.model_dir(cfg.model.name, resources), cfg.model.source) or ""
+    run_dir = layout.Run(results / cfg.run)
     if run_dir.config.exists():
+        frozen = rlver_config.load(run_dir.config).model.sha256
+        if not (frozen and cfg.model.sha256):  # unknown on one side: nothing to compare
+            cfg.model.sha256 = frozen
         changes = rlver_config.check_unchanged(cfg, run_dir.config)
         check_carried_state(cfg, run_dir, changes)
         for key, frozen, now in changes:
@@ -28,7 +37,6 @@ def compose_run_config(snakemake_config):
                   + (" (dry run: not recorded)" if workflow.dryrun else ""), file=sys.stderr)
         if not workflow.dryrun:
             rlver_config.record_changes(run_dir.config, changes)
-    check_source(cfg.model.source)
     return cfg
 
 
@@ -52,27 +60,32 @@ def compose_args(snakemake_config):
     """The same config as `rlver compose` arguments (rule freeze_config writes it)."""
     import shlex
 
-    experiment, run, overrides = rlver_config.snakemake_overrides(snakemake_config)
+    experiment, run, overrides = snakemake_overrides(snakemake_config)
     return shlex.join(["--experiment", experiment, "--run", CFG.run, *overrides])
 
 
 try:
-    CFG = compose_run_config(config)
-    check_persona_set(CFG.personas, f"resources/personas/{CFG.personas.name}")
+    # Where the run's files live (--config results_dir=... resources_dir=...; default
+    # results/ and resources/ here): not part of the run's config.
+    RESULTS, RESOURCES = storage_dirs(config)
+    CFG = compose_run_config(config, RESULTS, RESOURCES)
+    check_persona_set(CFG.personas, layout.persona_dir(CFG.personas.name, RESOURCES))
 except RlverInputError as exc:
     raise WorkflowError(f"rlver: {exc}")
 
 if workflow.is_main_process:  # not again in every job
+    from rlver.budget import budget_note
     from rlver.simulator.health import workflow_note
 
-    if note := workflow_note(CFG.simulator):
-        print(note, file=sys.stderr)
+    for note in (budget_note(CFG), workflow_note(CFG.simulator)):
+        if note:
+            print(note, file=sys.stderr)
 
-L = layout.Run(f"results/{CFG.run}")  # every path of the run (rlver/layout.py)
+L = layout.Run(RESULTS / CFG.run)  # every path of the run (rlver/layout.py)
 RUN = str(L.root)
 CONFIG = str(L.config)
-MODEL = str(layout.model_dir(CFG.model.name))
-PERSONAS = str(layout.persona_dir(CFG.personas.name))
+MODEL = str(layout.model_dir(CFG.model.name, RESOURCES))
+PERSONAS = str(layout.persona_dir(CFG.personas.name, RESOURCES))
 ITERATIONS = CFG.iterations
 SHARDS = CFG.rollout.shards
 # The software of every rule (used with --software-deployment-method conda).
@@ -112,12 +125,13 @@ def retention_metrics(i):
 
 def slurm_resources(job):
     """The resources of a rollout, evaluate or retention job (config cluster.<job>), named
-    as Snakemake's Slurm executor plugin reads them; partition and account fall back to
+    as Snakemake's Slurm executor plugin reads them; partition, account and QoS fall back to
     the update job's, and an empty one is left out (the site's default)."""
     want = CFG.cluster[job]
     named = {
         "slurm_partition": want.partition or CFG.cluster.partition,
         "slurm_account": want.account or CFG.cluster.account,
+        "qos": want.qos or CFG.cluster.qos,
     }
     return {k: v for k, v in named.items() if v} | {
         "gpu": want.gpus,

@@ -3,8 +3,13 @@
 # run's config file as input: starting a new run never re-makes another run's inputs.
 
 
+# Frozen once the base model is prepared: the frozen config records its weights' sha256.
+# `ancient`: a model folder prepared again later (same weights: the Snakefile refuses
+# others) re-makes nothing; the same for iteration 0's policy below.
 rule freeze_config:
     localrule: True
+    input:
+        ancient(MODEL),
     output:
         CONFIG,
     params:
@@ -14,7 +19,7 @@ rule freeze_config:
     conda:
         ENV
     shell:
-        "rlver compose {params.args} --out {output} 2>&1 | tee {log}"
+        "rlver compose {params.args} --base-model {input:q} --out {output} 2>&1 | tee {log}"
 
 
 # A conversion on the submit host: no queue wait, and the model source is read where it
@@ -52,7 +57,7 @@ rule personas:
 rule init_policy:
     localrule: True
     input:
-        MODEL,
+        ancient(MODEL),
     output:
         directory(policy(0)),
     log:
