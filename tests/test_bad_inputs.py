@@ -278,7 +278,10 @@ CASES: dict[str, tuple[Build, tuple[str, ...]]] = {
                                   ("'nope'", "unknown experiment", FIX)),
     "budget-unknown-model": (budget("model.name=mystery-9b"),
                              ("model.source", "'mystery-9b'", "models.yaml", FIX)),
-    "budget-damaged-weights": (budget("model.source={policy_truncated}"),
+    "budget-damaged-weights": (budget("model.source={policy_truncated}",
+                                      # within the stub's 8192 positions: the weights speak
+                                      "rollout.max_model_len=8192", "simulator.max_turns=4",
+                                      "evaluation.max_turns=4"),
                                ("model.safetensors", "truncated", FIX)),
     "budget-zero-nodes": (budget("cluster.nodes=0"), ("cluster.nodes must be at least 1", FIX)),
     "budget-wrong-type": (budget("iterations=many"), ("iterations", "'many'", FIX)),
@@ -539,6 +542,9 @@ TYPED: dict[str, tuple[Build, tuple[str, ...]]] = {
                                       "--out", "{out}"), ("simulator.nokey", FIX)),
     "calibrate:limit-zero": (command("calibrate", "--logs", "{profiles}", "--limit", "0",
                                        "--out", "{out}"), ("--limit", FIX)),
+    **{f"{name.split('-')[0]}:{name.split('-', 1)[1]}": CASES[name] for name in (
+        "budget-unknown-experiment", "budget-zero-nodes", "budget-wrong-type",
+        "retention-no-tasks", "retention-data-gone", "retention-config-missing")},
 }
 
 

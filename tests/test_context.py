@@ -59,7 +59,7 @@ def test_every_paper_experiment_fits_its_context():
     for name in sorted(p.stem for p in (config.CONFIG_DIR / "experiment").glob("paper_*")):
         cfg = config.compose(name, ["model.source=/models/Qwen2.5-7B-Instruct",
                                     "simulator.base_url=http://node:8000/v1",
-                                    "simulator.model=simulator"])
+                                    "simulator.model=simulator", "retention=none"])
         system, _ = context.system_tokens(cfg)
         need = context.worst_case(system, cfg.evaluation.max_turns,
                                   cfg.evaluation.max_new_tokens, cfg.simulator.max_user_tokens)
