@@ -87,7 +87,8 @@ def rollout_shard(
     health.check_endpoint(sim)
     own = engine is None
     if engine is None:
-        engine = make_engine(ro.engine, policy_dir, cfg.model.dtype, dict(ro.vllm_args))
+        engine = make_engine(ro.engine, policy_dir, cfg.model.dtype, dict(ro.vllm_args),
+                             lora=cfg.model.lora)
     simulators = simulator_instances(sim, len(specs))
     sent_before, cached_before = engine.prompt_tokens, engine.cached_prompt_tokens
     try:

@@ -23,6 +23,8 @@ class HFEngine(Engine):
         if self.pad_id is None:
             self.pad_id = stop_token_ids[0]
         self.max_context = int(getattr(model.config, "max_position_embeddings", 1 << 20))
+        #: The LoRA adapters `load_adapter` loaded, in order.
+        self._adapters: list[str] = []
 
     def generate(
         self, prompts: list[list[int]], settings: SamplingSettings, seeds: Sequence[int]
@@ -87,6 +89,26 @@ class HFEngine(Engine):
             for name, tensor in new.items():
                 if name in params:
                     params[name].copy_(tensor)
+
+
+    def load_adapter(self, adapter_dir: str) -> None:
+        """The LoRA adapter at `adapter_dir` on the engine's base, through PEFT and
+        unmerged, as the trainer computes it: the first one wraps the model (as
+        `load_policy` of an adapter does), a later one is loaded beside the running one,
+        which is then deleted."""
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            old, name = self.model.active_adapter, f"policy-{len(self._adapters)}"
+            self.model.load_adapter(adapter_dir, adapter_name=name,
+                                    autocast_adapter_dtype=False)
+            self.model.set_adapter(name)
+            self.model.delete_adapter(old)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, adapter_dir,
+                                                   autocast_adapter_dtype=False)
+        self._adapters.append(adapter_dir)
+        self.model.eval()
 
 
 def load_hf_engine(policy_dir: str, dtype: str) -> HFEngine:

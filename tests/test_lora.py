@@ -1,0 +1,212 @@
+"""LoRA policies (model.lora, rlver/lora.py): the config's checks, the adapter folder
+(base digest, hashes, checks, loading, merging), the trainer's state of the adapter
+only; end to end (slow) a LoRA update job, and (long) its preemption, a rerun, resident
+blocks and the vLLM engine under an adapter against hf with PEFT."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlver import config
+from rlver.errors import RlverInputError
+from rlver.io import BASE_RECORD, weights_sha256
+from rlver.models import check_policy, link_tree, load_policy, verified_policy_sha256
+
+from .helpers import TINY
+
+LORA = ["model/lora=r64", "model.lora.rank=8", "model.lora.alpha=16"]
+PROMPT = [1, 9690, 198, 2683, 359, 253, 5356, 2, 198, 1, 4093, 198, 19556, 30]
+
+
+def test_lora_is_off_by_default_and_leaves_the_config_hash_as_it_was():
+    plain = config.compose("smoke", TINY)
+    assert plain.model.lora is None
+    assert "lora" not in config.to_container(plain)["model"]  # rlver.config.ADDED_KEYS
+    cfg = config.compose("smoke", [*TINY, *LORA])
+    assert (cfg.model.lora.rank, cfg.model.lora.alpha, cfg.model.lora.critic) == (8, 16, "lora")
+    assert config.config_hash(cfg) != config.config_hash(plain)
+
+
+def test_lora_survives_scale_cpu_of_a_paper_experiment():
+    cfg = config.compose("paper_ppo_think_vanilla", ["scale=cpu", "model/lora=r64"])
+    assert cfg.model.name == "smollm2-135m-instruct" and cfg.model.lora.rank == 64
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("model.lora.rank=0", "model.lora.rank must be at least 1"),
+    ("model.lora.target_modules=[lm_head]", "model.lora.target_modules"),
+    ("model.lora.critic=shared", "model.lora.critic must be one of: lora, full"),
+    ("model.lora.dropout=1.0", "model.lora.dropout"),
+    ("algorithm.zero_stage=3", "algorithm.zero_stage must be at most 2 with model.lora"),
+])
+def test_bad_lora_values_are_named(override, key):
+    with pytest.raises(RlverInputError, match=key):
+        config.compose("smoke", ["model/lora=r64", override])
+
+
+# --- the adapter folder
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, base_model) -> tuple[Path, Path]:
+    """(run-like folder, adapter policy): iter_0000/policy the base, iter_0001/policy an
+    adapter of rank 8 with seeded random B (a new adapter's B is zero: no effect)."""
+    from rlver import lora
+
+    root = tmp_path_factory.mktemp("lora")
+    base = root / "iter_0000" / "policy"
+    link_tree(base_model, base)
+    model, _ = load_policy(base)
+    cfg = config.compose("smoke", [*TINY, *LORA]).model.lora
+    torch.manual_seed(0)
+    peft_model = lora.new_adapter(model, cfg)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    out = root / "iter_0001" / "policy"
+    sha = lora.save_adapter(peft_model, out, base, 0)
+    assert sha == weights_sha256(out)
+    return root, out
+
+
+def test_an_adapter_policy_is_the_adapter_and_the_bases_digest(adapter):
+    root, policy = adapter
+    assert sorted(p.name for p in policy.iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "base.json", "weights.sha256"]
+    record = json.loads((policy / BASE_RECORD).read_text())
+    assert record["path"] == "../../iter_0000/policy"
+    assert record["sha256"] == weights_sha256(root / "iter_0000" / "policy")
+    # rank 8 on 7 projections x 30 layers: 2.4M parameters (fp32), the base 135M (538 MB)
+    assert (policy / "adapter_model.safetensors").stat().st_size < 1.0e7
+    check_policy(policy)
+    assert verified_policy_sha256(policy) == weights_sha256(policy)
+
+
+def test_the_adapter_runs_on_its_base_and_merges_into_the_same_model(adapter, tmp_path):
+    from rlver.lora import merge
+
+    root, policy = adapter
+    ids = torch.tensor([PROMPT])
+    model, tokenizer = load_policy(policy)
+    base, _ = load_policy(root / "iter_0000" / "policy")
+    with torch.no_grad():
+        adapted = model(ids).logits
+        plain = base(ids).logits
+        with model.disable_adapter():
+            disabled = model(ids).logits
+    assert (adapted - plain).abs().max() > 0.05  # the adapter changes the policy
+    assert torch.equal(disabled, plain)  # the KL reference: the base, bit for bit
+    merged_dir = tmp_path / "merged"
+    sha = merge(policy, merged_dir)
+    assert sha == weights_sha256(merged_dir) and (merged_dir / "config.json").is_file()
+    merged, _ = load_policy(merged_dir)
+    with torch.no_grad():
+        assert (merged(ids).logits - adapted).abs().max() < 1e-4
+
+
+def _copy_policy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_an_adapter_without_its_base_or_on_another_base_is_refused(adapter, tmp_path):
+    _, policy = adapter
+    moved = _copy_policy(policy, tmp_path / "elsewhere" / "policy")
+    with pytest.raises(RlverInputError, match=r"base\.json: its base model .* is not there"):
+        check_policy(moved)
+    other = _copy_policy(policy, policy.parent.parent / "iter_0009" / "policy")
+    record = json.loads((other / BASE_RECORD).read_text())
+    (other / BASE_RECORD).write_text(json.dumps(record | {"sha256": "0" * 64}))
+    try:
+        with pytest.raises(RlverInputError, match="trained on a base whose weights hash to"):
+            load_policy(other)
+    finally:
+        shutil.rmtree(other.parent)
+
+
+def test_the_policy_sha256_covers_the_base(adapter, tmp_path):
+    """The same adapter file on another base is another policy (its rollouts' metadata
+    tells them apart)."""
+    _, policy = adapter
+    other = _copy_policy(policy, tmp_path / "other")
+    record = json.loads((other / BASE_RECORD).read_text())
+    (other / BASE_RECORD).write_text(json.dumps(record | {"sha256": "1" * 64}))
+    assert weights_sha256(other) != weights_sha256(policy)
+
+
+def test_the_digest_lists_adapter_policies(adapter, tmp_path):
+    from rlver.digest import digest
+
+    root, policy = adapter
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("run: x\n")
+    (run / "iter_0000").symlink_to(root / "iter_0000")
+    (run / "iter_0001").symlink_to(root / "iter_0001")
+    assert digest(run) == {"iter_0000/policy": weights_sha256(root / "iter_0000" / "policy"),
+                           "iter_0001/policy": weights_sha256(policy)}
+
+
+def test_the_trainers_state_is_the_adapter_alone(base_model):
+    """DeepSpeed checkpoints and the ranks' hashes read the module's state dict: an
+    adapter policy's is its trained parameters (not the frozen base, nor the tied
+    lm_head alias); loading one back needs every trained parameter."""
+    from rlver.train.adapters import AdapterPolicy, policy
+
+    cfg = config.compose("smoke", [*TINY, *LORA]).model.lora
+    module, _ = policy(str(base_model), cfg)
+    assert isinstance(module, AdapterPolicy)
+    state = module.state_dict()
+    trained = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert set(state) == trained and all("lora_" in k for k in state)
+    assert len(trained) == 30 * 7 * 2  # 30 layers x 7 projections x (A, B)
+    module.load_state_dict(state)
+    state.pop(next(iter(state)))
+    with pytest.raises(RuntimeError, match="lacks trained parameters"):
+        module.load_state_dict(state)
+
+
+# --- the update job (DeepSpeed through submitit), end to end
+
+#: 4 optimizer steps on the tiny rows (2 epochs x 2 mini-batches); iterations=2 so the
+#: update saves its state for the next one.
+STEPS = ["iterations=2", "algorithm.lr=1e-4", "algorithm.ppo_epochs=2",
+         "algorithm.mini_batches=2", "algorithm.micro_batch_size=1"]
+
+
+def _state_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+@pytest.mark.slow
+def test_a_lora_update_trains_the_adapter_on_the_base_as_its_kl_reference(
+        tmp_path, base_model, rows):
+    """One update job: the policy it writes is an adapter of the base, its carried state
+    holds the adapter's parameters alone, and the KL reference is the base (the policy
+    with its adapter disabled): 0 at the first step, where the new adapter's B is 0."""
+    from rlver import lora
+    from rlver.train import run_update
+
+    from .helpers import update_spec
+
+    spec = update_spec(tmp_path, base_model, rows, "lora", *STEPS, *LORA,
+                       "algorithm.kl_coef=0.1")
+    got = run_update(spec)
+    steps = got["steps"]
+    assert steps[0]["kl_ref"] == 0.0 and steps[-1]["kl_ref"] > 0
+    assert steps[-1]["approx_kl"] > 1e-4  # the adapter moved the policy
+    policy = Path(spec.out_policy_dir)
+    assert lora.is_adapter(policy) and got["weights_sha256"] is None
+    assert verified_policy_sha256(policy) == weights_sha256(policy)
+    state = Path(spec.update_dir) / "state"
+    assert (state / "trainer.json").is_file()
+    # the adapter (2.4M parameters) with Adam's moments, not the base's 135M
+    assert _state_bytes(state) < 50e6, _state_bytes(state)
+    model, _ = load_policy(policy)
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) == 2_442_240
