@@ -21,12 +21,20 @@ first (posix_fadvise, so a read costs the disk as a new job on another node woul
   one training step (tokens trained/s; a first step before it allocates Adam's state),
   `save_checkpoint` (state save), the policy export (`save_pretrained` of the trained
   weights, as the update's export), `load_checkpoint` of that state (state load);
-- submitit's local launcher: submission to job start, and job end to result.
+- submitit's local launcher: submission to job start, and job end to result;
+- update job with LoRA (`model.lora`, rank `--lora-rank`, every projection): the same
+  set-up through `rlver.train.adapters.policy`, one training step, `save_checkpoint` of
+  the adapter's state alone (state save), the adapter's export (`rlver.lora.save_adapter`),
+  `load_checkpoint` (state load), and `rlver export --merge`'s merge (`rlver.lora.merge`).
 
 The model part (`extrapolate`) fits each cost as seconds = a + bytes / rate, and prices
 one iteration of the paper's PPO and GRPO experiment at 7B with the stated inputs
 (`PAPER`: storage bandwidth, GPU throughput, each with its source) for today's design
-(fresh jobs each iteration) and for a resident design (engines and state kept in memory).
+(fresh jobs each iteration) and for a resident design (engines and state kept in memory);
+`extrapolate_lora` the same with LoRA policies (rlver/data/cost/lora.yaml: rank 64, on one
+node of 8 GPUs and on one GPU with the rollout engine asleep while DeepSpeed trains).
+`--embedded` also measures both update probes on the embedded model (SmolLM2-135M): the
+bytes an iteration writes, policy and state, full weights against LoRA.
 Prints the tables; the last line is `fixed_cost_share_7b=<GRPO, today's design>`.
 Writes scale.json in --out. Peak memory: about 28 bytes a parameter in the update probe
 (DeepSpeed fp32 Adam, 16, plus the state being loaded), 7 GB for q250m.
@@ -158,20 +166,12 @@ def probe_rollout(engine_name: str, model: Path, device: str, out: dict[str, Any
     engine.close()
 
 
-def probe_update(model: Path, device: str, out: dict[str, Any], work: Path, rows: int,
-                 seq: int) -> None:
-    import shutil
-
+def _init_distributed(device: str) -> float:
+    """torch.distributed for one rank, as the update job sets it up; its seconds."""
     import deepspeed
-    import torch
-    import transformers  # noqa: F401 - what the update job imports, timed as its start
 
-    from rlver import config as config_mod
-    from rlver.models import load_policy
-    from rlver.train.engines import PolicyLM, make_engine
     from rlver.train.trainer import flush_subnormals
 
-    out["imported"] = time.time()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -180,13 +180,86 @@ def probe_update(model: Path, device: str, out: dict[str, Any], work: Path, rows
     flush_subnormals()
     t = time.perf_counter()
     deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
-    out["init_distributed_s"] = time.perf_counter() - t
-    # The algorithm the experiments train with; on the CPU without bf16 or ZeRO.
-    over = [f"model.source={model}", "simulator.base_url=http://unused/v1",
+    return time.perf_counter() - t
+
+
+def _steps(engine: Any, vocab: int, device: str, rows: int, seq: int, out: dict[str, Any]
+           ) -> None:
+    """Two optimizer steps of next-token loss on `rows` x `seq` random tokens: the first
+    (Adam allocates its state) and the one timed (`train_step_s`, tokens trained/s)."""
+    import torch
+
+    ids = torch.randint(0, vocab, (rows, seq), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(engine.device)
+    mask = torch.ones_like(ids)
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(seq - 1), indexing="ij")
+    r, c = r.reshape(-1).to(engine.device), c.reshape(-1).to(engine.device)
+    target = ids[:, 1:].reshape(-1)
+    for key in ("first_step_s", "train_step_s"):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(engine(ids, mask, r, c).float(), target)
+        engine.backward(loss)
+        engine.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        out[key] = time.perf_counter() - t
+    out["tokens_trained_per_s"] = rows * seq / out["train_step_s"]
+
+
+def _save_export_load(engine: Any, state: Path, policy: Path, export: Any, key: str,
+                      out: dict[str, Any]) -> Path:
+    """The end of an update and the start of the next one: the engine's state saved
+    (`state_save_s`; frozen parameters left out, as rlver.train.state does), the policy
+    exported by `export(policy)` (`key`), both evicted from the page cache (their bytes),
+    then the state loaded back (`state_load_s`). Deletes the state; returns the policy."""
+    import shutil
+
+    from rlver.train.adapters import frozen
+
+    shutil.rmtree(state, ignore_errors=True)
+    shutil.rmtree(policy, ignore_errors=True)
+    t = time.perf_counter()
+    engine.save_checkpoint(str(state / "actor"), tag="state",
+                           exclude_frozen_parameters=frozen(engine))
+    out["state_save_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    export(policy)
+    out[key] = time.perf_counter() - t
+    out["state_bytes"] = evict(state)
+    out["export_bytes"] = evict(policy)
+    t = time.perf_counter()
+    engine.load_checkpoint(str(state / "actor"), tag="state")
+    out["state_load_s"] = time.perf_counter() - t
+    shutil.rmtree(state)
+    return policy
+
+
+def _update_overrides(model: Path, device: str) -> list[str]:
+    """The paper's GRPO algorithm for `model`; on the CPU without bf16 or ZeRO."""
+    return [f"model.source={model}", "simulator.base_url=http://unused/v1",
             "simulator.model=unused"] + (
         ["algorithm.precision=bf16", "algorithm.zero_stage=2"] if device == "cuda"
         else ["algorithm.precision=fp32", "algorithm.zero_stage=0"])
-    alg = config_mod.compose("paper_grpo_nothink_vanilla", over).algorithm
+
+
+def probe_update(model: Path, device: str, out: dict[str, Any], work: Path, rows: int,
+                 seq: int) -> None:
+    import shutil
+
+    import deepspeed  # noqa: F401 - what the update job imports, timed as its start
+    import torch
+    import transformers  # noqa: F401
+
+    from rlver import config as config_mod
+    from rlver.models import load_policy
+    from rlver.train.engines import PolicyLM, make_engine
+
+    out["imported"] = time.time()
+    out["init_distributed_s"] = _init_distributed(device)
+    alg = config_mod.compose("paper_grpo_nothink_vanilla",
+                             _update_overrides(model, device)).algorithm
     evict(model)
     t = time.perf_counter()
     lm, _ = load_policy(model, "float32")  # as the update job loads it
@@ -196,51 +269,57 @@ def probe_update(model: Path, device: str, out: dict[str, Any], work: Path, rows
     engine = make_engine(PolicyLM(lm), alg, alg.lr, 1, 1)
     out["deepspeed_init_s"] = time.perf_counter() - t
 
-    vocab = lm.config.vocab_size
-    ids = torch.randint(0, vocab, (rows, seq), generator=torch.Generator().manual_seed(0))
-    ids = ids.to(engine.device)
-    mask = torch.ones_like(ids)
-    r, c = torch.meshgrid(torch.arange(rows), torch.arange(seq - 1), indexing="ij")
-    r, c = r.reshape(-1).to(engine.device), c.reshape(-1).to(engine.device)
-    target = ids[:, 1:].reshape(-1)
+    _steps(engine, lm.config.vocab_size, device, rows, seq, out)
 
-    def step() -> float:
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        logits = engine(ids, mask, r, c)
-        loss = torch.nn.functional.cross_entropy(logits.float(), target)
-        engine.backward(loss)
-        engine.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
+    def export(policy: Path) -> None:
+        lm_state = {k.removeprefix("lm."): v for k, v in engine.module.state_dict().items()}
+        engine.module.lm.save_pretrained(policy, state_dict=lm_state, safe_serialization=True)
 
-    out["first_step_s"] = step()  # Adam allocates its state here
-    seconds = step()
-    out["train_step_s"] = seconds
-    out["tokens_trained_per_s"] = rows * seq / seconds
-
-    state = work / "state"
-    shutil.rmtree(state, ignore_errors=True)
-    t = time.perf_counter()
-    engine.save_checkpoint(str(state / "actor"), tag="state")
-    out["state_save_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    policy = work / "policy_out"
-    shutil.rmtree(policy, ignore_errors=True)
-    lm_state = {k.removeprefix("lm."): v for k, v in engine.module.state_dict().items()}
-    engine.module.lm.save_pretrained(policy, state_dict=lm_state, safe_serialization=True)
-    out["policy_export_s"] = time.perf_counter() - t
-    out["state_bytes"] = evict(state)
-    out["export_bytes"] = evict(policy)
-    t = time.perf_counter()
-    engine.load_checkpoint(str(state / "actor"), tag="state")
-    out["state_load_s"] = time.perf_counter() - t
-    shutil.rmtree(state)
-    shutil.rmtree(policy)
+    shutil.rmtree(_save_export_load(engine, work / "state", work / "policy_out", export,
+                                    "policy_export_s", out))
     if device == "cuda":
         out["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+
+
+def probe_update_lora(model: Path, device: str, out: dict[str, Any], work: Path, rows: int,
+                      seq: int, rank: int) -> None:
+    """The update's set-up, one step, the state's save and load and the exports with a
+    LoRA adapter of `rank` on every projection (the update job's code with model.lora)."""
+    import shutil
+
+    import torch
+
+    from rlver import config as config_mod
+    from rlver import lora
+    from rlver.train import adapters
+    from rlver.train.engines import make_engine
+
+    _init_distributed(device)
+    cfg = config_mod.compose("paper_grpo_nothink_vanilla", [
+        *_update_overrides(model, device), "model/lora=r64", f"model.lora.rank={rank}",
+        f"model.lora.alpha={2 * rank}"])
+    alg = cfg.algorithm
+    evict(model)
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    module, _ = adapters.policy(str(model), cfg.model.lora)
+    out["policy_load_s"] = time.perf_counter() - t
+    out["adapter_params"] = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    t = time.perf_counter()
+    engine = make_engine(module, alg, alg.lr, 1, 1)
+    out["deepspeed_init_s"] = time.perf_counter() - t
+    _steps(engine, module.lm.config.vocab_size, device, rows, seq, out)
+    policy = _save_export_load(
+        engine, work / "lora_state", work / "lora_policy",
+        lambda policy: lora.save_adapter(engine.module.peft, policy, model, 0),
+        "adapter_export_s", out)
+    merged = work / "lora_merged"
+    t = time.perf_counter()
+    lora.merge(policy, merged, "bfloat16" if device == "cuda" else "float32")
+    out["merge_export_s"] = time.perf_counter() - t
+    out["merged_bytes"] = evict(merged)
+    for path in (policy, merged):
+        shutil.rmtree(path)
 
 
 def _job_started() -> float:
@@ -265,6 +344,9 @@ def child(a: argparse.Namespace) -> None:
         probe_rollout(a.probe, Path(a.model), a.device, out, a.batch, a.new_tokens)
     elif a.probe == "update":
         probe_update(Path(a.model), a.device, out, Path(a.work), a.rows, a.seq)
+    elif a.probe == "update-lora":
+        probe_update_lora(Path(a.model), a.device, out, Path(a.work), a.rows, a.seq,
+                          a.lora_rank)
     else:
         probe_submitit(Path(a.work), out)
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -292,7 +374,8 @@ def run_probe(probe: str, args: list[str]) -> dict[str, Any]:
 
 
 def measure(sizes: list[str], work: Path, device: str, engines: list[str],
-            batch: int, new_tokens: int, rows: int, seq: int) -> dict[str, Any]:
+            batch: int, new_tokens: int, rows: int, seq: int, lora_rank: int,
+            embedded: bool) -> dict[str, Any]:
     results: dict[str, Any] = {"device": device, "sizes": {},
                                "load_average_at_start": os.getloadavg()}
     sub = run_probe("submitit", ["--work", str(work / "submitit")])
@@ -311,9 +394,21 @@ def measure(sizes: list[str], work: Path, device: str, engines: list[str],
             r[engine] = run_probe(engine, [*common, "--batch", str(batch),
                                            "--new-tokens", str(new_tokens)])
         r["update"] = run_probe("update", [*common, "--rows", str(rows), "--seq", str(seq)])
+        r["update_lora"] = run_probe("update-lora", [*common, "--rows", str(rows), "--seq",
+                                                     str(seq), "--lora-rank", str(lora_rank)])
         r["params"] = r["update"]["params"]
         results["sizes"][size] = r
         print(f"scale: {size}: " + json.dumps(r), flush=True)
+    results["lora_rank"] = lora_rank
+    if embedded:
+        common = ["--model", str(TOKENIZER), "--device", device, "--work",
+                  str(work / "embedded")]
+        (work / "embedded").mkdir(parents=True, exist_ok=True)
+        results["embedded"] = {
+            "model_bytes": sum(f.stat().st_size for f in TOKENIZER.iterdir()),
+            "update": run_probe("update", [*common, "--rows", str(rows), "--seq", str(seq)]),
+            "update_lora": run_probe("update-lora", [*common, "--rows", str(rows), "--seq",
+                                                     str(seq), "--lora-rank", str(lora_rank)])}
     return results
 
 
@@ -378,6 +473,17 @@ def fits(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "update process start + imports": (params, [x["process_start_imports_s"] for x in u],
                                            "const"),
     }
+    if all("update_lora" in s for s in sizes):
+        lo = [s["update_lora"] for s in sizes]
+        lora_state = [x["state_bytes"] for x in lo]
+        table |= {
+            "LoRA state save": (lora_state, [x["state_save_s"] for x in lo], "bytes"),
+            "LoRA state load": (lora_state, [x["state_load_s"] for x in lo], "bytes"),
+            "LoRA adapter export": ([x["export_bytes"] for x in lo],
+                                    [x["adapter_export_s"] for x in lo], "bytes"),
+            "LoRA merge export": ([x["merged_bytes"] for x in lo],
+                                  [x["merge_export_s"] for x in lo], "bytes"),
+        }
     for engine in ("hf", "vllm"):
         if all(engine in s for s in sizes):
             table[f"{engine} engine start"] = (
@@ -432,15 +538,8 @@ def extrapolate(f: dict[str, dict[str, float]], sub: dict[str, float]
                          models * state_per_model / state_bw / P["resident_checkpoint_every"]}
                 held_gpus = {"rollout": gpus, "update": gpus}  # one allocation, colocated
             else:
-                queue = {"rollout: queue": P["slurm_queue_s"],
-                         "update: queue + submitit": P["slurm_queue_s"]
-                         + sub["submit_to_start_s"]}
-                fixed = {
-                    "rollout: process start + imports": a("vllm process start + imports"),
-                    "rollout: vLLM init (profile, KV cache, CUDA graphs)": P["vllm_init_s"],
-                    "rollout: torch.compile (shared cache)": P["vllm_compile_warm_s"],
-                    "rollout: policy read": bf16_bytes / fs,
-                    "update: process start + imports": a("update process start + imports"),
+                queue, fixed = _fresh_jobs(f, sub, "rollout: policy read", bf16_bytes / fs)
+                fixed |= {
                     "update: policy load": models * (bf16_bytes / fs + a("policy load")),
                     "update: DeepSpeed init": models * (
                         a("DeepSpeed init") + f["DeepSpeed init"]["slope_s"] * p / gpus),
@@ -453,18 +552,118 @@ def extrapolate(f: dict[str, dict[str, float]], sub: dict[str, float]
                 held_gpus = {"rollout": P["rollout_gpus"], "update": gpus}
             work = {"rollout: generate": gen_s, "rollout: simulator": sim_s,
                     "update: train": train_s}
-            held = {"rollout": 0.0, "update": 0.0}
-            for k, v in (fixed | work).items():
-                held[k.split(":")[0]] += v
-            gpu_h = sum(held[j] * held_gpus[j] for j in held) / 3600
-            fixed_s = sum(queue.values()) + sum(fixed.values())
-            work_s = sum(work.values())
-            out[f"{exp} {design}"] = {
-                "fixed_s": queue | fixed, "work_s": work,
-                "fixed_total_s": fixed_s, "work_total_s": work_s,
-                "fixed_share": fixed_s / (fixed_s + work_s),
-                "gpu_hours_per_iteration": gpu_h, "gpu_hours_per_1000": 1000 * gpu_h,
-                "wall_s_per_iteration": fixed_s + work_s,
+            out[f"{exp} {design}"] = _row(queue, fixed, work, held_gpus)
+    return out
+
+
+def _fresh_jobs(f: dict[str, dict[str, float]], sub: dict[str, float], read: str,
+                read_s: float) -> tuple[dict[str, float], dict[str, float]]:
+    """(queue, fixed seconds) every iteration's fresh rollout and update jobs pay before
+    their model: two Slurm starts, the processes' start, vLLM's init and compile, and the
+    rollout's read of its weights (`read`, `read_s`)."""
+    P = {k: v for k, (v, _) in PAPER.items()}
+
+    def a(name: str) -> float:
+        return max(0.0, f[name]["intercept_s"]) if name in f else 0.0
+
+    queue = {"rollout: queue": P["slurm_queue_s"],
+             "update: queue + submitit": P["slurm_queue_s"] + sub["submit_to_start_s"]}
+    fixed = {"rollout: process start + imports": a("vllm process start + imports"),
+             "rollout: vLLM init (profile, KV cache, CUDA graphs)": P["vllm_init_s"],
+             "rollout: torch.compile (shared cache)": P["vllm_compile_warm_s"],
+             read: read_s,
+             "update: process start + imports": a("update process start + imports")}
+    return queue, fixed
+
+
+def _row(queue: dict[str, float], fixed: dict[str, float], work: dict[str, float],
+         held_gpus: dict[str, float]) -> dict[str, Any]:
+    """One design's iteration: its seconds by kind, fixed share, GPU-hours (the GPUs each
+    job holds while it runs, not in the queue) and wall time."""
+    held = {"rollout": 0.0, "update": 0.0}
+    for k, v in (fixed | work).items():
+        held[k.split(":")[0]] += v
+    gpu_h = sum(held[j] * held_gpus[j] for j in held) / 3600
+    fixed_s = sum(queue.values()) + sum(fixed.values())
+    work_s = sum(work.values())
+    return {"fixed_s": queue | fixed, "work_s": work,
+            "fixed_total_s": fixed_s, "work_total_s": work_s,
+            "fixed_share": fixed_s / (fixed_s + work_s),
+            "gpu_hours_per_iteration": gpu_h, "gpu_hours_per_1000": 1000 * gpu_h,
+            "wall_s_per_iteration": fixed_s + work_s}
+
+
+#: The LoRA inputs of the 7B model, each with its source (the cost model's data file).
+LORA_INPUTS = ROOT / "rlver" / "data" / "cost" / "lora.yaml"
+
+
+def lora_inputs() -> dict[str, tuple[float, str]]:
+    """rlver/data/cost/lora.yaml as {name: (value, source)}."""
+    import yaml
+
+    data = yaml.safe_load(LORA_INPUTS.read_text())
+    return {k: (float(v["value"]), v["source"]) for k, v in data.items()}
+
+
+def extrapolate_lora(f: dict[str, dict[str, float]], sub: dict[str, float]
+                     ) -> dict[str, dict[str, Any]]:
+    """`extrapolate` with LoRA policies (model.lora, rank 64 on every projection): the
+    update reads the frozen base (PPO: a second one under the critic's adapter) and
+    reads and writes only the adapters' state; the rollout engine runs the base with the
+    adapter. Designs: fresh jobs on one node of 8 GPUs, resident on it, and resident on
+    one GPU whose vLLM engine sleeps (weights to CPU memory) while DeepSpeed trains."""
+    P = {k: v for k, (v, _) in PAPER.items()}
+    L = {k: v for k, (v, _) in lora_inputs().items()}
+    p = PARAMS_7B
+    adapter = L["lora_rank"] * L["lora_targets_in_out_per_layer"] * L["lora_layers"]
+    base_bytes = 2 * p
+    adapter_bytes = L["lora_export_bytes_per_param"] * adapter
+    state = L["lora_state_bytes_per_param"] * adapter
+    fs = P["shared_fs_bytes_per_s"]
+    ctx_tokens = P["dialogues"] * P["context_tokens_per_dialogue"]
+    gen_s = P["turns"] * P["reply_tokens"] * (P["decode_s_per_token"]
+                                              + L["lora_decode_extra_s_per_token"])
+    sim_s = P["turns"] * P["simulator_s_per_turn"]
+
+    def a(name: str) -> float:
+        return max(0.0, f[name]["intercept_s"]) if name in f else 0.0
+
+    out: dict[str, dict[str, Any]] = {}
+    for exp, models in (("GRPO", 1), ("PPO", 2)):  # PPO: the critic's base and adapter
+        save_every = models * state / fs / P["resident_checkpoint_every"]
+        for design, gpus in (("LoRA today 1x8", 8), ("LoRA resident 1x8", 8),
+                             ("LoRA resident 1 GPU, vLLM asleep in training", 1)):
+            train_s = (L["lora_train_time_factor"] * 6 * p * ctx_tokens * models
+                       / (P["train_flops_per_gpu_s"] * gpus))
+            queue: dict[str, float] = {}
+            if design.startswith("LoRA today"):
+                queue, fixed = _fresh_jobs(f, sub, "rollout: base and adapter read",
+                                           (base_bytes + adapter_bytes) / fs)
+                fixed |= {
+                    "update: base and adapter load": models * (
+                        (base_bytes + adapter_bytes) / fs + a("policy load")),
+                    "update: DeepSpeed init": models * (
+                        a("DeepSpeed init") + f["DeepSpeed init"]["slope_s"] * p / gpus),
+                    "update: state load": models * (state / fs + a("LoRA state load")),
+                    "update: state save": models * (state / fs + a("LoRA state save")),
+                    "update: adapter export": models * adapter_bytes / fs
+                    + a("LoRA adapter export"),
+                }
+                held_gpus = {"rollout": P["rollout_gpus"], "update": gpus}
+            else:
+                fixed = {"rollout: adapter to the engine": L["lora_adapter_sync_s"],
+                         "update: state save (every 5th iteration)": save_every}
+                if gpus == 1:
+                    fixed["rollout: vLLM sleep and wake"] = L["vllm_sleep_wake_s"]
+                held_gpus = {"rollout": gpus, "update": gpus}
+            work = {"rollout: generate": gen_s, "rollout: simulator": sim_s,
+                    "update: train": train_s}
+            out[f"{exp} {design}"] = _row(queue, fixed, work, held_gpus) | {
+                # the update's GPU holds the frozen base(s) and the adapters' state
+                # (activations aside); asleep, vLLM's weights are in CPU memory
+                "update_gpu_bytes": models * (base_bytes + state / gpus),
+                "adapter_params": adapter, "state_bytes": models * state,
+                "written_bytes_per_iteration": models * (state + adapter_bytes),
             }
     return out
 
@@ -499,9 +698,67 @@ def print_measured(results: dict[str, Any]) -> None:
                                               for v in sizes.values()) + " |")
     print("| state bytes (GB) | " + " | ".join(f"{v['update']['state_bytes'] / GB:.2f}"
                                              for v in sizes.values()) + " |")
+    if all("update_lora" in v for v in sizes.values()):
+        print(f"\nWith LoRA (rank {results.get('lora_rank', 64)}, every projection):\n")
+        print("| cost | " + " | ".join(sizes) + " |\n| --- |" + " ---: |" * len(sizes))
+        for label, key in (("adapter parameters (M)", "adapter_params"),
+                           ("base + adapter load (adapters.policy)", "policy_load_s"),
+                           ("DeepSpeed init", "deepspeed_init_s"),
+                           ("state save (adapter's state alone)", "state_save_s"),
+                           ("state load", "state_load_s"),
+                           ("adapter export (lora.save_adapter)", "adapter_export_s"),
+                           ("merged export (lora.merge)", "merge_export_s"),
+                           ("tokens trained/s", "tokens_trained_per_s"),
+                           ("state bytes (MB)", "state_bytes"),
+                           ("adapter bytes (MB)", "export_bytes")):
+            scale = 1e6 if key in ("adapter_params", "state_bytes", "export_bytes") else 1
+            print(f"| {label} | " + " | ".join(
+                f"{v['update_lora'][key] / scale:.2f}" for v in sizes.values()) + " |")
     sub = results["submitit"]
     print(f"\nsubmitit local launcher: submission to job start {sub['submit_to_start_s']:.2f} s,"
           f" job end to result {sub['start_to_result_s']:.2f} s")
+
+
+def print_embedded(results: dict[str, Any]) -> None:
+    """Bytes an iteration writes at the embedded model's size: its policy and the state
+    carried to the next update, full weights against LoRA."""
+    e = results.get("embedded")
+    if not e:
+        return
+    full, lo = e["update"], e["update_lora"]
+    print(f"\n### Bytes written per iteration, SmolLM2-135M ({full['params'] / 1e6:.0f}M, "
+          f"fp32), full weights against LoRA rank {results.get('lora_rank', 64)}\n")
+    print("| | policy (MB) | state (MB) | both (MB) | state save (s) | export (s) |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, r, export in (("full weights", full, "policy_export_s"),
+                            ("LoRA", lo, "adapter_export_s")):
+        print(f"| {name} | {r['export_bytes'] / 1e6:.1f} | {r['state_bytes'] / 1e6:.1f} | "
+              f"{(r['export_bytes'] + r['state_bytes']) / 1e6:.1f} | "
+              f"{r['state_save_s']:.2f} | {r[export]:.2f} |")
+    ratio = ((full["export_bytes"] + full["state_bytes"])
+             / (lo["export_bytes"] + lo["state_bytes"]))
+    print(f"\nLoRA writes {ratio:.1f}x fewer bytes an iteration (adapter parameters: "
+          f"{lo['adapter_params'] / 1e6:.2f}M of {full['params'] / 1e6:.0f}M)")
+
+
+def print_lora(xl: dict[str, dict[str, Any]]) -> None:
+    """The 7B LoRA rows, beside the full-weight ones."""
+    L = lora_inputs()
+    print("\n### Qwen2.5-7B with LoRA (inputs: rlver/data/cost/lora.yaml)\n")
+    print("| input | value | source |\n| --- | ---: | --- |")
+    for k, (v, src) in L.items():
+        print(f"| {k} | {v:g} | {src} |")
+    print("\n| experiment, design | fixed s | work s | fixed share | GPU-h/1000 iter | "
+          "wall h/1000 iter | update GPU memory (GB) | written per iter (GB) |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, v in xl.items():
+        print(f"| {name} | {v['fixed_total_s']:.0f} | {v['work_total_s']:.0f} | "
+              f"{v['fixed_share']:.2f} | {v['gpu_hours_per_1000']:.0f} | "
+              f"{v['wall_s_per_iteration'] / 3.6:.0f} | {v['update_gpu_bytes'] / GB:.1f} | "
+              f"{v['written_bytes_per_iteration'] / GB:.2f} |")
+    for name, v in xl.items():
+        print(f"\n{name}: " + "; ".join(f"{k} {s:.1f}" for k, s in
+                                       (v["fixed_s"] | v["work_s"]).items()))
 
 
 def print_tables(results: dict[str, Any], f: dict[str, dict[str, float]],
@@ -537,8 +794,12 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--rows", type=int, default=2, help="sequences of a training step")
     p.add_argument("--seq", type=int, default=256, help="tokens of each")
+    p.add_argument("--lora-rank", type=int, default=64, help="the LoRA probes' rank")
+    p.add_argument("--embedded", action="store_true",
+                   help="also the update probes on the embedded model (bytes an iteration "
+                        "writes, full weights against LoRA)")
     # a probe's own process (internal)
-    p.add_argument("--probe", choices=["hf", "vllm", "update", "submitit"])
+    p.add_argument("--probe", choices=["hf", "vllm", "update", "update-lora", "submitit"])
     p.add_argument("--model")
     p.add_argument("--work")
     a = p.parse_args()
@@ -551,17 +812,22 @@ def main() -> None:
     else:
         out.mkdir(parents=True, exist_ok=True)
         results = measure(a.sizes, out, a.device, a.engines, a.batch, a.new_tokens,
-                          a.rows, a.seq)
+                          a.rows, a.seq, a.lora_rank, a.embedded)
         results["command"] = "python " + " ".join(sys.argv)
         results["date"] = time.strftime("%Y-%m-%d")
         results["load_average_at_end"] = os.getloadavg()
     f = fits(results)
     x = extrapolate(f, results["submitit"])
-    results |= {"fits": f, "extrapolation_7b": x,
-                "inputs": {k: {"value": v, "source": s} for k, (v, s) in PAPER.items()}}
+    xl = extrapolate_lora(f, results["submitit"])
+    results |= {"fits": f, "extrapolation_7b": x, "extrapolation_7b_lora": xl,
+                "inputs": {k: {"value": v, "source": s} for k, (v, s) in PAPER.items()},
+                "lora_inputs": {k: {"value": v, "source": s}
+                                for k, (v, s) in lora_inputs().items()}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "scale.json").write_text(json.dumps(results, indent=1))
     print_tables(results, f, x)
+    print_embedded(results)
+    print_lora(xl)
     print(f"fixed_cost_share_7b={x['GRPO today 4x8']['fixed_share']:.3f}")
 
 

