@@ -41,7 +41,7 @@ from rlver.metrics import paired_gain  # noqa: E402
 
 #: LoRA adapters for --lora: rank 16 on every projection; the learning rate of the trials
 #: in docs/notes/2026-12-07-lora-learning.md (full fine-tuning's default: 3e-5).
-LORA = ["model/lora=r64", "model.lora.rank=16", "model.lora.alpha=32", "algorithm.lr=3e-4"]
+LORA = ["model/lora=r64", "model.lora.rank=16", "model.lora.alpha=32", "algorithm.lr=8e-4"]
 
 
 def run_seed(workdir: Path, name: str, seed: int, overrides: list[str]) -> float:

@@ -173,6 +173,35 @@ def test_the_trainers_state_is_the_adapter_alone(base_model):
         module.load_state_dict(state)
 
 
+def test_a_lora_critic_saves_its_adapter_and_head_and_loads_back(base_model, tmp_path):
+    """model.lora.critic=lora: an adapter of its own on the frozen base and a trained value
+    head; what it saves (update/critic) is those and the base's record, and a critic
+    loaded from it gives the same values."""
+    from rlver.train.critic import critic_from_policy, load_critic, save_critic
+
+    cfg = config.compose("smoke", [*TINY, *LORA, "algorithm=ppo"]).model.lora
+    torch.manual_seed(0)
+    critic = critic_from_policy(str(base_model), cfg, base_model)
+    with torch.no_grad():
+        for name, p in critic.named_parameters():
+            if "lora_B" in name or "value_head" in name:
+                p.normal_(0, 0.02)
+    state = critic.state_dict()
+    assert {k.split(".")[0] for k in state} == {"backbone", "value_head"}
+    assert all("lora_" in k for k in state if k.startswith("backbone"))
+    out = tmp_path / "critic"
+    save_critic(state, critic, out)
+    assert (out / BASE_RECORD).is_file() and (out / "model.safetensors").stat().st_size < 1e7
+    again = load_critic(out, cfg)
+    ids = torch.tensor([PROMPT])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        assert torch.equal(critic(ids, mask), again(ids, mask))
+    full_cfg = config.compose("smoke", [*TINY, *LORA, "model.lora.critic=full"]).model.lora
+    full = critic_from_policy(str(base_model), full_cfg, base_model)
+    assert all(p.requires_grad for p in full.parameters())
+
+
 # --- the update job (DeepSpeed through submitit), end to end
 
 #: 4 optimizer steps on the tiny rows (2 epochs x 2 mini-batches); iterations=2 so the
@@ -241,6 +270,31 @@ def test_a_preempted_lora_update_resumes_to_the_uninterrupted_weights(
     w_got = load_file(Path(spec.out_policy_dir) / file)
     assert w_ref.keys() == w_got.keys() and all(torch.equal(w_ref[k], w_got[k]) for k in w_ref)
     assert weights_sha256(ref_spec.out_policy_dir) == weights_sha256(spec.out_policy_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.long  # two update jobs, about 4 min here
+def test_a_lora_update_on_zero2_bf16_two_ranks_follows_one_rank(tmp_path, base_model, rows):
+    """The paper's layout (ZeRO-2, bf16) on two ranks: the frozen base stays whole on each
+    rank and out of the checkpoint (no frozen fragments), the adapter's optimizer state
+    is partitioned; both ranks end with the same adapter, and the first step's loss is
+    the fp32 one rank's within bf16's precision."""
+    from rlver.train import run_update, submit_update
+
+    from .helpers import update_spec
+
+    ref = run_update(update_spec(tmp_path, base_model, rows, "one", *STEPS, *LORA))
+    spec = update_spec(tmp_path, base_model, rows, "zero2", *STEPS, *LORA,
+                       "cluster.tasks_per_node=2", "algorithm.zero_stage=2",
+                       "algorithm.precision=bf16")
+    got, rank1 = submit_update(spec).results()
+    assert got["world_size"] == 2 and rank1["weights_sha256"] == got["weights_sha256"]
+    assert got["steps"][0]["loss"] == pytest.approx(ref["steps"][0]["loss"], abs=0.05)
+    assert got["steps"][-1]["approx_kl"] > 1e-4
+    state = Path(spec.update_dir) / "state"
+    assert _state_bytes(state) < 50e6, _state_bytes(state)  # no frozen fragments
+    model, _ = load_policy(spec.out_policy_dir)
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) == 2_442_240
 
 
 # --- whole runs (Snakemake): a rerun, resident blocks
