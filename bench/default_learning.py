@@ -40,7 +40,7 @@ from rlver.layout import Run  # noqa: E402
 from rlver.metrics import paired_gain  # noqa: E402
 
 #: LoRA adapters for --lora: rank 16 on every projection; the learning rate of the trials
-#: in docs/notes/2026-12-07-lora-learning.md (full fine-tuning's default: 3e-5).
+#: in docs/notes/2026-12-07-lora.md (full fine-tuning's default: 3e-5).
 LORA = ["model/lora=r64", "model.lora.rank=16", "model.lora.alpha=32", "algorithm.lr=8e-4"]
 
 
