@@ -142,7 +142,8 @@ def open_engines(spec: UpdateSpec, cfg: Any, grad_accum: int, world: int,
                        else critic_from_policy(spec.policy_dir, lora, spec.reference_dir))
         S.log(rank, f"update iter {spec.iteration}: critic " + (
             f"carried from {spec.run.critic(spec.iteration - 1)}" if carried_critic
-            else "new: the policy's backbone with a zero value head"))
+            else "new: the policy's backbone with a zero value head" if lora is None
+            else f"new: the base's backbone ({lora.critic}) with a zero value head"))
         critic = make_engine(value_model, alg, alg.critic_lr, grad_accum, world)
     return Engines(actor, critic, tokenizer, pad_id)
 
