@@ -139,11 +139,12 @@ def save_state(spec: UpdateSpec, cfg: Any, actor: Any, critic: Any,
 
 def _save_engines(partial: Path, actor: Any, critic: Any, tag: str, rank: int) -> None:
     """All ranks: DeepSpeed checkpoints of the engines into a fresh `partial` folder (then
-    renamed over the real one by `_replace_dir`, so a kill mid-way leaves the old one)."""
-    if rank == 0:
-        shutil.rmtree(partial, ignore_errors=True)
+    renamed over the real one by `_replace_dir`, so a kill mid-way leaves the old one).
+    Frozen parameters (a LoRA model's base) are left out: they come from the base."""
     from rlver.train.adapters import frozen
 
+    if rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)
     torch.distributed.barrier()
     actor.save_checkpoint(str(partial / "actor"), tag=tag,
                           exclude_frozen_parameters=frozen(actor))
