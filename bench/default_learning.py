@@ -2,6 +2,12 @@
 
     .venv/bin/python bench/default_learning.py                 # seeds 0, 1, 2 (~15 min each)
     .venv/bin/python bench/default_learning.py --seeds 0 --workdir /tmp/default
+    .venv/bin/python bench/default_learning.py --lora          # LoRA adapters (LORA below)
+    .venv/bin/python bench/default_learning.py --lora --seeds 0 --name lr1e-4 \
+        --overrides algorithm.lr=1e-4                          # a trial (docs/notes/)
+
+`--lora` trains LoRA adapters of rank 16 on the frozen base (`LORA`: model/lora=r64 with
+rank 16 and alpha 32, the learning rate tuned for adapters) instead of every weight.
 
 Runs the default experiment once per seed with Snakemake (profiles/local, run
 `default_s<seed>` under `--workdir`; a finished seed is not redone) and reads each run's
@@ -33,14 +39,20 @@ BIN = Path(sys.executable).parent
 from rlver.layout import Run  # noqa: E402
 from rlver.metrics import paired_gain  # noqa: E402
 
+#: LoRA adapters for --lora: rank 16 on every projection; the learning rate of the trials
+#: in docs/notes/2026-12-07-lora.md (full fine-tuning's default: 3e-5).
+LORA = ["model/lora=r64", "model.lora.rank=16", "model.lora.alpha=32", "algorithm.lr=8e-4"]
 
-def run_seed(workdir: Path, seed: int) -> float:
-    """The default experiment for `seed` in `workdir`; its wall seconds (0 if finished)."""
+
+def run_seed(workdir: Path, name: str, seed: int, overrides: list[str]) -> float:
+    """The default experiment for `seed` with `overrides` in `workdir`, run
+    `<name>_s<seed>`; its wall seconds (0 if finished)."""
     cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--profile", str(ROOT / "profiles" / "local"),
-           "--config", "experiment=default", f"run=default_s{seed}", f"overrides=seed={seed}"]
+           "--config", "experiment=default", f"run={name}_s{seed}",
+           "overrides=" + " ".join([f"seed={seed}", *overrides])]
     env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}"}
-    log = workdir / f"default_s{seed}.log"
+    log = workdir / f"{name}_s{seed}.log"
     print(f"seed {seed}: running (log: {log})", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     with log.open("a") as f:
@@ -75,12 +87,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     ap.add_argument("--workdir", type=Path, default=ROOT / "bench-runs" / "default",
                     help="where the runs' results/ go (kept: a finished seed is not redone)")
+    ap.add_argument("--lora", action="store_true",
+                    help="train LoRA adapters (LORA) instead of every weight")
+    ap.add_argument("--overrides", nargs="*", default=[],
+                    help="more Hydra overrides, after --lora's (trials)")
+    ap.add_argument("--name", default=None,
+                    help="the runs' name before _s<seed> (default: default, default_lora)")
     a = ap.parse_args(argv)
     a.workdir.mkdir(parents=True, exist_ok=True)
+    name = a.name or ("default_lora" if a.lora else "default")
+    overrides = [*(LORA if a.lora else []), *a.overrides]
     rows = []
     for seed in (int(s) for s in a.seeds.split(",")):
-        seconds = run_seed(a.workdir, seed)
-        scores, gain, se = seed_scores(Run(a.workdir / "results" / f"default_s{seed}"))
+        seconds = run_seed(a.workdir, name, seed, overrides)
+        scores, gain, se = seed_scores(Run(a.workdir / "results" / f"{name}_s{seed}"))
         rows.append((seed, scores, gain, se, seconds))
         print(f"seed {seed}: {gain:+.1f} (se {se:.1f}) in {seconds / 60:.1f} min",
               file=sys.stderr, flush=True)

@@ -124,6 +124,17 @@ def cmd_digest(a: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def cmd_export(a: argparse.Namespace) -> None:
+    from rlver.lora import merge
+
+    if not a.merge:
+        raise RlverInputError(
+            "rlver export: nothing to do without --merge (the only export: a LoRA adapter "
+            "folded into its base). Fix: add --merge, e.g. rlver export --merge --policy "
+            "results/<run>/iter_<i>/policy --out <dir>.")
+    merge(a.policy, a.out, a.dtype)
+
+
 def cmd_status(a: argparse.Namespace) -> None:
     from rlver.status import status, to_json, to_text
 
@@ -343,6 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", metavar="RUN_DIR", help="a results/<run> directory")
     s.add_argument("--compare", default=None, metavar="DIGEST_JSON",
                    help="print what differs from this saved digest; exit 1 if anything does")
+
+    s = add("export", cmd_export,
+            "a policy for serving: --merge writes a LoRA adapter folded into its base as a "
+            "plain HF model")
+    s.add_argument("--merge", action="store_true",
+                   help="fold the adapter into its base (the policy's base.json names it)")
+    s.add_argument("--policy", required=True, help="a LoRA policy folder, iter_<i>/policy")
+    s.add_argument("--out", required=True, help="the merged model's folder")
+    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="the merged weights' dtype (auto: the base's)")
 
     s = add("status", cmd_status,
             "where a run is: iterations done, the stage running, rewards, time left")

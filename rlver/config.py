@@ -65,6 +65,10 @@ SCALES = ("paper", "cpu")
 OLD_LOGPROBS = ("rollout", "recompute")
 #: Empty: $WANDB_MODE, else offline.
 WANDB_MODES = ("", "offline", "online", "disabled")
+#: The layers a LoRA adapter may target: the linear projections that PEFT adapts and
+#: vLLM serves adapters on (its LoRA layers for Llama/Qwen2 models).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_CRITICS = ("lora", "full")
 
 #: Each choice field and its allowed values.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -396,6 +400,7 @@ def _combinations(cfg: DictConfig) -> list[Check]:
             "at least 1 with ppo (the critic carries over), else at least 0",
         ),
         *_resident(cfg),
+        *_lora(cfg),
     ]
 
 
@@ -412,6 +417,31 @@ def _resident(cfg: DictConfig) -> list[Check]:
          "at most 2 with cluster.iterations_per_job > 1 (the rollout engine takes each "
          "policy from the DeepSpeed engine's parameters in memory, which ZeRO-3 partitions "
          "across the ranks)"),
+    ]
+
+
+def _lora(cfg: DictConfig) -> list[Check]:
+    """LoRA adapters (model.lora), when set."""
+    lora = cfg.model.lora
+    if lora is None:
+        return []
+    targets = list(lora.target_modules)
+    return [
+        ("model.lora.rank", lora.rank >= 1, "at least 1"),
+        ("model.lora.rank", lora.rank <= 512 or cfg.rollout.engine != "vllm",
+         "at most 512 with rollout.engine=vllm (vLLM's largest max_lora_rank)"),
+        ("model.lora.alpha", lora.alpha > 0, "positive"),
+        ("model.lora.dropout", 0 <= lora.dropout < 1, "in [0, 1)"),
+        ("model.lora.target_modules",
+         bool(targets) and set(targets) <= set(LORA_TARGETS)
+         and len(set(targets)) == len(targets),
+         "a list of distinct names among: " + ", ".join(LORA_TARGETS)),
+        ("model.lora.critic", lora.critic in LORA_CRITICS, "one of: " + ", ".join(LORA_CRITICS)),
+        ("algorithm.zero_stage", cfg.algorithm.zero_stage <= 2,
+         "at most 2 with model.lora (ZeRO-3 partitions the frozen base across the ranks as "
+         "well, and the adapter-disabled reference pass, the adapter export and the rollout "
+         "engine's adapter would each have to gather it; ZeRO-1 and 2 partition the "
+         "adapter's optimizer state, and the frozen base in bf16, 15 GB at 7B, fits a GPU)"),
     ]
 
 
@@ -461,7 +491,7 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "retention": dataclasses.asdict(RetentionConfig()),
                               "cluster.retention": _JOB_DEFAULTS,
                               "logging": dataclasses.asdict(LoggingConfig()),
-                              "model.sha256": ""}
+                              "model.sha256": "", "model.lora": None}
 
 
 #: Keys a run may change when it continues. None of them changes a file already written,

@@ -10,6 +10,29 @@ from typing import Any, Optional
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (PEFT) trained on the frozen base model instead of all its weights
+    (docs/update.md, "LoRA policies"): each iteration's policy is its adapter plus the
+    base's digest, and the optimizer state holds the adapter's parameters only."""
+
+    #: Rank of each adapter's low-rank update (vLLM serves ranks up to 512).
+    rank: int = 64
+    #: The update is scaled by alpha / rank.
+    alpha: int = 128
+    #: Dropout on an adapter's input while training. 0 (default): the trainer computes the
+    #: log-probs the rollout engine sampled with; above 0 they differ by the dropout's noise.
+    dropout: float = 0.0
+    #: The base's linear layers that get an adapter, by name (rlver.config.LORA_TARGETS:
+    #: attention q/k/v/o and MLP gate/up/down projections, which PEFT and vLLM both adapt).
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    #: PPO's critic: `lora` (an adapter of its own on a frozen copy of the base, and a
+    #: trained value head) or `full` (every weight of its backbone trained, as without
+    #: LoRA). docs/update.md says why `lora` is the default.
+    critic: str = "lora"
+
+
+@dataclass
 class ModelConfig:
     """The base policy."""
 
@@ -23,6 +46,9 @@ class ModelConfig:
     #: the frozen config by the workflow (rule freeze_config); a run continues only on
     #: those weights. Not part of the config hash.
     sha256: str = ""
+    #: null (default): the update trains every weight. Set (`model/lora=r64`, a file of
+    #: config/model/lora/, then any `model.lora.*` key): LoRA adapters on the frozen base.
+    lora: Optional[LoraConfig] = None
 
 
 @dataclass

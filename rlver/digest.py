@@ -1,10 +1,11 @@
 """A run's outputs as hashes: what two runs must share to have produced the same results.
 
 `rlver digest RUN_DIR` prints, for every trajectory file (rollout shards, evaluation
-dialogues) a sha256 per column, for every policy the sha256 of its weights, and every
-update's, evaluation's and retention measurement's metrics, all without the columns and
-keys that depend on wall-clock time. Two digests are compared key by key (`rlver digest
-RUN --compare OTHER.json`): a refactor, a resumed run or a rerun must change none of them.
+dialogues) a sha256 per column, for every policy the sha256 of its weights (a LoRA
+adapter's with its base's digest), and every update's, evaluation's and retention
+measurement's metrics, all without the columns and keys that depend on wall-clock time.
+Two digests are compared key by key (`rlver digest RUN --compare OTHER.json`): a
+refactor, a resumed run or a rerun must change none of them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from rlver import layout
 from rlver.errors import RlverInputError
-from rlver.io import read_json_object
+from rlver.io import ADAPTER_WEIGHTS, read_json_object
 
 #: Metrics that depend on wall-clock time or on how a job was interrupted, not on results.
 TIMING_KEYS = ("seconds", "tokens_per_s", "resumed_at_steps")
@@ -49,7 +50,7 @@ def digest(run_dir: str | Path) -> dict[str, Any]:
     for i in run.iterations():
         for path in sorted(run.rollouts_dir(i).glob("shard_*.parquet")):
             out[run.relative(path)] = column_hashes(path)
-        if (run.policy(i) / "model.safetensors").is_file():
+        if any((run.policy(i) / f).is_file() for f in ("model.safetensors", ADAPTER_WEIGHTS)):
             out[run.relative(run.policy(i))] = weights_sha256(run.policy(i))
         if run.update_metrics(i).is_file():
             out[run.relative(run.update_metrics(i))] = _metrics(run.update_metrics(i))

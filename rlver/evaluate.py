@@ -55,7 +55,8 @@ def evaluate_policy(
     health.check_endpoint(cfg.simulator)
     if engine is None:
         engine = make_engine(cfg.rollout.engine, policy_dir, cfg.model.dtype,
-                             dict(cfg.rollout.vllm_args), cfg.rollout.max_model_len)
+                             dict(cfg.rollout.vllm_args), cfg.rollout.max_model_len,
+                             lora=cfg.model.lora)
     simulators = simulator_instances(cfg.simulator, len(specs))
     try:
         dialogues = run_dialogues(

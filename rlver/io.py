@@ -135,8 +135,18 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 WEIGHTS_RECORD = "weights.sha256"
 
 
+#: Written into a LoRA policy folder (rlver/lora.py): the base model its adapter applies
+#: to, as {"path": relative to the folder, "sha256": the base's weights_sha256}.
+BASE_RECORD = "base.json"
+#: PEFT's adapter files: what makes a policy folder a LoRA adapter.
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
 def weights_sha256(model_dir: str | os.PathLike[str]) -> str:
-    """sha256 over a model directory's weight files (name and content, sorted by name).
+    """sha256 over a model directory's weight files (name and content, sorted by name),
+    and for an adapter over its base's sha256 as well (`BASE_RECORD`): the same adapter
+    on another base is another policy.
 
     Rollout files record it, so a rollout can always be traced to the exact policy.
     """
@@ -153,15 +163,20 @@ def weights_sha256(model_dir: str | os.PathLike[str]) -> str:
     for p in files:
         h.update(p.name.encode())
         h.update(sha256_file(p).encode())
+    if (model_dir / BASE_RECORD).is_file():
+        base = read_json_object(model_dir / BASE_RECORD, "delete the policy folder and rerun "
+                                                         "the update that wrote it.")
+        h.update(f"{BASE_RECORD}:{base.get('sha256')}".encode())
     return h.hexdigest()
 
 
 def require_policy_dir(path: str | os.PathLike[str]) -> Path:
-    """`path` as a Path if it holds a model (config.json); otherwise RlverInputError."""
+    """`path` as a Path if it holds a model (config.json) or a LoRA adapter
+    (adapter_config.json); otherwise RlverInputError."""
     from rlver.errors import RlverInputError
 
     path = Path(path)
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file():
         raise RlverInputError(
             f"{path}: no policy here (config.json missing). "
             "Fix: run the stage that writes it (prepare_model / init_policy / update)."

@@ -194,11 +194,16 @@ def torch_dtype(name: str) -> Any:
 
 
 def load_policy(path: str | os.PathLike[str], dtype: str = "float32") -> tuple[Any, Any]:
-    """(model, tokenizer) from an HF directory, in eval mode."""
+    """(model, tokenizer) from an HF directory, in eval mode; a LoRA adapter folder gives
+    its base with the adapter (a PEFT model, rlver.lora)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlver import lora
 
     path = Path(path)
     check_policy(path)
+    if lora.is_adapter(path):
+        return lora.load_adapter(path, dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
     model.eval()
@@ -214,7 +219,11 @@ def verified_policy_sha256(path: str | os.PathLike[str]) -> str:
     """The weights' sha256 of a policy a stage is about to use, after its layout checks
     (`check_policy`) and against the record written with it (`io.checked_weights_sha256`):
     a damaged policy stops the stage before it loads anything or writes an output."""
+    from rlver import lora
+
     check_policy(Path(path))
+    if lora.is_adapter(path):
+        lora.verified_base(path)
     return checked_weights_sha256(path)
 
 
@@ -224,10 +233,18 @@ def check_policy(path: Path) -> None:
 
     Checks what is cheap without reading the tensors: config.json is a JSON object, and
     each safetensors file is as long as its header says (a truncated copy or export is
-    not).
+    not). A LoRA adapter: adapter_config.json instead of config.json, and its base is
+    there with the digest it was trained on (`rlver.lora.base_of`).
     """
+    from rlver import lora
+    from rlver.io import ADAPTER_CONFIG
+
     require_policy_dir(path)
-    read_json_object(path / "config.json", _REMAKE_POLICY)
+    if lora.is_adapter(path):
+        read_json_object(path / ADAPTER_CONFIG, _REMAKE_POLICY)
+        lora.base_of(path)
+    else:
+        read_json_object(path / "config.json", _REMAKE_POLICY)
     weights = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
     if not weights:
         raise RlverInputError(

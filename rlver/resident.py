@@ -147,6 +147,9 @@ class Block:
         self.saved_through = spec.first - 1
         #: A mid-update checkpoint this job continues from (update/resume).
         self.resumed: Optional[S.Progress] = None
+        #: With model.lora: (iteration, scratch folder) of the DeepSpeed engine's adapter
+        #: written for the rollout engine and the hash of a policy that is not kept.
+        self._scratch: Optional[tuple[int, tempfile.TemporaryDirectory[str]]] = None
 
     def run(self) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -277,16 +280,45 @@ class Block:
             self.engine_policy = i if run.policy(i).exists() else self.spec.first
             self.rollout_engine = make_engine(ro.engine, str(run.policy(self.engine_policy)),
                                               self.cfg.model.dtype, dict(ro.vllm_args),
-                                              ro.max_model_len)
+                                              ro.max_model_len, lora=self.cfg.model.lora)
         if self.engine_policy != i:
             assert self.engines is not None and self.trained == i
-            self.rollout_engine.load_weights(self.engines.actor.module.lm.named_parameters())
+            if self.cfg.model.lora is not None:
+                self.rollout_engine.load_adapter(str(self.adapter(i)))
+            else:
+                self.rollout_engine.load_weights(
+                    self.engines.actor.module.lm.named_parameters())
             self.engine_policy = i
         self.rollout_engine.reset_prefix_cache()
         return self.rollout_engine
 
+    def adapter(self, i: int) -> Path:
+        """With model.lora: the folder of policy i, the DeepSpeed engine's (`self.trained`):
+        its kept policy, or its adapter written once to memory-backed scratch (as its
+        export would be, base record included), for the rollout engine and its hash."""
+        from rlver import lora
+
+        run = self.spec.run
+        if run.policy(i).exists():
+            return run.policy(i)
+        assert self.engines is not None and self.trained == i
+        if self._scratch is None or self._scratch[0] != i:
+            self._drop_scratch()
+            tmp = tempfile.TemporaryDirectory(dir=scratch_dir())
+            self._scratch = (i, tmp)
+            lora.write_adapter(self.engines.actor.module.peft, Path(tmp.name) / "policy",
+                               run.reference_policy, run.policy(i))
+        return Path(self._scratch[1].name) / "policy"
+
+    def _drop_scratch(self) -> None:
+        if self._scratch is not None:
+            self._scratch[1].cleanup()
+            self._scratch = None
+
     def close(self) -> None:
-        """Close the rollout engine (its workers, vLLM's engine process)."""
+        """Close the rollout engine (its workers, vLLM's engine process) and delete the
+        scratch adapter."""
+        self._drop_scratch()
         if self.rollout_engine is not None:
             engine, self.rollout_engine = self.rollout_engine, None
             engine.close()
@@ -340,7 +372,9 @@ class Block:
         assert self.engines is not None
         state = S.full_state(self.engines.actor, self.cfg.algorithm.zero_stage)
         box: list[Optional[str]] = [None]
-        if self.rank == 0:
+        if self.rank == 0 and self.cfg.model.lora is not None:
+            box[0] = weights_sha256(self.adapter(self.trained))
+        elif self.rank == 0:
             assert state is not None
             lm_state = {k.removeprefix("lm."): v for k, v in state.items()}
             with tempfile.TemporaryDirectory(dir=scratch_dir()) as tmp:
@@ -376,11 +410,10 @@ class Block:
             carried = progress.carried
         else:
             if cfg.algorithm.kl_coef > 0 and self.reference is None:
-                from rlver.models import load_policy
-                from rlver.train.engines import PolicyLM
+                from rlver.train.engines import reference_model
 
-                self.reference = PolicyLM(load_policy(spec.reference_dir)[0]).to(
-                    self.device)
+                self.reference = reference_model(spec.reference_dir, cfg.model.lora,
+                                                 self.engines.actor, self.device)
             terms = T.batch_terms(batch, cfg, self.engines, self.reference, rank, world,
                                   self.device)
         # A replayed update is not checkpointed mid-way: the signal waits for its end.

@@ -91,7 +91,7 @@ def rollout_shard(
     own = engine is None
     if engine is None:
         engine = make_engine(ro.engine, policy_dir, cfg.model.dtype, dict(ro.vllm_args),
-                             ro.max_model_len)
+                             ro.max_model_len, lora=cfg.model.lora)
     simulators = simulator_instances(sim, len(specs))
     sent_before, cached_before = engine.prompt_tokens, engine.cached_prompt_tokens
     try:

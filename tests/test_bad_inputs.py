@@ -129,6 +129,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, base_model: Path) -> World:
     }
     bad["policy_empty"].mkdir()
     bad |= _retention_configs(root)
+    bad |= {"adapter_no_base": _adapter(root / "adapter_no_base", "../nowhere"),
+            "adapter_other_base": _adapter(root / "adapter_other_base", "../policy")}
     return World(root, root / "config.yaml", personas, root / "policy", bad)
 
 
@@ -152,6 +154,17 @@ def _retention_configs(root: Path) -> dict[str, Path]:
     return {"retention_data_gone": gone, "retention_data_file": data,
             "retention_cpu": frozen("ret_cpu", "retention=cpu"),
             "retention_unknown_task": unknown}
+
+
+def _adapter(dst: Path, base: str) -> Path:
+    """A LoRA adapter folder whose base.json names `base` (relative) with a digest no
+    base has: missing, or another base than the one it was trained on."""
+    import json
+
+    dst.mkdir()
+    (dst / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}\n')
+    (dst / "base.json").write_text(json.dumps({"path": base, "sha256": "0" * 64}) + "\n")
+    return dst
 
 
 #: A case: (argv, output path) from the world.
@@ -364,6 +377,27 @@ CASES: dict[str, tuple[Build, tuple[str, ...]]] = {
     "retention-policy-truncated": (retention(config="retention_cpu", policy="policy_truncated"),
                                    ("model.safetensors", "truncated", FIX)),
     "retention-config-missing": (retention(config="missing"), ("{missing}", "not found", FIX)),
+    # LoRA: the config, adapters and their base, rlver export
+    "lora-zero3": (compose("model/lora=r64", "algorithm.zero_stage=3"),
+                   ("algorithm.zero_stage must be at most 2 with model.lora", FIX)),
+    "lora-unknown-target": (compose("model/lora=r64", "model.lora.target_modules=[lm_head]"),
+                            ("model.lora.target_modules", "q_proj", FIX)),
+    "rollout-adapter-without-base": (rollout(policy="adapter_no_base"),
+                                     ("base.json", "is not there", FIX)),
+    "rollout-adapter-other-base": (rollout(policy="adapter_other_base"),
+                                   ("base.json", "trained on a base", FIX)),
+    "export-without-merge": (command("export", "--policy", "{adapter_no_base}", "--out",
+                                     "{out}"), ("--merge", FIX)),
+    "export-full-policy": (command("export", "--merge", "--policy", "{policy}",
+                                   "--out", "{out}"), ("not a LoRA adapter", FIX)),
+    "export-missing-policy": (command("export", "--merge", "--policy", "{policy_missing}",
+                                      "--out", "{out}"), ("{policy_missing}", FIX)),
+    "export-adapter-without-base": (command("export", "--merge", "--policy",
+                                            "{adapter_no_base}", "--out", "{out}"),
+                                    ("{adapter_no_base}", "is not there", FIX)),
+    "export-adapter-other-base": (command("export", "--merge", "--policy",
+                                          "{adapter_other_base}", "--out", "{out}"),
+                                  ("trained on a base whose weights hash to", FIX)),
 }
 
 

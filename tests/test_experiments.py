@@ -302,6 +302,24 @@ def test_dry_run_of_the_full_schedule(stub_model: Path, tmp_path: Path) -> None:
     assert budget.summary_line(budget.make_budget(cfg)) in res.stderr
 
 
+@pytest.mark.parametrize("experiment", ["paper_ppo_think_vanilla", "paper_grpo_nothink_vanilla"])
+def test_dry_run_of_a_lora_variant(experiment: str, stub_model: Path, tmp_path: Path) -> None:
+    """A paper experiment with LoRA adapters of rank 64 (`model/lora=r64`) plans the same
+    DAG at paper scale; its frozen config holds the adapters and keeps the paper's
+    training setup (bf16, ZeRO-2, the learning rates)."""
+    over = [f"model.source={stub_model}", *USER_KEYS, "iterations=3", "model/lora=r64"]
+    res = _dry_run(tmp_path, experiment, "paper", over)
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = job_counts(res.stderr)
+    assert jobs["rollout"] == 3 and jobs["evaluate"] == 2
+    cfg = _compose(experiment, "paper", stub_model, "model/lora=r64")
+    lora = cfg.model.lora
+    assert (lora.rank, lora.alpha, lora.critic, len(lora.target_modules)) == (64, 128, "lora", 7)
+    paper = config.to_container(_compose(experiment, "paper", stub_model))
+    assert {k: v for k, v in config.to_container(cfg).items() if k != "model"} == {
+        k: v for k, v in paper.items() if k != "model"}
+
+
 def test_dry_run_without_model_path_says_what_to_set(tmp_path: Path) -> None:
     res = _dry_run(tmp_path, "paper_ppo_nothink_vanilla", "paper", [])
     assert res.returncode != 0

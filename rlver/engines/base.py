@@ -85,6 +85,13 @@ class Engine(ABC):
         to their running engine this way. Every parameter of the model must be given."""
         raise NotImplementedError(f"{type(self).__name__} cannot load weights in memory")
 
+    def load_adapter(self, adapter_dir: str) -> None:
+        """Make the engine's policy the LoRA adapter at `adapter_dir` (a policy folder of
+        rlver.lora) on the engine's base model, in place of the adapter it ran before (or
+        of none, the base itself): the resident blocks of a LoRA run hand each new policy
+        to their running engine this way."""
+        raise NotImplementedError(f"{type(self).__name__} cannot load LoRA adapters")
+
     def reset_prefix_cache(self) -> None:  # noqa: B027 - optional: only vLLM caches prefixes
         """Forget cached prompt prefixes, as a freshly started engine has none."""
 

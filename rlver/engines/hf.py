@@ -35,11 +35,15 @@ class HFEngine(Engine):
         own = int(getattr(model.config, "max_position_embeddings", max_model_len))
         self.max_context = min(own, max_model_len)
         # generate() fills every setting a call leaves unset from the model's generation
-        # config: only the token ids stay, the rest are transformers' neutral defaults.
-        gen = model.generation_config
-        model.generation_config = GenerationConfig(
+        # config: only the token ids stay, the rest are transformers' neutral defaults. On
+        # the base model: a PEFT wrapper's generate() reads its base's.
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        gen = inner.generation_config
+        inner.generation_config = GenerationConfig(
             bos_token_id=gen.bos_token_id, eos_token_id=gen.eos_token_id,
             pad_token_id=gen.pad_token_id)
+        #: The LoRA adapters `load_adapter` loaded, in order.
+        self._adapters: list[str] = []
 
     def generate(
         self, prompts: list[list[int]], settings: SamplingSettings, seeds: Sequence[int]
@@ -104,6 +108,26 @@ class HFEngine(Engine):
             for name, tensor in new.items():
                 if name in params:
                     params[name].copy_(tensor)
+
+
+    def load_adapter(self, adapter_dir: str) -> None:
+        """The LoRA adapter at `adapter_dir` on the engine's base, through PEFT and
+        unmerged, as the trainer computes it: the first one wraps the model (as
+        `load_policy` of an adapter does), a later one is loaded beside the running one,
+        which is then deleted."""
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            old, name = self.model.active_adapter, f"policy-{len(self._adapters)}"
+            self.model.load_adapter(adapter_dir, adapter_name=name,
+                                    autocast_adapter_dtype=False)
+            self.model.set_adapter(name)
+            self.model.delete_adapter(old)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, adapter_dir,
+                                                   autocast_adapter_dtype=False)
+        self._adapters.append(adapter_dir)
+        self.model.eval()
 
 
 def load_hf_engine(policy_dir: str, dtype: str,

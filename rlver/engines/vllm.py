@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
+from rlver import lora
 from rlver.engines import vllm_cpu, vllm_worker
 from rlver.engines.base import (
     DEFAULT_MAX_MODEL_LEN,
@@ -61,16 +62,22 @@ class VLLMEngine(Engine):
 
     def __init__(self, policy_dir: str, dtype: str, engine_args: Optional[dict] = None,
                  stat_loggers: Sequence[Any] = (),
-                 max_model_len: int = DEFAULT_MAX_MODEL_LEN) -> None:
+                 max_model_len: int = DEFAULT_MAX_MODEL_LEN, lora_rank: int = 0) -> None:
         """`max_model_len`: the context (rollout.max_model_len). `stat_loggers`: vLLM
         stat-logger factories (subclasses of vLLM's `StatLoggerBase`), called once per
         engine step; with any, vLLM collects its per-step statistics (off otherwise: they
-        cost the front end time)."""
+        cost the front end time). `lora_rank`: serve LoRA adapters of up to this rank
+        (`load_adapter`); a LoRA adapter folder as `policy_dir` runs on its base with LoRA
+        enabled for its rank."""
         from transformers import AutoTokenizer, GenerationConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        adapter = policy_dir if lora.is_adapter(policy_dir) else None
+        if adapter is not None:
+            policy_dir = str(lora.base_of(adapter))
+            lora_rank = lora_rank or lora.adapter_rank(adapter)
         self.tokenizer = AutoTokenizer.from_pretrained(policy_dir)
         try:
             generation_config: Any = GenerationConfig.from_pretrained(policy_dir)
@@ -89,6 +96,10 @@ class VLLMEngine(Engine):
             "disable_log_stats": not stat_loggers,
             "worker_extension_cls": vllm_worker.QUALNAME,  # load_weights
         }
+        if lora_rank:
+            # One adapter at a time: each policy's, under a new request id (load_adapter).
+            args |= {"enable_lora": True, "max_lora_rank": lora.vllm_max_rank(lora_rank),
+                     "max_loras": 1}
         if current_platform.is_cpu():
             args |= vllm_cpu.POLICY_DEFAULTS
         args |= dict(engine_args or {})
@@ -122,6 +133,11 @@ class VLLMEngine(Engine):
         self._sessions: dict[Hashable, _Session] = {}
         self._closing: set[asyncio.Future[None]] = set()  # sessions vLLM has not ended yet
         self._session_uses = itertools.count()
+        #: The LoRA request of the policy's adapter (None: the base), and the next id.
+        self._lora: Any = None
+        self._lora_ids = itertools.count(1)
+        if adapter is not None:
+            self.load_adapter(adapter)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -164,7 +180,8 @@ class VLLMEngine(Engine):
         final = None
         async for out in self.llm.generate(TokensPrompt(prompt_token_ids=list(prompt)),
                                            self._params(settings, seed, ignore_eos),
-                                           f"rlver-{next(self._ids)}"):
+                                           f"rlver-{next(self._ids)}",
+                                           lora_request=self._lora):
             final = out
         assert final is not None
         return self._sampled(final)
@@ -290,7 +307,8 @@ class VLLMEngine(Engine):
         logprobs: list[float] = []
         first = True
         try:
-            async for out in self.llm.generate(chunks(), params, s.request_id):
+            async for out in self.llm.generate(chunks(), params, s.request_id,
+                                               lora_request=self._lora):
                 if first:  # a new session's prompt may start from the prefix cache
                     s.cached, first = out.num_cached_tokens or 0, False
                 o = out.outputs[0]
@@ -324,7 +342,7 @@ class VLLMEngine(Engine):
             for p, s in zip(prompts, seeds, strict=True):
                 queues.append(await self.llm.add_request(
                     f"rlver-{next(self._ids)}", TokensPrompt(prompt_token_ids=list(p)),
-                    self._params(settings, s, ignore_eos)))
+                    self._params(settings, s, ignore_eos), lora_request=self._lora))
         finally:
             await self.llm.resume_generation()
         results = []
@@ -377,12 +395,7 @@ class VLLMEngine(Engine):
                     ) -> dict[str, float]:
         from safetensors.torch import save_file
 
-        if any(s.busy for s in self._sessions.values()):
-            raise RuntimeError("load_weights during a dialogue turn: the turn's KV cache "
-                               "is the old policy's; load between turns")
-        for key in list(self._sessions):
-            self._close_session(key)
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._end_sessions("load_weights")
         start = time.perf_counter()
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         with tempfile.NamedTemporaryFile(prefix="rlver-policy-", suffix=".safetensors",
@@ -390,13 +403,59 @@ class VLLMEngine(Engine):
             await asyncio.to_thread(save_file, {n: t.detach().to("cpu").contiguous()
                                                 for n, t in weights.items()}, f.name)
             written = time.perf_counter()
-            await self.llm.pause_generation(mode="wait", clear_cache=False)
-            try:
-                await self.llm.collective_rpc("load_policy_weights", args=(f.name, aliases))
-                await self._reset_cache()
-            finally:
-                await self.llm.resume_generation()
+            await self._paused(self.llm.collective_rpc("load_policy_weights",
+                                                       args=(f.name, aliases)))
         return {"write": written - start, "load": time.perf_counter() - written}
+
+    async def _end_sessions(self, what: str) -> None:
+        """Before a new policy: refuse while a dialogue turn runs, close idle sessions and
+        wait until vLLM has ended them (their KV cache is the old policy's)."""
+        if any(s.busy for s in self._sessions.values()):
+            raise RuntimeError(f"{what} during a dialogue turn: the turn's KV cache "
+                               "is the old policy's; load between turns")
+        for key in list(self._sessions):
+            self._close_session(key)
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def _paused(self, change: Coroutine[Any, Any, Any]) -> None:
+        """Run `change` (a new policy) with generation paused once the requests in flight
+        have finished, then empty the prefix cache, whose KV the old policy computed."""
+        await self.llm.pause_generation(mode="wait", clear_cache=False)
+        try:
+            await change
+            await self._reset_cache()
+        finally:
+            await self.llm.resume_generation()
+
+    def load_adapter(self, adapter_dir: str) -> None:
+        """Make the LoRA adapter at `adapter_dir` the policy: vLLM loads it into its worker
+        at once under a new request id (`add_lora`; the folder is read then and may be
+        deleted afterwards), the previous adapter is removed, and the prefix cache is
+        emptied (its KV was computed under the old one; vLLM's cache keys hold the
+        adapter too). Sessions and requests in flight as in `load_weights`. Needs an
+        engine started with `lora_rank`. Time: `last_load_s`."""
+        from vllm.lora.request import LoRARequest
+
+        if not self.llm.vllm_config.lora_config:
+            raise RuntimeError("load_adapter: the engine was started without LoRA "
+                               "(make_engine(..., lora=model.lora))")
+        n = next(self._lora_ids)
+        request = LoRARequest(f"rlver-policy-{n}", n, str(Path(adapter_dir).resolve()))
+        self.last_load_s = self._run(self._swap_adapter(request))
+
+    async def _swap_adapter(self, request: Any) -> dict[str, float]:
+        await self._end_sessions("load_adapter")
+        start = time.perf_counter()
+
+        async def swap() -> None:
+            if not await self.llm.add_lora(request):
+                raise RuntimeError(f"vllm engine: adapter {request.lora_path} not loaded")
+            if self._lora is not None:
+                await self.llm.remove_lora(self._lora.lora_int_id)
+            self._lora = request
+
+        await self._paused(swap())
+        return {"load": time.perf_counter() - start}
 
     def _weight_names(self) -> tuple[set[str], dict[str, str]]:
         """(the parameters `load_weights` needs, {tied alias: the parameter it shares}),

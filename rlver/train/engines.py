@@ -25,6 +25,31 @@ class PolicyLM(torch.nn.Module):
         return self.lm.get_output_embeddings()(hidden[rows, cols])
 
 
+def policy_module(policy_dir: str, lora: Any) -> tuple[torch.nn.Module, Any]:
+    """(module to train, tokenizer) of the policy at `policy_dir`: the whole model, or with
+    `lora` (model.lora) its adapter on the frozen base (rlver.train.adapters)."""
+    from rlver.models import load_policy
+
+    if lora is not None:
+        from rlver.train.adapters import policy
+
+        return policy(policy_dir, lora)
+    model, tokenizer = load_policy(policy_dir, "float32")
+    return PolicyLM(model), tokenizer
+
+
+def reference_model(reference_dir: Any, lora: Any, actor: Any, device: Any) -> Any:
+    """The KL reference: the base policy at `reference_dir`, loaded beside the actor; with
+    `lora`, the actor itself with its adapter disabled (no second copy)."""
+    from rlver.models import load_policy
+
+    if lora is not None:
+        from rlver.train.adapters import BaseReference
+
+        return BaseReference(actor)
+    return PolicyLM(load_policy(reference_dir)[0]).to(device)
+
+
 def deepspeed_config(alg: Any, lr: float, grad_accum: int, world: int) -> dict[str, Any]:
     """The DeepSpeed config for `algorithm.*`. Micro-batches vary in size (token budget),
     so DeepSpeed sees batches of 1 and we mark the accumulation boundary ourselves; the

@@ -3,7 +3,8 @@ update to the next, the checkpoint of a preempted job, and retention.
 
 For update i (`iter_i/update/`): the optimizer state of update i-1 is read from
 `iter_{i-1}/update/state` (DeepSpeed checkpoints; PPO also `critic/`, safetensors) when it
-belongs to this policy and layout; the update writes `iter_{i+1}/policy`, and, unless it
+belongs to this policy and layout (with model.lora, both hold the trained parameters
+only: the adapters and the value head); the update writes `iter_{i+1}/policy`, and, unless it
 is the run's last, its own state for update i+1. State of iterations <= i -
 `algorithm.keep_state_iterations` is deleted. Every folder is written under a temporary
 name and renamed when complete.
@@ -94,11 +95,15 @@ def export_policy(spec: UpdateSpec, cfg: Any, actor: Any, tokenizer: Any, rank: 
     its weights' sha256 (rank 0; None elsewhere) and this rank's hash of its weights
     (several ranks only)."""
     from rlver.models import save_policy
+    from rlver.train import adapters
 
     state = full_state(actor, cfg.algorithm.zero_stage)
     lm_state = None if state is None else {k.removeprefix("lm."): v for k, v in state.items()}
     policy_sha = None
-    if rank == 0:
+    if rank == 0 and cfg.model.lora is not None:
+        policy_sha = adapters.save_policy(actor, out_dir or spec.out_policy_dir,
+                                          spec.reference_dir, spec.iteration)
+    elif rank == 0:
         policy_sha = save_policy(actor.module.lm, tokenizer, out_dir or spec.out_policy_dir,
                                  spec.iteration, state_dict=lm_state)
     # Ranks hold replicas of the weights (ZeRO 0-2): their hashes show they agree.
@@ -121,7 +126,8 @@ def save_state(spec: UpdateSpec, cfg: Any, actor: Any, critic: Any,
         critic_state = full_state(critic, alg.zero_stage)
         if rank == 0:
             with atomic_path(update_dir / "critic") as tmp:
-                save_critic(critic_state, critic.module.config, tmp)  # type: ignore[arg-type]
+                save_critic(critic_state, critic.module, tmp,  # type: ignore[arg-type]
+                            final=update_dir / "critic")
     torch.distributed.barrier()
     if rank == 0:
         info = {"iteration": spec.iteration, "world_size": torch.distributed.get_world_size(),
@@ -133,14 +139,19 @@ def save_state(spec: UpdateSpec, cfg: Any, actor: Any, critic: Any,
 
 def _save_engines(partial: Path, actor: Any, critic: Any, tag: str, rank: int) -> None:
     """All ranks: DeepSpeed checkpoints of the engines into a fresh `partial` folder (then
-    renamed over the real one by `_replace_dir`, so a kill mid-way leaves the old one)."""
+    renamed over the real one by `_replace_dir`, so a kill mid-way leaves the old one).
+    Frozen parameters (a LoRA model's base) are left out: they come from the base."""
+    from rlver.train.adapters import frozen
+
     if rank == 0:
         shutil.rmtree(partial, ignore_errors=True)
     torch.distributed.barrier()
-    actor.save_checkpoint(str(partial / "actor"), tag=tag)
+    actor.save_checkpoint(str(partial / "actor"), tag=tag,
+                          exclude_frozen_parameters=frozen(actor))
     faults.point("update.save_state")
     if critic is not None:
-        critic.save_checkpoint(str(partial / "critic"), tag=tag)
+        critic.save_checkpoint(str(partial / "critic"), tag=tag,
+                               exclude_frozen_parameters=frozen(critic))
 
 
 def _replace_dir(partial: Path, final: Path) -> None:

@@ -31,7 +31,7 @@ from rlver.train import mismatch
 from rlver.train import state as S
 from rlver.train.advantages import advantages
 from rlver.train.batch import Terms, action_positions, collate, rollout_terms
-from rlver.train.engines import PolicyLM, make_engine
+from rlver.train.engines import make_engine, policy_module, reference_model
 from rlver.train.losses import STAT_KEYS, actor_loss, critic_loss
 from rlver.train.plan import Step, make_plan
 from rlver.train.preemption import Preemption
@@ -91,9 +91,8 @@ def train(spec: UpdateSpec, cfg: Any, resume: bool = False,
         carried = S.load_carried(spec, engines.actor, engines.critic, rank)
         reference = None
         if cfg.algorithm.kl_coef > 0:
-            from rlver.models import load_policy
-
-            reference = PolicyLM(load_policy(spec.reference_dir)[0]).to(device)
+            reference = reference_model(spec.reference_dir, cfg.model.lora, engines.actor,
+                                        device)
         terms = batch_terms(batch, cfg, engines, reference, rank, world, device)
     t_train = optimize(spec, cfg, engines, batch, terms, progress, carried, rank, world,
                        device, preemption, t0)
@@ -150,22 +149,22 @@ def open_engines(spec: UpdateSpec, cfg: Any, grad_accum: int, world: int,
                  rank: int) -> Engines:
     """The policy at spec.policy_dir, and PPO's critic (carried from update i-1 if kept),
     as DeepSpeed engines."""
-    from rlver.models import load_policy
     from rlver.train.critic import critic_from_policy, load_critic
 
-    alg = cfg.algorithm
-    model, tokenizer = load_policy(spec.policy_dir, "float32")
+    alg, lora = cfg.algorithm, cfg.model.lora
+    module, tokenizer = policy_module(spec.policy_dir, lora)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    actor = make_engine(PolicyLM(model), alg, alg.lr, grad_accum, world)
+    actor = make_engine(module, alg, alg.lr, grad_accum, world)
     critic = None
     if alg.name == "ppo":
         carried_critic = spec.iteration > 0 and (
             spec.run.critic(spec.iteration - 1) / "model.safetensors").is_file()
-        value_model = (load_critic(spec.run.critic(spec.iteration - 1)) if carried_critic
-                       else critic_from_policy(spec.policy_dir))
+        value_model = (load_critic(spec.run.critic(spec.iteration - 1), lora) if carried_critic
+                       else critic_from_policy(spec.policy_dir, lora, spec.reference_dir))
         S.log(rank, f"update iter {spec.iteration}: critic " + (
             f"carried from {spec.run.critic(spec.iteration - 1)}" if carried_critic
-            else "new: the policy's backbone with a zero value head"))
+            else "new: the policy's backbone with a zero value head" if lora is None
+            else f"new: the base's backbone ({lora.critic}) with a zero value head"))
         critic = make_engine(value_model, alg, alg.critic_lr, grad_accum, world)
     return Engines(actor, critic, tokenizer, pad_id)
 
