@@ -24,7 +24,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from rlver import layout
-from rlver.config_schema import JobResources, PersonaLLMConfig, RlverConfig
+from rlver.config_schema import JobResources, PersonaLLMConfig, RlverConfig, ServeConfig
 from rlver.errors import RlverInputError
 from rlver.io import write_text
 from rlver.registry import (
@@ -41,7 +41,7 @@ from rlver.registry import (
 #: and the modules that act on a choice import its names from here.
 ENGINES = ("hf", "vllm")
 SCHEDULES = ("batched", "async")
-SIMULATOR_BACKENDS = ("heuristic", "llm_http", "llm_vllm")
+SIMULATOR_BACKENDS = ("heuristic", "llm_http", "llm_vllm", "served")
 ON_PARSE_ERROR = ("zero_delta", "error")
 LANGUAGES = ("auto", "en", "zh")
 DIFFICULTIES = ("vanilla", "challenging")
@@ -196,6 +196,8 @@ _USER_KEYS = {
     "e.g. /models/Qwen2.5-7B-Instruct",
     "simulator.base_url": "the /v1 URL of your vLLM server, e.g. http://NODE:8000/v1",
     "simulator.model": "the model name that endpoint serves (vLLM: --served-model-name)",
+    "simulator.serve.model_path": "a local Hugging Face directory of the simulated user's "
+    "model that the server's node reads, e.g. /models/Qwen2.5-72B-Instruct",
 }
 
 
@@ -205,20 +207,21 @@ def _check_unset(cfg: DictConfig) -> None:
     Empty, not `???`: merging `???` onto the schema's default keeps the default, so a
     forgotten model path would silently train the embedded model.
     """
-    llm = cfg.simulator.backend in {"llm_http", "llm_vllm"}
+    llm = cfg.simulator.backend in {"llm_http", "llm_vllm", "served"}
     needed = {
         "model.name": True,
         "model.source": True,
         "simulator.base_url": cfg.simulator.backend == "llm_http",
         "simulator.model": llm,
+        "simulator.serve.model_path": cfg.simulator.backend == "served",
     }
     unset = [k for k, need in needed.items() if need and OmegaConf.select(cfg, k) == ""]
     if not unset:
         return
-    hints = _USER_KEYS | (
-        {"simulator.model": "a local model directory"} if cfg.simulator.backend == "llm_vllm"
-        else {}
-    )
+    hints = _USER_KEYS | {
+        "llm_vllm": {"simulator.model": "a local model directory"},
+        "served": {"simulator.model": "the name to serve the model under, e.g. simulator"},
+    }.get(cfg.simulator.backend, {})
     what = "; ".join(f"{k}: {hints[k]}" for k in unset)
     example = " ".join(f"{k}=VALUE" for k in unset)
     raise RlverInputError(
@@ -298,6 +301,25 @@ def _ranges(cfg: DictConfig) -> list[Check]:
         ("personas.llm.temperature", cfg.personas.llm.temperature >= 0, "0 or more"),
         ("personas.llm.max_concurrency", cfg.personas.llm.max_concurrency >= 1, "at least 1"),
         ("personas.llm.timeout_s", cfg.personas.llm.timeout_s > 0, "positive"),
+        *_serve_ranges(cfg),
+    ]
+
+
+def _serve_ranges(cfg: DictConfig) -> list[Check]:
+    """The served simulator's sizing (checked with simulator.backend=served only)."""
+    serve = cfg.simulator.serve
+    if cfg.simulator.backend != "served":
+        return []
+    minimum = {"gpus": 0, "tensor_parallel": 1, "cpus": 1, "mem_gb": 0, "timeout_min": 1,
+               "replicas": 1, "start_timeout_min": 1, "start_attempts": 1, "wait_min": 1,
+               "lease_s": 10}
+    return [
+        *((f"simulator.serve.{key}", serve[key] >= low, f"at least {low}")
+          for key, low in minimum.items()),
+        ("simulator.serve.tensor_parallel",
+         serve.tensor_parallel == max(serve.gpus, 1),
+         "simulator.serve.gpus (one engine over all GPUs of a server job; 1 on a CPU); "
+         "more engines: simulator.serve.replicas"),
     ]
 
 
@@ -405,7 +427,8 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "cluster.rollout": _JOB_DEFAULTS, "cluster.evaluate": _JOB_DEFAULTS,
                               "personas.language": "en", "personas.max_attempts": 4,
                               "personas.llm": dataclasses.asdict(PersonaLLMConfig()),
-                              "cluster.iterations_per_job": 1, "cluster.state_every": 0}
+                              "cluster.iterations_per_job": 1, "cluster.state_every": 0,
+                              "simulator.serve": dataclasses.asdict(ServeConfig())}
 
 
 #: Keys a run may change when it continues. None of them changes a file already written,
@@ -416,10 +439,11 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
 #:   planned when the run was frozen (`schedule_iterations`); the added steps run after it.
 #: - `evaluation.every`: which policies are evaluated; an evaluation does not depend on
 #:   the others. `algorithm.keep_policies`: which policies stay on disk.
-#: - the queue, account, memory and time limit of the update, rollout and evaluate jobs:
-#:   where and how long they run, not what they compute (a job requeued at its time
-#:   limit ends with the same weights). Their GPUs and CPUs are not among them: a GPU
-#:   samples other tokens than a CPU, and the number of threads changes sums' order.
+#: - the queue, account, memory and time limit of the update, rollout, evaluate and
+#:   served-simulator jobs: where and how long they run, not what they compute (a job
+#:   requeued at its time limit ends with the same weights). Their GPUs and CPUs are
+#:   not among them: a GPU samples other tokens than a CPU, and the number of threads
+#:   changes sums' order.
 #: The report has no settings in the config: it is rebuilt from the run's files.
 EXTENDABLE = frozenset({
     "iterations", "evaluation.every", "algorithm.keep_policies",
@@ -427,6 +451,8 @@ EXTENDABLE = frozenset({
     "cluster.timeout_min", "cluster.signal_delay_s", "cluster.max_requeues",
     *(f"cluster.{job}.{key}" for job in ("rollout", "evaluate")
       for key in ("partition", "account", "mem_mb", "runtime_min")),
+    *(f"simulator.serve.{key}" for key in ("partition", "account", "qos", "mem_gb",
+                                           "timeout_min")),
 })
 
 Change = tuple[str, Any, Any]

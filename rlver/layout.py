@@ -14,6 +14,9 @@ of a run (README, "What a run produces") is written in one place:
         starting at i (cluster.iterations_per_job > 1): submitit/, job.json
     results/<run>/tensorboard/                         every stage's scalars, one
         event file per stage, iteration and shard (rlver/scalars.py)
+    results/<run>/simulator/                           the served simulated user
+        (simulator.backend=served): endpoint.json, api_key (mode 0600), lease.json,
+        replicas/, submitit/ (Slurm) or local/ (subprocess logs)
     results/<run>/report/, results/<run>/logs/
 
 Iterations and shards are numbers; a string is passed through unchanged, so the rules can
@@ -155,6 +158,11 @@ class Run:
         """The job of the resident block that starts at iteration `first`: submitit/,
         job.json."""
         return self.iteration(first) / "block"
+
+    @property
+    def simulator(self) -> Path:
+        """The served simulated user's folder (rlver.served.files names what is in it)."""
+        return self.root / "simulator"
 
     def eval_dir(self, i: Index) -> Path:
         return self.iteration(i) / "eval"

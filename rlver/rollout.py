@@ -84,11 +84,12 @@ def rollout_shard(
     specs = shard_specs(personas, ro.samples_per_persona, ro.shards, shard, cfg.seed, iteration,
                         ro.greedy_per_group)
     sim = cfg.simulator
-    health.check_endpoint(sim)
+    run = Run.of_config(config_path)
+    health.check_endpoint(sim, run)
     own = engine is None
     if engine is None:
         engine = make_engine(ro.engine, policy_dir, cfg.model.dtype, dict(ro.vllm_args))
-    simulators = simulator_instances(sim, len(specs))
+    simulators = simulator_instances(sim, len(specs), run)
     sent_before, cached_before = engine.prompt_tokens, engine.cached_prompt_tokens
     try:
         dialogues = run_dialogues(
@@ -119,7 +120,7 @@ def rollout_shard(
     write_trajectories(out_path, rows, config_hash=config_mod.run_hash(config_path),
                        policy_sha256=policy_sha, kind="rollout", extra=stats)
     metrics = shard_metrics(dialogues, rows) | {health.RATE_KEY: stats[health.RATE_KEY]}
-    scalars.write(Run.of_config(config_path), "rollout", iteration,
+    scalars.write(run, "rollout", iteration,
                   scalars.numbers(metrics, "rollout", iteration), shard)
     print(f"rollout: wrote {len(rows)} samples of {len(dialogues)} dialogues to {out_path} "
           f"(mean reward {metrics['reward_mean']:.3f}, simulator fallback rate "

@@ -30,9 +30,10 @@ EXPERIMENTS = [
 ]
 SCALES = ("paper", "cpu")
 PAPER_MD = ROOT.parent / "shared" / "reference" / "paper.md"
-#: What a user must give a paper-scale run (model.source: a directory with config.json
-#: for the dry run's check; the weights are never read).
-USER_KEYS = ["simulator.base_url=http://gpu017:8000/v1", "simulator.model=simulator"]
+#: What a user must give a paper-scale run besides model.source (a directory with
+#: config.json for the dry run's check; the weights are never read): the simulated user's
+#: model, which the workflow serves itself (simulator=served); no endpoint.
+USER_KEYS = ["simulator.serve.model_path=/models/Qwen2.5-72B-Instruct"]
 
 
 def _parts(experiment: str) -> tuple[str, str, str]:
@@ -64,7 +65,8 @@ def test_composes_and_validates(experiment: str, scale: str, stub_model: Path) -
         assert cfg.run == experiment
         assert r.personas_per_iteration * r.samples_per_persona == 32
         assert (cfg.model.name, cfg.model.source) == ("qwen2.5-7b-instruct", str(stub_model))
-        assert cfg.simulator.backend == "llm_http" and r.engine == "vllm"
+        assert cfg.simulator.backend == "served" and r.engine == "vllm"
+        assert cfg.simulator.base_url == "" and cfg.simulator.serve.gpus == 4
         assert cfg.cluster.launcher == "slurm" and cfg.iterations > 100
     else:
         assert cfg.run == f"{experiment}-cpu"
@@ -92,8 +94,9 @@ def test_unset_model_path_and_simulator_are_named_with_the_fix() -> None:
     with pytest.raises(RlverInputError) as err:
         config.compose("paper_ppo_think_vanilla")
     msg = str(err.value)
-    for key in ("model.source", "simulator.base_url", "simulator.model"):
+    for key in ("model.source", "simulator.serve.model_path"):
         assert key in msg
+    assert "simulator.base_url" not in msg
     assert 'overrides="model.source=VALUE' in msg and "scale=cpu" in msg
     with pytest.raises(RlverInputError, match="model.name.*model.source"):
         config.compose("smoke", ["model=local_path"])  # the group leaves both to the user
@@ -220,7 +223,8 @@ def dry_runs(stub_model: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_dry_run(experiment: str, scale: str, dry_runs: dict) -> None:
-    """The whole DAG plans without the model's weights."""
+    """The whole DAG plans without the model's weights; at paper scale with the served
+    simulated user and no endpoint given (a dry run starts no server)."""
     workdir, res = dry_runs[experiment, scale]
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = job_counts(res.stderr)
@@ -232,6 +236,9 @@ def test_dry_run(experiment: str, scale: str, dry_runs: dict) -> None:
     run = experiment if scale == "paper" else f"{experiment}-cpu"
     assert f"results/{run}/config.yaml" in res.stderr
     assert not (workdir / "results").exists()
+    served = "the simulated user is served by the workflow: 1 vLLM server(s) of " \
+             "/models/Qwen2.5-72B-Instruct as 'simulator', 4 GPU(s) each"
+    assert (served in res.stderr) == (scale == "paper"), res.stderr[-2000:]
 
 
 def _job_resources(log: str, rule: str) -> dict[str, str]:
