@@ -2,11 +2,11 @@
 the embedded model as the simulated user, started, watched and stopped by Snakemake's
 hooks (workflow/rules/served.smk), with no server started by hand.
 
-- The local profile (make test): iteration 0's rollouts of the tiny experiment; the
+- The local profile (make test): iteration 0's first rollout of the tiny experiment; the
   server is a local process. While it serves, a request without the key or with a wrong
   one is refused (401). After the run no server process is left, endpoint.json says
   stopped, every shard's fallback rate is 0, the key file is mode 0600 and no file of the
-  run folder or of .snakemake/log holds the key.
+  run folder or of .snakemake/ (its logs, the Slurm jobs' logs) holds the key.
 - The two-node loopback Slurm cluster (long): the tiny experiment end to end, the server a
   Slurm job on partition `nodes`; it is cancelled (scancel) while iteration 0's rollouts
   talk to it, and its replacement's node is killed (slurmd and every process of the
@@ -151,7 +151,7 @@ def _gone(job_id: str) -> bool:
 def test_served_simulator_on_the_local_profile(tmp_path: Path, base_model: Path) -> None:
     link_tree(base_model, tmp_path / "resources" / "models" / base_model.name)
     run = layout.Run(tmp_path / "results" / "local")
-    targets = tuple(str(p.relative_to(tmp_path)) for p in run.shards(0, 2))
+    targets = (str(run.shard(0, 0).relative_to(tmp_path)),)
     log = tmp_path / "snakemake.log"
     t0 = time.monotonic()
     with open(log, "wb") as out:
@@ -168,13 +168,12 @@ def test_served_simulator_on_the_local_profile(tmp_path: Path, base_model: Path)
             if proc.poll() is None:
                 proc.kill()
     print(f"\nlocal served run: {time.monotonic() - t0:.0f} s; {codes}")
-    assert fallback_rates(run) == {f"iter_0000/rollouts/shard_00{s}.parquet": 0.0
-                                   for s in (0, 1)}
+    assert fallback_rates(run) == {"iter_0000/rollouts/shard_000.parquet": 0.0}
     ep = _endpoint(run)
     assert ep["state"] == sf.STOPPED and ep["restarts"] == 0
     assert _gone(replica["job_id"])
     assert sf.Files(run).key.stat().st_mode & 0o777 == 0o600
-    assert files_holding(key, run.root, tmp_path / ".snakemake" / "log", log) == []
+    assert files_holding(key, run.root, tmp_path / ".snakemake", log) == []
     text = sf.Files(run).log.read_text()
     assert "serves at" in text and "stopped (the run finished)" in text
 
@@ -250,7 +249,7 @@ def test_served_on_slurm_survives_a_cancelled_job_and_a_lost_node(
     status = subprocess.run([str(BIN / "rlver"), "status", str(run.root)], capture_output=True,
                             text=True, env=ENV, check=True).stdout
     assert "served (stopped), 2 restarts" in status and "last restart" in status, status
-    assert files_holding(key, run.root, tmp_path / ".snakemake" / "log", log) == []
+    assert files_holding(key, run.root, tmp_path / ".snakemake", log) == []
     # No job of the run left: the servers', the update's and the executor plugin's.
     ours = set(re.findall(r"submitted job (\d+)", sup))
     ours |= {p.stem for p in (tmp_path / ".snakemake" / "slurm_logs").rglob("*.log")}

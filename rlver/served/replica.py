@@ -187,10 +187,10 @@ def serve(spec: ReplicaSpec) -> int:
 def _ended(proc: subprocess.Popen[Any], files: Files, spec: ReplicaSpec, stop: _Stop
            ) -> tuple[str, bool]:
     """Why the job should end now ("" if it should not), and whether on purpose."""
+    if stop.why:  # first: a group signal reaches the server too, which may exit first
+        return stop.why, True
     if proc.poll() is not None:
         return f"the server exited with status {proc.returncode}", False
-    if stop.why:
-        return stop.why, True
     age = lease_age(files.lease)
     if age is None:
         return "the lease is gone (the supervisor stopped)", True

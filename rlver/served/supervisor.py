@@ -230,10 +230,11 @@ class Supervisor:
         self.state = sf.FAILED
         self.error = (
             f"the served simulated user did not start: replica {slot.replica} failed "
-            f"{slot.start_failures} starts in a row; the last: {why}; its log: {slot.log}. "
-            "Fix: read that log (a wrong simulator.serve.model_path, too little GPU memory "
-            "for simulator.serve.gpus, a vLLM flag in simulator.serve.vllm_args), correct "
-            "the config, then rerun snakemake."
+            f"{slot.start_failures} starts in a row; the last: {why}"
+            + (f"; its log: {slot.log}. " if slot.log else ". ")
+            + "Fix: correct the cause (a wrong simulator.serve.model_path, too little GPU "
+            "memory for simulator.serve.gpus, a vLLM flag in simulator.serve.vllm_args, a "
+            "partition or account Slurm refuses), then rerun snakemake."
         )
         slot.state = "failed"
         self._say(self.error)
@@ -259,7 +260,17 @@ class Supervisor:
         slot.unhealthy_since, slot.running_since, slot.proc = None, None, None
         slot.submitted = time.time()
         if self.launcher == "slurm":
-            job = self._slurm().submit(serve, spec)
+            try:
+                job = self._slurm().submit(serve, spec)
+            except Exception as exc:  # sbatch refused it: a bad partition, account, size
+                slot.job_id, slot.state = "", "not submitted"
+                slot.start_failures += 1
+                why = f"sbatch refused the server job: {' '.join(str(exc).split())[:400]}"
+                if slot.start_failures >= self.serve.start_attempts:
+                    self._fail(slot, why)
+                else:
+                    self._say(f"replica {slot.replica}: {why}; trying again")
+                return
             slot.job_id, slot.log, slot.state = str(job.job_id), str(job.paths.stderr), "pending"
         else:
             self.files.local.mkdir(parents=True, exist_ok=True)
