@@ -27,6 +27,13 @@ include: "workflow/rules/retention.smk"
 include: "workflow/rules/report.smk"
 
 
+# The simulated user served by the workflow itself (simulator=served): started with the
+# run, restarted when lost, stopped at its end.
+if CFG.simulator.backend == "served":
+
+    include: "workflow/rules/served.smk"
+
+
 # The whole results tree, not only the report: Snakemake regenerates a deleted
 # intermediate file (a rollout shard, say) only when a requested target needs it.
 rule all:

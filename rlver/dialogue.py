@@ -479,16 +479,16 @@ async def _run_batched(run: Turns, sims: list[Simulator], protocol: ProtocolSett
         pool.close()
 
 
-def simulator_instances(sim_cfg: Any, dialogues: int) -> list[Simulator]:
-    """The simulator backend for one stage. An HTTP backend gets several instances, so
-    simulator calls of dialogues that arrive at different times overlap; in-process
-    backends get one (they batch)."""
+def simulator_instances(sim_cfg: Any, dialogues: int, run: Any = None) -> list[Simulator]:
+    """The simulator backend for one stage (of `run`, a rlver.layout.Run). An HTTP backend
+    gets several instances, so simulator calls of dialogues that arrive at different times
+    overlap; in-process backends get one (they batch)."""
     from rlver.simulator import make_simulator
 
     count = 1
-    if sim_cfg.backend == "llm_http":
+    if sim_cfg.backend in ("llm_http", "served"):
         count = max(1, min(dialogues, int(sim_cfg.max_concurrency)))
-    return [make_simulator(sim_cfg) for _ in range(count)]
+    return [make_simulator(sim_cfg, run) for _ in range(count)]
 
 
 def close_all(objects: Sequence[Any]) -> None:

@@ -20,6 +20,7 @@ from rlver.dialogue import DialogueSpec, close_all, run_dialogues, simulator_ins
 from rlver.engines import Engine, SamplingSettings
 from rlver.errors import check_index
 from rlver.fallbacks import RATE_KEY, fallback_stats
+from rlver.layout import Run
 from rlver.metrics import benchmark_metrics
 from rlver.simulator import health
 from rlver.simulator.protocol import ProtocolSettings
@@ -52,12 +53,13 @@ def evaluate_policy(
         DialogueSpec(p, k, f"eval-{p.persona_id}", derive_seed(cfg.seed, "eval", k))
         for k, p in enumerate(personas)
     ]
-    health.check_endpoint(cfg.simulator)
+    run = Run.of_config(config_path)
+    health.check_endpoint(cfg.simulator, run)
     if engine is None:
         engine = make_engine(cfg.rollout.engine, policy_dir, cfg.model.dtype,
                              dict(cfg.rollout.vllm_args), cfg.rollout.max_model_len,
                              lora=cfg.model.lora)
-    simulators = simulator_instances(cfg.simulator, len(specs))
+    simulators = simulator_instances(cfg.simulator, len(specs), run)
     try:
         dialogues = run_dialogues(
             specs,
@@ -90,7 +92,7 @@ def evaluate_policy(
         [r["num_turns"] for r in firsts], failure_below=ev.failure_below,
     ) | stats
     write_json(out / "metrics.json", metrics)
-    scalars.write(config_path, "evaluate", iteration,
+    scalars.write(run, "evaluate", iteration,
                   scalars.numbers(metrics, "eval", iteration))
     print(f"evaluate iter {iteration}: score {metrics['score']:.1f}, success "
           f"{metrics['success']}/{metrics['n']}, failure {metrics['failure']}/{metrics['n']}, "

@@ -19,6 +19,9 @@ of a run (README, "What a run produces") is written in one place:
     results/<run>/trackers/                            the run's W&B and MLflow run ids
     results/<run>/wandb/<stage>.iter_<i>[.shard_<s>]/  W&B's files of one job
     results/<run>/mlflow.db                            the local MLflow store
+    results/<run>/simulator/                           the served simulated user
+        (simulator.backend=served): endpoint.json, api_key (mode 0600), lease.json,
+        replicas/, submitit/ (Slurm) or local/ (subprocess logs)
     results/<run>/report/, results/<run>/logs/
 
 Iterations and shards are numbers; a string is passed through unchanged, so the rules can
@@ -176,6 +179,11 @@ class Run:
         """The job of the resident block that starts at iteration `first`: submitit/,
         job.json."""
         return self.iteration(first) / "block"
+
+    @property
+    def simulator(self) -> Path:
+        """The served simulated user's folder (rlver.served.files names what is in it)."""
+        return self.root / "simulator"
 
     def eval_dir(self, i: Index) -> Path:
         return self.iteration(i) / "eval"

@@ -18,6 +18,7 @@ from rlver.dialogue import Dialogue, DialogueSpec, close_all, run_dialogues, sim
 from rlver.engines import Engine, SamplingSettings
 from rlver.errors import check_index
 from rlver.fallbacks import RATE_KEY, fallback_stats
+from rlver.layout import Run
 from rlver.personas.schema import Persona
 from rlver.schema import OUTCOMES
 from rlver.simulator import health
@@ -87,12 +88,13 @@ def rollout_shard(
     specs = shard_specs(personas, ro.samples_per_persona, ro.shards, shard, cfg.seed, iteration,
                         ro.greedy_per_group)
     sim = cfg.simulator
-    health.check_endpoint(sim)
+    run = Run.of_config(config_path)
+    health.check_endpoint(sim, run)
     own = engine is None
     if engine is None:
         engine = make_engine(ro.engine, policy_dir, cfg.model.dtype, dict(ro.vllm_args),
                              ro.max_model_len, lora=cfg.model.lora)
-    simulators = simulator_instances(sim, len(specs))
+    simulators = simulator_instances(sim, len(specs), run)
     sent_before, cached_before = engine.prompt_tokens, engine.cached_prompt_tokens
     try:
         dialogues = run_dialogues(
@@ -124,7 +126,7 @@ def rollout_shard(
     write_trajectories(out_path, rows, config_hash=config_mod.run_hash(config_path),
                        policy_sha256=policy_sha, kind="rollout", extra=stats)
     metrics = shard_metrics(dialogues, rows) | {RATE_KEY: stats[RATE_KEY]}
-    scalars.write(config_path, "rollout", iteration,
+    scalars.write(run, "rollout", iteration,
                   scalars.numbers(metrics, "rollout", iteration), shard)
     print(f"rollout: wrote {len(rows)} samples of {len(dialogues)} dialogues to {out_path} "
           f"(mean reward {metrics['reward_mean']:.3f}, simulator fallback rate "

@@ -20,6 +20,8 @@
 - The latest train reward (the update's `reward_mean`) and the latest evaluation, beside
   iteration 0's. The report is built once, at the end (rule `report`); `rlver report`
   builds one from whatever a run holds at any time.
+- With simulator.backend=served: the servers (job, node, up since, requests served,
+  restarts; rlver.served.status).
 """
 
 from __future__ import annotations
@@ -117,6 +119,11 @@ def status(run_dir: str | Path, now: float | None = None, workdir: str | Path | 
         return {"iteration": i} | {k: m[k] for k in ("score", "success", "failure", "n")}
 
     report = run.report / "index.html"
+    served = None
+    if cfg.simulator.backend == "served":
+        from rlver.served.status import served_status
+
+        served = served_status(run, now)
     return {
         "run": run.root.name,
         "run_dir": str(run.root),
@@ -133,6 +140,7 @@ def status(run_dir: str | Path, now: float | None = None, workdir: str | Path | 
         "eta_seconds": eta,
         "finished": len(updates) == planned and evals == evaluated and report.is_file(),
         "report": str(report) if report.is_file() else None,
+        "served_simulator": served,
     }
 
 
@@ -174,6 +182,10 @@ def to_text(st: dict[str, Any]) -> str:
         lines.append(f"evaluation at iteration {e['iteration']}: score {e['score']:.1f}, "
                      f"success {e['success']}/{e['n']}, failure {e['failure']}/{e['n']}"
                      f" (iteration {first['iteration']}: score {first['score']:.1f})")
+    if st.get("served_simulator"):
+        from rlver.served.status import lines as served_lines
+
+        lines += served_lines(st["served_simulator"])
     lines.append(f"time per iteration: {duration(st['seconds_per_iteration'])}; estimated "
                  f"time left: {duration(st['eta_seconds'])}")
     lines.append(f"report: {st['report']}" if st["report"] else

@@ -22,7 +22,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 #: the other is idle; `make test` passes --no-loadscope-reorder to keep this order.
 SLOW_FILES = ("test_llm_simulator.py", "test_learning.py", "test_update_dist.py",
               "test_workflow.py", "test_slurm.py", "test_engine_vllm.py", "test_update.py",
-              "test_rollout.py")
+              "test_rollout.py", "test_served_workflow.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

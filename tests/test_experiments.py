@@ -29,11 +29,12 @@ EXPERIMENTS = [
     )
 ]
 SCALES = ("paper", "cpu")
-#: What a user must give a paper-scale run (model.source: a directory with config.json
-#: for the dry run's check; the weights are never read): the simulator's endpoint and the
+#: What a user must give a paper-scale run besides model.source (a directory with
+#: config.json for the dry run's check; the weights are never read): the simulated user's
+#: model, which the workflow serves itself (simulator=served; no endpoint), and the
 #: retention tasks' data (IFEval: the project's own set; MATH-500: two problems in its
 #: format; a dry run reads neither).
-USER_KEYS = ["simulator.base_url=http://gpu017:8000/v1", "simulator.model=simulator",
+USER_KEYS = ["simulator.serve.model_path=/models/Qwen2.5-72B-Instruct",
              "retention.tasks.ifeval.data=package:ifeval_rlver.jsonl",
              f"retention.tasks.hendrycks_math500.data={ROOT}/tests/data/retention/"
              "math500_sample.jsonl"]
@@ -68,7 +69,8 @@ def test_composes_and_validates(experiment: str, scale: str, stub_model: Path) -
         assert cfg.run == experiment
         assert r.personas_per_iteration * r.samples_per_persona == 32
         assert (cfg.model.name, cfg.model.source) == ("qwen2.5-7b-instruct", str(stub_model))
-        assert cfg.simulator.backend == "llm_http" and r.engine == "vllm"
+        assert cfg.simulator.backend == "served" and r.engine == "vllm"
+        assert cfg.simulator.base_url == "" and cfg.simulator.serve.gpus == 4
         assert cfg.cluster.launcher == "slurm" and cfg.iterations > 100
     else:
         assert cfg.run == f"{experiment}-cpu"
@@ -96,8 +98,9 @@ def test_unset_model_path_and_simulator_are_named_with_the_fix() -> None:
     with pytest.raises(RlverInputError) as err:
         config.compose("paper_ppo_think_vanilla")
     msg = str(err.value)
-    for key in ("model.source", "simulator.base_url", "simulator.model"):
+    for key in ("model.source", "simulator.serve.model_path"):
         assert key in msg
+    assert "simulator.base_url" not in msg
     assert 'overrides="model.source=VALUE' in msg and "scale=cpu" in msg
     with pytest.raises(RlverInputError, match="model.name.*model.source"):
         config.compose("smoke", ["model=local_path"])  # the group leaves both to the user
@@ -222,7 +225,8 @@ def dry_runs(stub_model: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_dry_run(experiment: str, scale: str, dry_runs: dict) -> None:
-    """The whole DAG plans without the model's weights."""
+    """The whole DAG plans without the model's weights; at paper scale with the served
+    simulated user and no endpoint given (a dry run starts no server)."""
     workdir, res = dry_runs[experiment, scale]
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = job_counts(res.stderr)
@@ -239,6 +243,9 @@ def test_dry_run(experiment: str, scale: str, dry_runs: dict) -> None:
     budget = [ln for ln in res.stderr.splitlines() if ln.startswith("rlver budget: ")]
     assert len(budget) == (1 if scale == "paper" else 0), budget
     assert scale == "cpu" or budget[0].startswith(f"rlver budget: run {run}: ")
+    served = "the simulated user is served by the workflow: 1 vLLM server(s) of " \
+             "/models/Qwen2.5-72B-Instruct as 'simulator', 4 GPU(s) each"
+    assert (served in res.stderr) == (scale == "paper"), res.stderr[-2000:]
 
 
 def _job_resources(log: str, rule: str) -> dict[str, str]:

@@ -16,8 +16,9 @@ from rlver.simulator.base import Feeling, Message, SimRequest, Simulator, Uttera
 __all__ = ["Feeling", "Message", "SimRequest", "Simulator", "Utterance", "make_simulator"]
 
 
-def make_simulator(cfg: Any) -> Simulator:
-    """The backend named by `simulator.backend`, built from the `simulator` config group."""
+def make_simulator(cfg: Any, run: Any = None) -> Simulator:
+    """The backend named by `simulator.backend`, built from the `simulator` config group;
+    `run` (a rlver.layout.Run): the run whose served simulator `served` talks to."""
     if cfg.backend == "heuristic":
         from rlver.simulator.heuristic import HeuristicSimulator
 
@@ -33,4 +34,11 @@ def make_simulator(cfg: Any) -> Simulator:
         from rlver.simulator.llm import LLMSimulator
 
         return LLMSimulator(cfg, VLLMEngineBackend.from_config(cfg))
+    if cfg.backend == "served":
+        from rlver.served.client import ServedBackend
+        from rlver.simulator.llm import LLMSimulator
+
+        if run is None:
+            raise ValueError("the served simulator needs the run it belongs to")
+        return LLMSimulator(cfg, ServedBackend(cfg, run))
     raise ValueError(f"unknown simulator backend {cfg.backend!r}")

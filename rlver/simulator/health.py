@@ -9,6 +9,7 @@ rule-based simulator never falls back: its share is 0.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rlver.errors import RlverInputError
@@ -19,6 +20,9 @@ def endpoint(sim: Any) -> str:
     """What the `simulator` config group talks to, for messages."""
     if sim.backend == "llm_http":
         return f"{sim.base_url} (model {sim.model!r})"
+    if sim.backend == "served":
+        return (f"the served simulated user ({sim.serve.model_path} as {sim.model!r}; "
+                "results/<run>/simulator/endpoint.json, its log logs/simulator.log)")
     if sim.backend == "llm_vllm":
         return f"the in-process vLLM engine (model {sim.model!r})"
     return f"the {sim.backend} simulator"
@@ -41,9 +45,17 @@ def check_fallback_rate(stats: dict[str, Any], sim: Any, stage: str) -> None:
     )
 
 
-def check_endpoint(sim: Any) -> None:
+def check_endpoint(sim: Any, run: Any = None) -> None:
     """An HTTP simulator's endpoint must answer before the first dialogue; other backends
-    have none. Raises RlverInputError naming the endpoint, within simulator.timeout_s."""
+    have none. Raises RlverInputError naming the endpoint, within simulator.timeout_s.
+    A served simulator (of `run`, a rlver.layout.Run) must be running or starting; the
+    first simulator call waits for it to answer."""
+    if sim.backend == "served":
+        from rlver.served.client import endpoint as served_endpoint
+
+        state = served_endpoint(run, sim).check()["state"]
+        print(f"simulator: served simulated user of {run.root}: {state}", file=sys.stderr)
+        return
     if sim.backend != "llm_http":
         return
     from rlver.completions import OpenAIHTTPBackend
@@ -63,9 +75,15 @@ NOTE_TIMEOUT_S = 3.0
 
 
 def workflow_note(sim: Any) -> str:
-    """What `snakemake` (a dry run too) says about an HTTP simulator: the endpoint the
-    rollout and evaluate jobs will need, and whether it answers from here now. "" for
-    backends without an endpoint."""
+    """What `snakemake` (a dry run too) says about an HTTP or served simulator: the
+    endpoint the rollout and evaluate jobs will need, and whether it answers from here
+    now; the server the workflow starts. "" for backends without an endpoint."""
+    if sim.backend == "served":
+        serve = sim.serve
+        return (f"rlver: the simulated user is served by the workflow: {serve.replicas} "
+                f"vLLM server(s) of {serve.model_path} as {sim.model!r}, "
+                f"{serve.gpus} GPU(s) each, started when a job needs it and stopped when "
+                "snakemake ends (results/<run>/simulator/endpoint.json).")
     if sim.backend != "llm_http":
         return ""
     from rlver.completions import OpenAIHTTPBackend

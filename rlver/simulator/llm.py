@@ -36,6 +36,7 @@ from typing import Any, Optional, TypeVar
 
 from rlver.completions import Chat, CompletionBackend, CompletionError, StructuredOutputsRefused
 from rlver.config import DIFFICULTIES, ON_PARSE_ERROR
+from rlver.errors import RlverInputError
 from rlver.simulator.base import Feeling, SimRequest, Simulator, Utterance
 from rlver.simulator.prompts import (
     FAREWELL_MARKER,
@@ -366,10 +367,14 @@ class LLMSimulator(Simulator):
     def _complete(
         self, batch: list[Chat], seeds: list[int], schema: Optional[dict[str, Any]]
     ) -> list[str | Exception]:
-        """The backend's answers; a backend that raises fails the whole batch, not the run.
-        A refused schema is raised: the caller asks again without one."""
+        """The backend's answers; a backend that raises fails the whole batch, not the run,
+        unless it raises RlverInputError (a served simulator that never answers: the stage
+        fails with its message). A refused schema is raised: the caller asks again without
+        one."""
         try:
             answers = self.backend.complete(batch, seeds, schema)
+        except RlverInputError:
+            raise
         except Exception as exc:
             return [CompletionError(f"backend failed: {type(exc).__name__}: {exc}")] * len(batch)
         if len(answers) != len(batch):
