@@ -405,7 +405,8 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "cluster.rollout": _JOB_DEFAULTS, "cluster.evaluate": _JOB_DEFAULTS,
                               "personas.language": "en", "personas.max_attempts": 4,
                               "personas.llm": dataclasses.asdict(PersonaLLMConfig()),
-                              "cluster.iterations_per_job": 1, "cluster.state_every": 0}
+                              "cluster.iterations_per_job": 1, "cluster.state_every": 0,
+                              "algorithm.gradient_checkpointing": False}
 
 
 #: Keys a run may change when it continues. None of them changes a file already written,
