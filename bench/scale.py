@@ -54,8 +54,6 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_exten
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout: the results
 sys.path.insert(0, str(ROOT))
 
-TOKENIZER = ROOT / ".cache" / "test-model" / "smollm2-135m-instruct"
-
 #: (hidden, layers, intermediate, attention heads, key/value heads). CPU sizes: head dim 64,
 #: spaced by 3x in parameters, the largest one whose update probe stays under ~8 GB.
 #: The Qwen2.5 shapes (head dim 128) with this vocabulary are for machines with a GPU.
@@ -83,23 +81,9 @@ def param_count(size: str, vocab: int = 49152) -> int:
 def make_random_model(size: str, out: Path, dtype: str = "float32") -> int:
     """A seeded random Qwen2 model of `size` with the test model's tokenizer, saved as a
     policy directory; returns its parameter count."""
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from bench.models import Shape, random_qwen2
 
-    from rlver.models import torch_dtype
-
-    hidden, layers, inter, heads, kv = SIZES[size]
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
-                      intermediate_size=inter, num_attention_heads=heads,
-                      num_key_value_heads=kv, max_position_embeddings=4096,
-                      tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, torch_dtype=dtype)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(cfg).to(torch_dtype(dtype))
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return sum(p.numel() for p in model.parameters())
+    return random_qwen2(out, Shape(*SIZES[size]), dtype)
 
 
 def evict(path: Path) -> int:

@@ -73,26 +73,28 @@ def vllm_server(
     log_path: str | os.PathLike[str],
     startup_timeout_s: float = 600.0,
     max_num_seqs: int = 16,
+    max_model_len: int = 4096,
+    kv_cache_bytes: int = 1 << 30,
 ) -> Iterator[str]:
     """Serve `model_dir` with vLLM; yields the base URL (http://127.0.0.1:PORT/v1).
 
-    Small footprint for CPU: eager mode, 4096-token context, a 1 GiB KV cache (without
-    an explicit size the CPU backend reserves a fraction of all RAM), no chunked prefill
-    (see below), float32 unless the CPU has native bfloat16. Raises RuntimeError
-    with the log's tail if the server exits or is not ready in time.
+    Small footprint for CPU: eager mode, a `max_model_len`-token context, a KV cache of
+    `kv_cache_bytes` (without an explicit size the CPU backend reserves a fraction of all
+    RAM), no chunked prefill (see below), float32 unless the CPU has native bfloat16.
+    Raises RuntimeError with the log's tail if the server exits or is not ready in time.
     """
     port = free_port()
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir), "--served-model-name", SERVED_NAME,
         "--host", "127.0.0.1", "--port", str(port),
-        "--enforce-eager", "--max-model-len", "4096",
+        "--enforce-eager", "--max-model-len", str(max_model_len),
         # Seeded requests must never be prefilled in chunks on CPU: vLLM then rewinds the
         # request's torch.Generator by offset, which CPU generators do not support, and
         # the engine dies ("CPU Generator does not use offset").
-        "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096",
+        "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max_model_len),
         "--dtype", "auto" if _has_cuda() else cpu_dtype(),
-        "--kv-cache-memory-bytes", str(1 << 30), "--max-num-seqs", str(max_num_seqs),
+        "--kv-cache-memory-bytes", str(kv_cache_bytes), "--max-num-seqs", str(max_num_seqs),
         "--disable-log-stats", "--uvicorn-log-level", "warning",
     ]
     log = open(log_path, "wb")  # noqa: SIM115 - closed in finally

@@ -133,7 +133,7 @@ def compose(
     from omegaconf.errors import OmegaConfBaseException
 
     _register()
-    overrides = list(overrides or [])
+    overrides = open_mappings(list(overrides or []))
     if "/" in experiment or "\\" in experiment or experiment.startswith("."):
         # A path would let Hydra load any YAML file as the experiment.
         raise _unknown_experiment(experiment, Path(config_dir), "a name, not a path")
@@ -166,6 +166,25 @@ def compose(
     context.check(cfg)
     retention_tasks.check_data(cfg)
     return cfg
+
+
+#: Config fields that are mappings handed on as they are (vLLM's engine arguments, sbatch
+#: options): any key may be added to them.
+FREE_FORM = ("rollout.vllm_args", "cluster.slurm_additional_parameters")
+
+
+def open_mappings(overrides: list[str]) -> list[str]:
+    """`overrides` with those of keys in a `FREE_FORM` mapping made `++` (add or replace):
+    Hydra refuses a key a typed mapping does not hold yet unless the override says `+`,
+    so `rollout.vllm_args.max_model_len=8192` would fail as an unknown key."""
+    out = []
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if not key.startswith(("+", "~")) and any(
+                key == f or key.startswith(f + ".") for f in FREE_FORM):
+            o = "++" + o
+        out.append(o)
+    return out
 
 
 def _unknown_experiment(experiment: str, config_dir: Path, why: str) -> RlverInputError:
@@ -515,7 +534,8 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "cluster.retention": _JOB_DEFAULTS,
                               "logging": dataclasses.asdict(LoggingConfig()),
                               "model.sha256": "", "model.lora": None,
-                              "simulator.serve": dataclasses.asdict(ServeConfig())}
+                              "simulator.serve": dataclasses.asdict(ServeConfig()),
+                              "algorithm.gradient_checkpointing": False}
 
 
 #: Keys a run may change when it continues. None of them changes a file already written,

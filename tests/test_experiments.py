@@ -65,6 +65,8 @@ def test_composes_and_validates(experiment: str, scale: str, stub_model: Path) -
         alg, template, difficulty)
     assert r.samples_per_persona == (1 if alg == "ppo" else 4)
     assert cfg.scale == scale and cfg.experiment == experiment
+    # at 7B a nothink dialogue's activations would not fit a GPU without it
+    assert cfg.algorithm.gradient_checkpointing == (scale == "paper")
     if scale == "paper":
         assert cfg.run == experiment
         assert r.personas_per_iteration * r.samples_per_persona == 32
@@ -84,7 +86,7 @@ def test_composes_and_validates(experiment: str, scale: str, stub_model: Path) -
 def test_cpu_scale_keeps_the_method(experiment: str, stub_model: Path) -> None:
     paper = config.to_container(_compose(experiment, "paper", stub_model))
     cpu = config.to_container(_compose(experiment, "cpu", stub_model))
-    hardware = {"precision", "zero_stage"}
+    hardware = {"precision", "zero_stage", "gradient_checkpointing"}
     assert {k: v for k, v in paper["algorithm"].items() if k not in hardware} == {
         k: v for k, v in cpu["algorithm"].items() if k not in hardware}
     assert paper["template"] == cpu["template"]

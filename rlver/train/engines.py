@@ -75,8 +75,21 @@ def make_engine(module: torch.nn.Module, alg: Any, lr: float, grad_accum: int,
                 world: int) -> Any:
     import deepspeed
 
+    if alg.gradient_checkpointing:
+        recompute_activations(module)
     module.train()
     engine, *_ = deepspeed.initialize(
         model=module, model_parameters=[p for p in module.parameters() if p.requires_grad],
         config=deepspeed_config(alg, lr, grad_accum, world))
     return engine
+
+
+def recompute_activations(module: torch.nn.Module) -> None:
+    """Gradient checkpointing on the transformers models inside `module` (the policy's LM,
+    the critic's backbone): each decoder layer keeps only its input and recomputes the
+    rest in the backward pass. Non-reentrant: it needs no input that requires grad."""
+    from transformers import PreTrainedModel
+
+    for m in module.modules():
+        if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
