@@ -82,7 +82,7 @@ def cmd_init_policy(a: argparse.Namespace) -> None:
 def cmd_personas(a: argparse.Namespace) -> None:
     from omegaconf import OmegaConf
 
-    from rlver.config import validate_personas
+    from rlver.config_checks import validate_personas
     from rlver.config_schema import PersonasConfig
     from rlver.personas import build_persona_sets
 
@@ -125,7 +125,7 @@ def cmd_digest(a: argparse.Namespace) -> None:
 
 
 def cmd_export(a: argparse.Namespace) -> None:
-    from rlver.lora import merge
+    from rlver.models import merge
 
     if not a.merge:
         raise RlverInputError(

@@ -1,6 +1,6 @@
 """The run config's schema: one dataclass per config group, a documented default per field.
 
-The allowed values of the choice fields are `rlver.config.CHOICES`.
+The allowed values of the choice fields are `rlver.config_checks.CHOICES`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class LoraConfig:
     #: Dropout on an adapter's input while training. 0 (default): the trainer computes the
     #: log-probs the rollout engine sampled with; above 0 they differ by the dropout's noise.
     dropout: float = 0.0
-    #: The base's linear layers that get an adapter, by name (rlver.config.LORA_TARGETS:
+    #: The base's linear layers that get an adapter, by name (rlver.config_checks.LORA_TARGETS:
     #: attention q/k/v/o and MLP gate/up/down projections, which PEFT and vLLM both adapt).
     target_modules: list[str] = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])

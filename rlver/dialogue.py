@@ -38,7 +38,8 @@ from typing import Any, Optional
 
 from rlver import faults
 from rlver.chat import ChatTokens, split_think
-from rlver.config import SCHEDULES, derive_seed
+from rlver.config import derive_seed
+from rlver.config_checks import SCHEDULES
 from rlver.engines import ContextFull, Engine, Sampled, SamplingSettings
 from rlver.personas.schema import Persona
 from rlver.simulator import Feeling, Message, SimRequest, Simulator, Utterance

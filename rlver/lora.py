@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -107,23 +106,6 @@ def verified_base(policy: str | os.PathLike[str]) -> Path:
     return base
 
 
-def load_adapter(policy: str | os.PathLike[str], dtype: str = "float32",
-                 trainable: bool = False) -> tuple[Any, Any]:
-    """(PEFT model, tokenizer): the base with the adapter at `policy`, in eval mode unless
-    `trainable` (the adapter's parameters then require gradients, the base's not)."""
-    from peft import PeftModel
-
-    from rlver.models import load_policy
-
-    model, tokenizer = load_policy(base_of(policy), dtype)
-    # The adapter keeps the dtype it was saved in, as the trainer's engine had it.
-    peft_model = PeftModel.from_pretrained(model, str(policy), is_trainable=trainable,
-                                           autocast_adapter_dtype=False)
-    if not trainable:
-        peft_model.eval()
-    return peft_model, tokenizer
-
-
 def new_adapter(model: Any, lora: Any) -> Any:
     """`model` (the base) with a new adapter of `model.lora`, trainable: A drawn from
     torch's generator (seeded by the caller), B zero, so the policy is still the base."""
@@ -158,34 +140,6 @@ def save_adapter(peft_model: Any, out_dir: str | os.PathLike[str], base: str | o
         write_adapter(peft_model, tmp, base, out_dir)
         sha = record_weights_sha256(tmp)
         faults.point("update.export_before_rename", iteration)
-    return sha
-
-
-def merge(policy: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-          dtype: str = "auto") -> str:
-    """`rlver export --merge`: the adapter at `policy` folded into its base, written as a
-    plain HF model folder (safetensors, tokenizer, `weights.sha256`) for serving; returns
-    its sha256. `dtype`: `auto` keeps the base's."""
-    from rlver.io import require_policy_dir
-    from rlver.models import check_policy
-
-    require_policy_dir(policy)
-    if not is_adapter(policy):
-        raise RlverInputError(
-            f"{policy}: not a LoRA adapter ({ADAPTER_CONFIG} missing): a full policy is a "
-            "plain HF model already. Fix: serve it as it is, or pass an adapter folder "
-            "(iter_<i>/policy, i > 0, of a run with model.lora).")
-    check_policy(Path(policy))
-    base = base_of(policy)
-    if dtype == "auto":
-        dtype = stored_dtype(base)
-    model, tokenizer = load_adapter(policy, dtype)
-    merged = model.merge_and_unload()  # each delta is cast to its base weight's dtype
-    with atomic_path(out_dir) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        sha = record_weights_sha256(tmp)
-    print(f"export: merged {policy} into {base}: {out_dir} ({dtype})", file=sys.stderr)
     return sha
 
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from rlver import faults
+from rlver import faults, lora
 from rlver.errors import RlverInputError
 from rlver.io import (
     WEIGHTS_RECORD,
@@ -198,12 +198,10 @@ def load_policy(path: str | os.PathLike[str], dtype: str = "float32") -> tuple[A
     its base with the adapter (a PEFT model, rlver.lora)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlver import lora
-
     path = Path(path)
     check_policy(path)
     if lora.is_adapter(path):
-        return lora.load_adapter(path, dtype)
+        return load_adapter(path, dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
     model.eval()
@@ -219,8 +217,6 @@ def verified_policy_sha256(path: str | os.PathLike[str]) -> str:
     """The weights' sha256 of a policy a stage is about to use, after its layout checks
     (`check_policy`) and against the record written with it (`io.checked_weights_sha256`):
     a damaged policy stops the stage before it loads anything or writes an output."""
-    from rlver import lora
-
     check_policy(Path(path))
     if lora.is_adapter(path):
         lora.verified_base(path)
@@ -236,7 +232,6 @@ def check_policy(path: Path) -> None:
     not). A LoRA adapter: adapter_config.json instead of config.json, and its base is
     there with the digest it was trained on (`rlver.lora.base_of`).
     """
-    from rlver import lora
     from rlver.io import ADAPTER_CONFIG
 
     require_policy_dir(path)
@@ -294,3 +289,46 @@ def _check_safetensors(file: Path) -> None:
             f"{file}: damaged weights: {size} bytes, its header describes {want} "
             f"({'truncated' if size < want else 'trailing bytes'}). Fix: {_REMAKE_POLICY}"
         )
+
+
+def load_adapter(policy: str | os.PathLike[str], dtype: str = "float32",
+                 trainable: bool = False) -> tuple[Any, Any]:
+    """A LoRA policy (rlver.lora) as (PEFT model, tokenizer): the base with the adapter at
+    `policy`, in eval mode unless `trainable` (the adapter's parameters then require
+    gradients, the base's not)."""
+    from peft import PeftModel
+
+    model, tokenizer = load_policy(lora.base_of(policy), dtype)
+    # The adapter keeps the dtype it was saved in, as the trainer's engine had it.
+    peft_model = PeftModel.from_pretrained(model, str(policy), is_trainable=trainable,
+                                           autocast_adapter_dtype=False)
+    if not trainable:
+        peft_model.eval()
+    return peft_model, tokenizer
+
+
+def merge(policy: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+          dtype: str = "auto") -> str:
+    """`rlver export --merge` of a LoRA policy (rlver.lora): the adapter at `policy` folded
+    into its base, written as a plain HF model folder (safetensors, tokenizer,
+    `weights.sha256`) for serving; returns its sha256. `dtype`: `auto` keeps the base's."""
+    from rlver.io import require_policy_dir
+
+    require_policy_dir(policy)
+    if not lora.is_adapter(policy):
+        raise RlverInputError(
+            f"{policy}: not a LoRA adapter ({lora.ADAPTER_CONFIG} missing): a full policy is a "
+            "plain HF model already. Fix: serve it as it is, or pass an adapter folder "
+            "(iter_<i>/policy, i > 0, of a run with model.lora).")
+    check_policy(Path(policy))
+    base = lora.base_of(policy)
+    if dtype == "auto":
+        dtype = lora.stored_dtype(base)
+    model, tokenizer = load_adapter(policy, dtype)
+    merged = model.merge_and_unload()  # each delta is cast to its base weight's dtype
+    with atomic_path(out_dir) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        sha = record_weights_sha256(tmp)
+    print(f"export: merged {policy} into {base}: {out_dir} ({dtype})", file=sys.stderr)
+    return sha

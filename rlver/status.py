@@ -36,6 +36,7 @@ from rlver import layout
 from rlver.errors import RlverInputError
 from rlver.io import read_json_object
 from rlver.retention_tasks import retention_iterations
+from rlver.timefmt import duration
 
 
 def _workdir(run: layout.Run) -> Path | None:
@@ -142,18 +143,6 @@ def status(run_dir: str | Path, now: float | None = None, workdir: str | Path | 
         "report": str(report) if report.is_file() else None,
         "served_simulator": served,
     }
-
-
-def duration(seconds: float | None) -> str:
-    """12 s, 3 min 4 s, 2 h 5 min; "unknown" for None."""
-    if seconds is None:
-        return "unknown"
-    s = round(seconds)
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60} s"
-    return f"{s // 3600} h {s % 3600 // 60} min"
 
 
 def to_text(st: dict[str, Any]) -> str:

@@ -90,7 +90,7 @@ def test_an_adapter_policy_is_the_adapter_and_the_bases_digest(adapter):
 
 
 def test_the_adapter_runs_on_its_base_and_merges_into_the_same_model(adapter, tmp_path):
-    from rlver.lora import merge
+    from rlver.models import merge
 
     root, policy = adapter
     ids = torch.tensor([PROMPT])

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from rlver.config import ENGINES
+from rlver.config_checks import ENGINES
 from rlver.engines.base import (
     DEFAULT_MAX_MODEL_LEN,
     ContextFull,

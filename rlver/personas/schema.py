@@ -69,7 +69,7 @@ _LIST_FIELDS = ("traits", "details", "keywords")
 def persona_problems(p: Persona) -> list[str]:
     """What makes a record unusable whatever its source (each problem names the field):
     a known language, character type and need, an id, strings and tuples of strings."""
-    from rlver.config import PERSONA_LANGUAGES
+    from rlver.config_checks import PERSONA_LANGUAGES
 
     out = []
     for f in fields(Persona):

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from rlver import layout
 from rlver.served import files as sf
+from rlver.timefmt import duration
 
 #: The servers are asked for their metrics this long at most.
 METRICS_TIMEOUT_S = 3.0
@@ -56,8 +57,6 @@ def served_status(run: layout.Run, now: Optional[float] = None) -> Optional[dict
 
 def lines(st: dict[str, Any]) -> list[str]:
     """The served simulator's lines of `rlver status`."""
-    from rlver.status import duration
-
     out = [f"simulated user: served ({st['state']}), {st['restarts']} restarts; "
            f"log {st['log']}"]
     if st["error"]:

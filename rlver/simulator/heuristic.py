@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from rlver.config import DIFFICULTIES
+from rlver.config_checks import DIFFICULTIES
 from rlver.data import load
 from rlver.personas.schema import Persona
 from rlver.simulator import heuristic_text as ht

@@ -35,7 +35,7 @@ from functools import partial
 from typing import Any, Optional, TypeVar
 
 from rlver.completions import Chat, CompletionBackend, CompletionError, StructuredOutputsRefused
-from rlver.config import DIFFICULTIES, ON_PARSE_ERROR
+from rlver.config_checks import DIFFICULTIES, ON_PARSE_ERROR
 from rlver.errors import RlverInputError
 from rlver.simulator.base import Feeling, SimRequest, Simulator, Utterance
 from rlver.simulator.prompts import (

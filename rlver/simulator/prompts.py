@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from rlver.config import DIFFICULTIES
+from rlver.config_checks import DIFFICULTIES
 from rlver.data import load
 from rlver.personas.schema import NEEDS, Persona
 from rlver.simulator.base import Message, SimRequest

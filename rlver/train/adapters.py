@@ -17,8 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from rlver.train.critic import ValueModel
-from rlver.train.engines import PolicyLM
+from rlver.train.modules import PolicyLM, ValueModel
 
 
 class TrainedStateOnly(torch.nn.Module):
@@ -66,10 +65,10 @@ def policy(policy_dir: str | os.PathLike[str], lora: Any) -> tuple[AdapterPolicy
     """(module, tokenizer) to train: the adapter at `policy_dir` (iteration i > 0), or a
     new one on the base (iteration 0's policy is the base)."""
     from rlver import lora as L
-    from rlver.models import load_policy
+    from rlver.models import load_adapter, load_policy
 
     if L.is_adapter(policy_dir):
-        peft_model, tokenizer = L.load_adapter(policy_dir, "float32", trainable=True)
+        peft_model, tokenizer = load_adapter(policy_dir, "float32", trainable=True)
     else:
         model, tokenizer = load_policy(policy_dir, "float32")
         peft_model = L.new_adapter(model, lora)

@@ -15,30 +15,9 @@ from typing import Any, Optional
 import torch
 
 from rlver.errors import RlverInputError
+from rlver.train.modules import ValueModel
 
-
-class ValueModel(torch.nn.Module):
-    """Transformer backbone + Linear(hidden, 1)."""
-
-    def __init__(self, backbone: Any) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.value_head = torch.nn.Linear(backbone.config.hidden_size, 1)
-        # A zero head starts from V = 0 everywhere: the first advantages are the returns,
-        # and no random values are injected into the first policy update.
-        torch.nn.init.zeros_(self.value_head.weight)
-        torch.nn.init.zeros_(self.value_head.bias)
-
-    @property
-    def config(self) -> Any:
-        return self.backbone.config
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) values; position t holds V of the context before token t (0 at t=0)."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               use_cache=False).last_hidden_state
-        values = self.value_head(hidden).squeeze(-1).float()
-        return torch.nn.functional.pad(values[:, :-1], (1, 0))
+__all__ = ["ValueModel", "critic_from_policy", "load_critic", "save_critic"]
 
 
 def critic_from_policy(policy_dir: str | os.PathLike[str], lora: Any = None,

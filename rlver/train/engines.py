@@ -6,23 +6,10 @@ from typing import Any
 
 import torch
 
+from rlver.train.modules import PolicyLM
 
-class PolicyLM(torch.nn.Module):
-    """The causal LM, returning logits only at the positions asked for.
-
-    The full (B, T, vocab) logits of a multi-turn dialogue dominate the memory of a
-    step; the loss needs them only before assistant tokens.
-    """
-
-    def __init__(self, lm: Any) -> None:
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                    use_cache=False).last_hidden_state
-        return self.lm.get_output_embeddings()(hidden[rows, cols])
+__all__ = ["PolicyLM", "deepspeed_config", "make_engine", "policy_module",
+           "recompute_activations", "reference_model"]
 
 
 def policy_module(policy_dir: str, lora: Any) -> tuple[torch.nn.Module, Any]:
