@@ -365,8 +365,8 @@ CASES: dict[str, tuple[Build, tuple[str, ...]]] = {
                                    ("retention.tasks.ifeval.data must be a file ending in",
                                     FIX)),
     "retention-paper-data-unset": (compose(
-        "model.source=/tmp", "simulator.base_url=http://gpu017:8000/v1",
-        "simulator.model=simulator", experiment="paper_ppo_think_vanilla"),
+        "model.source=/tmp", "simulator.serve.model_path=/models/simulator",
+        experiment="paper_ppo_think_vanilla"),
         ("not set: retention.tasks.ifeval.data, retention.tasks.hendrycks_math500.data", FIX)),
     "retention-no-tasks": (retention(), ("field retention.tasks is empty", FIX)),
     "retention-data-gone": (retention(config="retention_data_gone"),
@@ -578,7 +578,14 @@ TYPED: dict[str, tuple[Build, tuple[str, ...]]] = {
                                        "--out", "{out}"), ("--limit", FIX)),
     **{f"{name.split('-')[0]}:{name.split('-', 1)[1]}": CASES[name] for name in (
         "budget-unknown-experiment", "budget-zero-nodes", "budget-wrong-type",
-        "retention-no-tasks", "retention-data-gone", "retention-config-missing")},
+        "retention-no-tasks", "retention-data-gone", "retention-config-missing",
+        "export-without-merge", "export-full-policy", "export-adapter-other-base")},
+    "serve-simulator:config-missing": (command("serve-simulator", "--config", "{missing}"),
+                                       ("{missing}", "not found", FIX)),
+    "serve-simulator:config-not-utf8": (command("serve-simulator", "--config",
+                                                "{not_utf8_yaml}"), ("{not_utf8_yaml}", FIX)),
+    "serve-simulator:not-served": (command("serve-simulator", "--config", "{config}"),
+                                   ("simulator.backend is 'heuristic'", "not 'served'", FIX)),
 }
 
 

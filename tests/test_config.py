@@ -133,16 +133,16 @@ def test_engine_arguments_and_sbatch_options_take_new_keys_in_every_form():
     a key they do not hold yet is set by a plain override, a mapping, or Snakemake's
     --config mapping (docs/cluster.md), not refused as unknown."""
     forms = [
-        ["rollout.vllm_args.max_model_len=9000", "rollout.vllm_args.enforce_eager=true"],
-        ["rollout.vllm_args={max_model_len: 9000, enforce_eager: true}"],
-        config.snakemake_overrides(
-            {"rollout": {"vllm_args": {"max_model_len": 9000, "enforce_eager": True}}})[2],
-        ["+rollout.vllm_args.max_model_len=9000", "++rollout.vllm_args.enforce_eager=true"],
+        ["rollout.vllm_args.block_size=32", "rollout.vllm_args.enforce_eager=true"],
+        ["rollout.vllm_args={block_size: 32, enforce_eager: true}"],
+        snakemake_config.snakemake_overrides(
+            {"rollout": {"vllm_args": {"block_size": 32, "enforce_eager": True}}})[2],
+        ["+rollout.vllm_args.block_size=32", "++rollout.vllm_args.enforce_eager=true"],
     ]
     for overrides in forms:
         cfg = config.compose("smoke", overrides)
-        assert dict(cfg.rollout.vllm_args) == {"max_model_len": 9000, "enforce_eager": True}
-    _, _, overrides = config.snakemake_overrides(
+        assert dict(cfg.rollout.vllm_args) == {"block_size": 32, "enforce_eager": True}
+    _, _, overrides = snakemake_config.snakemake_overrides(
         {"cluster": {"slurm_additional_parameters": {"constraint": "a100", "exclusive": True}}})
     cfg = config.compose("smoke", overrides)
     assert dict(cfg.cluster.slurm_additional_parameters) == {"constraint": "a100",

@@ -58,8 +58,8 @@ def test_every_paper_experiment_fits_its_context():
     LLM simulator's 512-token messages) fit config/paper/training.yaml's context."""
     for name in sorted(p.stem for p in (config.CONFIG_DIR / "experiment").glob("paper_*")):
         cfg = config.compose(name, ["model.source=/models/Qwen2.5-7B-Instruct",
-                                    "simulator.base_url=http://node:8000/v1",
-                                    "simulator.model=simulator", "retention=none"])
+                                    "simulator.serve.model_path=/models/simulator",
+                                    "retention=none"])
         system, _ = context.system_tokens(cfg)
         need = context.worst_case(system, cfg.evaluation.max_turns,
                                   cfg.evaluation.max_new_tokens, cfg.simulator.max_user_tokens)

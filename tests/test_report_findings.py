@@ -100,7 +100,8 @@ def test_the_configuration_names_where_the_run_ran_its_model_and_simulator(tmp_p
     assert rows["simulator"] == "heuristic (rules and lexicons, no LLM), vanilla"
     assert rows["rollout.max_new_tokens"] == "48"
     paper = rconfig.to_container(rconfig.compose("paper_grpo_think_vanilla", [
-        f"model.source={stub_model}", "simulator.base_url=http://node7:8000/v1",
+        f"model.source={stub_model}", "simulator=llm_http",
+        "simulator.base_url=http://node7:8000/v1",
         "simulator.model=simulator", "retention=none"]))
     rows = dict(settings.rows(paper, tmp_path / "none"))
     assert rows["scale"] == ("4 node(s) x 8 GPUs (slurm): model qwen2.5-7b-instruct, LLM "

@@ -55,8 +55,7 @@ def test_retention_keys_are_checked_at_config_time() -> None:
 
 def test_paper_configs_leave_the_data_paths_to_the_user(stub_model: Path, tmp_path: Path
                                                         ) -> None:
-    user = [f"model.source={stub_model}", "simulator.base_url=http://gpu017:8000/v1",
-            "simulator.model=simulator"]
+    user = [f"model.source={stub_model}", "simulator.serve.model_path=/models/simulator"]
     with pytest.raises(RlverInputError) as err:
         config.compose("paper_grpo_think_vanilla", user)
     msg = str(err.value)

@@ -73,7 +73,8 @@ def test_bad_served_config_is_named(overrides: list[str], wanted: str) -> None:
 
 def test_paper_experiments_serve_their_simulated_user(stub_model: Path) -> None:
     cfg = config.compose("paper_grpo_think_vanilla", [
-        f"model.source={stub_model}", "simulator.serve.model_path=/models/Qwen2.5-72B-Instruct"])
+        f"model.source={stub_model}", "simulator.serve.model_path=/models/Qwen2.5-72B-Instruct",
+        "retention=none"])
     serve = cfg.simulator.serve
     assert cfg.simulator.backend == "served" and cfg.simulator.base_url == ""
     assert (serve.gpus, serve.tensor_parallel, serve.replicas) == (4, 4, 1)

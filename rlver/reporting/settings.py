@@ -84,7 +84,10 @@ def simulator(cfg: dict[str, Any]) -> str:
     s = cfg["simulator"]
     what = {"heuristic": "heuristic (rules and lexicons, no LLM)",
             "llm_http": f"LLM {s['model']} at {s['base_url']}",
-            "llm_vllm": f"LLM {s['model']} (in-process vLLM)"}.get(s["backend"], s["backend"])
+            "llm_vllm": f"LLM {s['model']} (in-process vLLM)",
+            "served": f"LLM {s.get('serve', {}).get('model_path')} served by the workflow "
+                      f"(vLLM, {s.get('serve', {}).get('replicas')} server(s))",
+            }.get(s["backend"], s["backend"])
     return f"{what}, {s['difficulty']}"
 
 
