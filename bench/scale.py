@@ -310,7 +310,8 @@ def print_model() -> float:
                       ("paper_grpo_think_vanilla", LORA_7B),
                       ("paper_ppo_think_vanilla", LORA_7B)):
         b = budget.make_budget(config_mod.compose(exp, over.split(), require_user_keys=False))
-        print(f"\n### {exp} at 7B (rlver budget --experiment {exp} {over} --items)\n")
+        command = " ".join(filter(None, ["rlver budget --experiment", exp, over, "--items"]))
+        print(f"\n### {exp} at 7B ({command})\n")
         print(budget.to_text(b))
         print(budget.items_text(b.own))
         share = share or b.own.fixed_share()
