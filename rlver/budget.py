@@ -75,11 +75,13 @@ def model_shape(cfg: DictConfig) -> Optional[dict[str, float]]:
     config = Path(source) / "config.json" if source else None
     if config and not source.startswith(PACKAGE_PREFIX) and config.is_file():
         c = json.loads(config.read_text(encoding="utf-8"))
-        heads = c["num_attention_heads"]
-        head_dim = c.get("head_dim") or c["hidden_size"] // heads
-        return {"hidden": c["hidden_size"], "q_dim": heads * head_dim,
-                "kv_dim": c.get("num_key_value_heads", heads) * head_dim,
-                "intermediate": c["intermediate_size"], "layers": c["num_hidden_layers"]}
+        keys = ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers")
+        if isinstance(c, dict) and all(k in c for k in keys):
+            heads = c["num_attention_heads"]
+            head_dim = c.get("head_dim") or c["hidden_size"] // heads
+            return {"hidden": c["hidden_size"], "q_dim": heads * head_dim,
+                    "kv_dim": c.get("num_key_value_heads", heads) * head_dim,
+                    "intermediate": c["intermediate_size"], "layers": c["num_hidden_layers"]}
     known = cost.read_data("models.yaml").get(cfg.model.name, {})
     return known.get("shape")
 

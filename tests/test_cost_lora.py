@@ -168,3 +168,14 @@ def test_a_lora_budget_says_so() -> None:
     assert "LoRA rank 16 (4.04e+07 adapter parameters a model)" in text
     assert "adapter export" in budget.items_text(b.own)
     assert b.disk.peak < _budget("paper_ppo_think_vanilla").disk.peak / 10
+
+
+def test_a_config_json_without_the_shape_falls_back_to_the_known_model(stub_model: Path) -> None:
+    """A model folder whose config.json lacks the sizes (the dry runs' stub) takes the
+    shape models.yaml knows for model.name, as its parameters do; the LoRA config's
+    budget, which snakemake prints, is made."""
+    cfg = config.compose("paper_ppo_think_vanilla", [f"model.source={stub_model}",
+                                                     "model/lora=r64"],
+                         require_user_keys=False)
+    assert budget.model_shape(cfg) == QWEN7B
+    assert "not available" not in (budget.budget_note(cfg) or "")
