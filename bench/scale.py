@@ -24,14 +24,24 @@ first (posix_fadvise, so a read costs the disk as a new job on another node woul
   one training step (tokens trained/s; a first step before it allocates Adam's state),
   `save_checkpoint` (state save), the policy export (`save_pretrained` of the trained
   weights, as the update's export), `load_checkpoint` of that state (state load);
+- update job with LoRA (`model.lora`, rank `--lora-rank`, every projection): the same
+  set-up through `rlver.train.adapters.policy`, one training step, `save_checkpoint` of
+  the adapter's state alone (state save), the adapter's export (`rlver.lora.save_adapter`),
+  `load_checkpoint` (state load), and `rlver export --merge`'s merge (`rlver.models.merge`);
 - submitit's local launcher: submission to job start, and job end to result.
+
+`--embedded` runs only the two update probes on the embedded model (SmolLM2-135M): the
+bytes an iteration writes, its policy and the state carried to the next update, full
+weights against LoRA (docs/scale.md, "LoRA policies"); the last line is
+`lora_bytes_ratio=<full / LoRA>`.
 
 Each cost is fitted as seconds = a + bytes / rate (`fits`); `--update-data` writes the
 fits and submitit's start into rlver/data/cost/measured.yaml, the measured inputs of the
 cost model (the stated ones, storage bandwidth and GPU rates with their sources, are
 rlver/data/cost/stated.yaml). The tables end with the model's price of an iteration of
-the paper's GRPO and PPO experiments at 7B (`rlver budget`, docs/scale.md); the last line
-is `fixed_cost_share_7b=<paper_grpo_think_vanilla, per stage, 4x8>`. Writes scale.json
+the paper's GRPO and PPO experiments at 7B, with full weights and with LoRA (`rlver
+budget`, docs/scale.md); the last line is `fixed_cost_share_7b=<paper_grpo_think_vanilla,
+per stage, 4x8>`. Writes scale.json
 in --out. Peak memory: about 28 bytes a parameter in the update probe (DeepSpeed fp32
 Adam, 16, plus the state being loaded), 7 GB for q250m.
 """
@@ -42,12 +52,11 @@ import argparse
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
@@ -86,173 +95,18 @@ def make_random_model(size: str, out: Path, dtype: str = "float32") -> int:
     return random_qwen2(out, Shape(*SIZES[size]), dtype)
 
 
-def evict(path: Path) -> int:
-    """Drop `path`'s files from the page cache (after flushing them); returns their bytes."""
-    total = 0
-    for f in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-        total += f.stat().st_size
-    return total
-
-
-def _prompts(n: int, length: int, vocab: int) -> list[list[int]]:
-    import random
-
-    rng = random.Random(0)
-    return [[rng.randrange(vocab) for _ in range(length)] for _ in range(n)]
-
-
-# ------------------------------------------------------------------------ probes (children)
-
-
-def probe_rollout(engine_name: str, model: Path, device: str, out: dict[str, Any],
-                  batch: int, new_tokens: int) -> None:
-    import torch  # noqa: F401 - what the rollout job imports, timed as its start
-    import transformers  # noqa: F401
-
-    import rlver.rollout  # noqa: F401
-    from rlver.engines import SamplingSettings, make_engine
-    from rlver.engines.vllm import VLLMEngine
-
-    if engine_name == "vllm":
-        from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401
-    out["imported"] = time.time()
-    dtype = "bfloat16" if device == "cuda" else "float32"
-    evict(model)
-    t = time.perf_counter()
-    if engine_name == "vllm":
-        # Room for this probe's batch only: the CPU default (2 GiB) is sized for sessions.
-        args = ({"kv_cache_memory_bytes": 256 << 20} if device == "cpu"
-                else {"gpu_memory_utilization": 0.5})
-        engine: Any = VLLMEngine(str(model), dtype, args)
-    else:
-        engine = make_engine("hf", str(model), dtype)
-    out["engine_start_s"] = time.perf_counter() - t
-    prompts = _prompts(batch, 64, engine.tokenizer.vocab_size)
-    settings = SamplingSettings(max_new_tokens=new_tokens)
-    kwargs = {"ignore_eos": True} if engine_name == "vllm" else {}
-    engine.generate(prompts[:2], SamplingSettings(max_new_tokens=4), [0, 1], **kwargs)  # warm
-    t = time.perf_counter()
-    sampled = engine.generate(prompts, settings, list(range(batch)), **kwargs)
-    seconds = time.perf_counter() - t
-    out["generated_tokens"] = sum(len(s.token_ids) for s in sampled)
-    out["generate_s"] = seconds
-    out["tokens_generated_per_s"] = out["generated_tokens"] / seconds
-    engine.close()
-
-
-def probe_update(model: Path, device: str, out: dict[str, Any], work: Path, rows: int,
-                 seq: int) -> None:
-    import shutil
-
-    import deepspeed
-    import torch
-    import transformers  # noqa: F401 - what the update job imports, timed as its start
-
-    from rlver import config as config_mod
-    from rlver.models import load_policy
-    from rlver.train.engines import PolicyLM, make_engine
-    from rlver.train.trainer import flush_subnormals
-
-    out["imported"] = time.time()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0",
-                      WORLD_SIZE="1", LOCAL_RANK="0")
-    flush_subnormals()
-    t = time.perf_counter()
-    deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
-    out["init_distributed_s"] = time.perf_counter() - t
-    # The algorithm the experiments train with; on the CPU without bf16 or ZeRO.
-    over = [f"model.source={model}", "simulator.base_url=http://unused/v1",
-            "simulator.model=unused", "retention=none"] + (
-        ["algorithm.precision=bf16", "algorithm.zero_stage=2"] if device == "cuda"
-        else ["algorithm.precision=fp32", "algorithm.zero_stage=0"])
-    alg = config_mod.compose("paper_grpo_nothink_vanilla", over).algorithm
-    evict(model)
-    t = time.perf_counter()
-    lm, _ = load_policy(model, "float32")  # as the update job loads it
-    out["policy_load_s"] = time.perf_counter() - t
-    out["params"] = sum(p.numel() for p in lm.parameters())
-    t = time.perf_counter()
-    engine = make_engine(PolicyLM(lm), alg, alg.lr, 1, 1)
-    out["deepspeed_init_s"] = time.perf_counter() - t
-
-    vocab = lm.config.vocab_size
-    ids = torch.randint(0, vocab, (rows, seq), generator=torch.Generator().manual_seed(0))
-    ids = ids.to(engine.device)
-    mask = torch.ones_like(ids)
-    r, c = torch.meshgrid(torch.arange(rows), torch.arange(seq - 1), indexing="ij")
-    r, c = r.reshape(-1).to(engine.device), c.reshape(-1).to(engine.device)
-    target = ids[:, 1:].reshape(-1)
-
-    def step() -> float:
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        logits = engine(ids, mask, r, c)
-        loss = torch.nn.functional.cross_entropy(logits.float(), target)
-        engine.backward(loss)
-        engine.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
-
-    out["first_step_s"] = step()  # Adam allocates its state here
-    seconds = step()
-    out["train_step_s"] = seconds
-    out["tokens_trained_per_s"] = rows * seq / seconds
-
-    state = work / "state"
-    shutil.rmtree(state, ignore_errors=True)
-    t = time.perf_counter()
-    engine.save_checkpoint(str(state / "actor"), tag="state")
-    out["state_save_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    policy = work / "policy_out"
-    shutil.rmtree(policy, ignore_errors=True)
-    lm_state = {k.removeprefix("lm."): v for k, v in engine.module.state_dict().items()}
-    engine.module.lm.save_pretrained(policy, state_dict=lm_state, safe_serialization=True)
-    out["policy_export_s"] = time.perf_counter() - t
-    out["state_bytes"] = evict(state)
-    out["export_bytes"] = evict(policy)
-    t = time.perf_counter()
-    engine.load_checkpoint(str(state / "actor"), tag="state")
-    out["state_load_s"] = time.perf_counter() - t
-    shutil.rmtree(state)
-    shutil.rmtree(policy)
-    if device == "cuda":
-        out["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-
-
-def _job_started() -> float:
-    return time.time()
-
-
-def probe_submitit(folder: Path, out: dict[str, Any]) -> None:
-    import submitit
-
-    executor = submitit.AutoExecutor(folder=folder, cluster="local")
-    executor.update_parameters(timeout_min=5, gpus_per_node=0, tasks_per_node=1, nodes=1)
-    t = time.time()
-    job = executor.submit(_job_started)
-    started = job.result()
-    out["submit_to_start_s"] = started - t
-    out["start_to_result_s"] = time.time() - started
-
-
 def child(a: argparse.Namespace) -> None:
+    """A probe's own process: runs it, prints its results as one `RESULT <json>` line."""
+    from bench.scale_probes import probe_rollout, probe_submitit, probe_update, probe_update_lora
+
     out: dict[str, Any] = {}
     if a.probe in ("hf", "vllm"):
         probe_rollout(a.probe, Path(a.model), a.device, out, a.batch, a.new_tokens)
     elif a.probe == "update":
         probe_update(Path(a.model), a.device, out, Path(a.work), a.rows, a.seq)
+    elif a.probe == "update-lora":
+        probe_update_lora(Path(a.model), a.device, out, Path(a.work), a.rows, a.seq,
+                          a.lora_rank)
     else:
         probe_submitit(Path(a.work), out)
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -280,7 +134,10 @@ def run_probe(probe: str, args: list[str]) -> dict[str, Any]:
 
 
 def measure(sizes: list[str], work: Path, device: str, engines: list[str],
-            batch: int, new_tokens: int, rows: int, seq: int) -> dict[str, Any]:
+            batch: int, new_tokens: int, rows: int, seq: int,
+            lora_rank: Optional[int] = None) -> dict[str, Any]:
+    """Submitit's start, then at each size the engines' and the update's probes (and the
+    LoRA update's at `lora_rank`, when given)."""
     results: dict[str, Any] = {"device": device, "sizes": {},
                                "load_average_at_start": os.getloadavg()}
     sub = run_probe("submitit", ["--work", str(work / "submitit")])
@@ -298,11 +155,38 @@ def measure(sizes: list[str], work: Path, device: str, engines: list[str],
         for engine in engines:
             r[engine] = run_probe(engine, [*common, "--batch", str(batch),
                                            "--new-tokens", str(new_tokens)])
-        r["update"] = run_probe("update", [*common, "--rows", str(rows), "--seq", str(seq)])
+        r |= update_probes(common, rows, seq, lora_rank)
         r["params"] = r["update"]["params"]
         results["sizes"][size] = r
         print(f"scale: {size}: " + json.dumps(r), flush=True)
+    results["lora_rank"] = lora_rank
     return results
+
+
+def update_probes(common: list[str], rows: int, seq: int, lora_rank: Optional[int]
+                  ) -> dict[str, Any]:
+    """The update probe with full weights, and with LoRA of `lora_rank` unless None, on
+    one model."""
+    steps = ["--rows", str(rows), "--seq", str(seq)]
+    out = {"update": run_probe("update", [*common, *steps])}
+    if lora_rank is not None:
+        out["update_lora"] = run_probe("update-lora", [*common, *steps, "--lora-rank",
+                                                       str(lora_rank)])
+    return out
+
+
+def measure_embedded(work: Path, device: str, rows: int, seq: int, lora_rank: int
+                     ) -> dict[str, Any]:
+    """Both update probes on the embedded model (converted once from its package)."""
+    from bench.models import embedded_model
+
+    model = embedded_model()
+    (work / "embedded").mkdir(parents=True, exist_ok=True)
+    common = ["--model", str(model), "--device", device, "--work", str(work / "embedded")]
+    return {"device": device, "lora_rank": lora_rank,
+            "load_average_at_start": os.getloadavg(),
+            "model_bytes": sum(f.stat().st_size for f in model.iterdir() if f.is_file()),
+            **update_probes(common, rows, seq, lora_rank)}
 
 
 # ------------------------------------------------------------------------ fits and data
@@ -422,13 +306,20 @@ def print_model() -> float:
     from rlver import config as config_mod
 
     share = 0.0
-    for exp in ("paper_grpo_think_vanilla", "paper_ppo_think_vanilla"):
-        b = budget.make_budget(config_mod.compose(exp, [], require_user_keys=False))
-        print(f"\n### {exp} at 7B (rlver budget --experiment {exp} --items)\n")
+    for exp, over in (("paper_grpo_think_vanilla", ""), ("paper_ppo_think_vanilla", ""),
+                      ("paper_grpo_think_vanilla", LORA_7B),
+                      ("paper_ppo_think_vanilla", LORA_7B)):
+        b = budget.make_budget(config_mod.compose(exp, over.split(), require_user_keys=False))
+        command = " ".join(filter(None, ["rlver budget --experiment", exp, over, "--items"]))
+        print(f"\n### {exp} at 7B ({command})\n")
         print(budget.to_text(b))
         print(budget.items_text(b.own))
         share = share or b.own.fixed_share()
     return share
+
+
+#: The 7B LoRA rows: rank 64 on one node (the one GPU with vLLM asleep is among its layouts).
+LORA_7B = "model/lora=r64 cluster.nodes=1"
 
 
 def print_measured(results: dict[str, Any]) -> None:
@@ -461,9 +352,46 @@ def print_measured(results: dict[str, Any]) -> None:
                                               for v in sizes.values()) + " |")
     print("| state bytes (GB) | " + " | ".join(f"{v['update']['state_bytes'] / GB:.2f}"
                                              for v in sizes.values()) + " |")
+    if all("update_lora" in v for v in sizes.values()):
+        print(f"\nWith LoRA (rank {results['lora_rank']}, every projection):\n")
+        print("| cost | " + " | ".join(sizes) + " |\n| --- |" + " ---: |" * len(sizes))
+        for label, key in (("adapter parameters (M)", "adapter_params"),
+                           ("base + adapter load (adapters.policy)", "policy_load_s"),
+                           ("DeepSpeed init", "deepspeed_init_s"),
+                           ("state save (adapter's state alone)", "state_save_s"),
+                           ("state load", "state_load_s"),
+                           ("adapter export (lora.save_adapter)", "adapter_export_s"),
+                           ("merged export (rlver.models.merge)", "merge_export_s"),
+                           ("tokens trained/s", "tokens_trained_per_s"),
+                           ("state bytes (MB)", "state_bytes"),
+                           ("adapter bytes (MB)", "export_bytes")):
+            scale = 1e6 if key in ("adapter_params", "state_bytes", "export_bytes") else 1
+            print(f"| {label} | " + " | ".join(
+                f"{v['update_lora'][key] / scale:.2f}" for v in sizes.values()) + " |")
     sub = results["submitit"]
     print(f"\nsubmitit local launcher: submission to job start {sub['submit_to_start_s']:.2f} s,"
           f" job end to result {sub['start_to_result_s']:.2f} s")
+
+
+def print_embedded(e: dict[str, Any]) -> float:
+    """Bytes an iteration writes at the embedded model's size: its policy and the state
+    carried to the next update, full weights against LoRA; returns full / LoRA."""
+    full, lo = e["update"], e["update_lora"]
+    print(f"\n### Bytes written per iteration, SmolLM2-135M ({full['params'] / 1e6:.0f}M, "
+          f"{'bf16' if e['device'] == 'cuda' else 'fp32'}), full weights against LoRA rank "
+          f"{e['lora_rank']}\n")
+    print("| | policy (MB) | state (MB) | both (MB) | state save (s) | export (s) |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, r, export in (("full weights", full, "policy_export_s"),
+                            (f"LoRA rank {e['lora_rank']}", lo, "adapter_export_s")):
+        print(f"| {name} | {r['export_bytes'] / 1e6:,.1f} | {r['state_bytes'] / 1e6:,.1f} | "
+              f"{(r['export_bytes'] + r['state_bytes']) / 1e6:,.1f} | "
+              f"{r['state_save_s']:.2f} | {r[export]:.2f} |")
+    ratio: float = ((full["export_bytes"] + full["state_bytes"])
+                    / (lo["export_bytes"] + lo["state_bytes"]))
+    print(f"\nLoRA writes {ratio:.1f}x fewer bytes an iteration (adapter parameters: "
+          f"{lo['adapter_params'] / 1e6:.2f}M of {full['params'] / 1e6:.0f}M)")
+    return ratio
 
 
 def print_tables(results: dict[str, Any], f: dict[str, dict[str, float]]) -> None:
@@ -492,8 +420,12 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--rows", type=int, default=2, help="sequences of a training step")
     p.add_argument("--seq", type=int, default=256, help="tokens of each")
+    p.add_argument("--lora-rank", type=int, default=64, help="the LoRA probes' rank")
+    p.add_argument("--embedded", action="store_true",
+                   help="only the update probes on the embedded model (bytes an iteration "
+                        "writes, full weights against LoRA)")
     # a probe's own process (internal)
-    p.add_argument("--probe", choices=["hf", "vllm", "update", "submitit"])
+    p.add_argument("--probe", choices=["hf", "vllm", "update", "update-lora", "submitit"])
     p.add_argument("--model")
     p.add_argument("--work")
     a = p.parse_args()
@@ -508,6 +440,14 @@ def main() -> None:
             print(f"scale: wrote {write_disk(Path(a.disk), d)}")
         print(f"stored_bytes_per_token={d['bytes'] / d['tokens']:.2f}")
         return
+    if a.embedded:
+        out = Path(a.out)
+        e = measure_embedded(out, a.device, a.rows, a.seq, a.lora_rank)
+        e["command"], e["date"] = "python " + " ".join(sys.argv), time.strftime("%Y-%m-%d")
+        e["load_average_at_end"] = os.getloadavg()
+        (out / "embedded.json").write_text(json.dumps(e, indent=1))
+        print(f"lora_bytes_ratio={print_embedded(e):.2f}")
+        return
     if not a.model_only:
         out = Path(a.out)
         if a.from_json:
@@ -515,7 +455,7 @@ def main() -> None:
         else:
             out.mkdir(parents=True, exist_ok=True)
             results = measure(a.sizes, out, a.device, a.engines, a.batch, a.new_tokens,
-                              a.rows, a.seq)
+                              a.rows, a.seq, a.lora_rank)
             results["command"] = "python " + " ".join(sys.argv)
             results["date"] = time.strftime("%Y-%m-%d")
             results["load_average_at_end"] = os.getloadavg()

@@ -9,8 +9,10 @@ the one-line summary (`summary_line`) when it composes a run that uses GPUs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -63,6 +65,41 @@ def parameters(cfg: DictConfig) -> tuple[float, str]:
     )
 
 
+def model_shape(cfg: DictConfig) -> Optional[dict[str, float]]:
+    """The base model's projection widths and layers (what a LoRA adapter's size comes
+    from): model.source's config.json, else rlver/data/cost/models.yaml by model.name;
+    None where neither has them."""
+    from rlver.models import PACKAGE_PREFIX
+
+    source = cfg.model.source
+    config = Path(source) / "config.json" if source else None
+    if config and not source.startswith(PACKAGE_PREFIX) and config.is_file():
+        c = json.loads(config.read_text(encoding="utf-8"))
+        keys = ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers")
+        if isinstance(c, dict) and all(k in c for k in keys):
+            heads = c["num_attention_heads"]
+            head_dim = c.get("head_dim") or c["hidden_size"] // heads
+            return {"hidden": c["hidden_size"], "q_dim": heads * head_dim,
+                    "kv_dim": c.get("num_key_value_heads", heads) * head_dim,
+                    "intermediate": c["intermediate_size"], "layers": c["num_hidden_layers"]}
+    known = cost.read_data("models.yaml").get(cfg.model.name, {})
+    return known.get("shape")
+
+
+def adapter_params(cfg: DictConfig, shape: Optional[dict[str, float]]) -> float:
+    """The parameters of model.lora's adapter on the base (0 without model.lora)."""
+    lora = cfg.model.lora
+    if lora is None:
+        return 0.0
+    if shape is None:
+        raise RlverInputError(
+            f"model.lora: cannot size the adapter of model {cfg.model.name!r}: model.source "
+            "has no config.json and rlver/data/cost/models.yaml no shape for model.name. "
+            "Fix: set model.source to the model's local directory (only config.json and "
+            "the safetensors headers are read).")
+    return cost.adapter_params(lora.rank, list(lora.target_modules), shape)
+
+
 def served_simulator_gpus(cfg: DictConfig) -> int:
     """GPUs of a simulated user the workflow serves for the run (`simulator.serve`, a
     model to serve: its GPUs a replica times its replicas); 0 for an endpoint of yours."""
@@ -73,8 +110,8 @@ def served_simulator_gpus(cfg: DictConfig) -> int:
     return int(per_replica) * int(serve.get("replicas") or 1)
 
 
-def workload(cfg: DictConfig, params: float) -> cost.Workload:
-    """What the run computes, from its config."""
+def workload(cfg: DictConfig, params: float, adapter: float = 0.0) -> cost.Workload:
+    """What the run computes, from its config (`adapter`: model.lora's parameters)."""
     ro, ev, alg = cfg.rollout, cfg.evaluation, cfg.algorithm
     evaluations = len(evaluated_iterations(cfg))
     return cost.Workload(
@@ -85,7 +122,9 @@ def workload(cfg: DictConfig, params: float) -> cost.Workload:
         think=cfg.template.name == "think", epochs=alg.ppo_epochs, iterations=cfg.iterations,
         evaluations=evaluations, eval_dialogues=ev.num_personas, eval_turns=ev.max_turns,
         eval_reply_tokens=ev.max_new_tokens, keep_state=alg.keep_state_iterations,
-        kept_policies=cfg.iterations + 1 if alg.keep_policies == "all" else evaluations)
+        kept_policies=cfg.iterations + 1 if alg.keep_policies == "all" else evaluations,
+        adapter_params=adapter,
+        full_critic=cfg.model.lora is not None and cfg.model.lora.critic == "full")
 
 
 def config_layout(cfg: DictConfig) -> cost.Layout:
@@ -136,7 +175,52 @@ def layouts(cfg: DictConfig, w: cost.Workload, inp: cost.Inputs
     smallest = (one_node or [per_stage])[0]
     out.append(replace(smallest, name=f"{smallest.name}, state on node-local storage",
                        local_state=True, how="not implemented (docs/scale.md)"))
-    notes.append("LoRA adapters (a smaller optimizer state): not in this version")
+    return out, notes
+
+
+def lora_layouts(cfg: DictConfig, w: cost.Workload, inp: cost.Inputs,
+                 shape: Optional[dict[str, float]]
+                 ) -> tuple[list[tuple[cost.Layout, cost.Workload]], list[str]]:
+    """LoRA's layouts with their workloads, and notes. A LoRA config: its one GPU with
+    vLLM asleep while DeepSpeed trains. A full-weight config: the same run with LoRA
+    adapters of lora.yaml's rank on every projection (`model/lora=r64`), per stage and in
+    resident blocks on the fewest GPUs it allows, and on that one GPU."""
+    cl = cfg.cluster
+    notes: list[str] = []
+    if w.lora:
+        wl, prefix, over = w, "", ""
+    elif cfg.algorithm.zero_stage > 2:
+        return [], ["LoRA adapters: need algorithm.zero_stage <= 2"]
+    elif shape is None:
+        return [], [f"LoRA adapters: no shape of {cfg.model.name!r} to size them (set "
+                    "model.source to the model's directory)"]
+    else:
+        rank = int(inp["lora_rank"])
+        from rlver.config_checks import LORA_TARGETS
+
+        wl = replace(w, adapter_params=cost.adapter_params(rank, LORA_TARGETS, shape))
+        prefix, over = f"LoRA r{rank}, ", "model/lora=r64"
+        notes.append(f"LoRA r{rank}: trains an adapter on the frozen base instead of every "
+                     "weight: another run (docs/update.md, \"LoRA policies\")")
+    out: list[tuple[cost.Layout, cost.Workload]] = []
+    nodes = "cluster.nodes=1" if cl.nodes > 1 else ""
+    smallest = replace(config_layout(cfg), name=f"per stage, update 1x{cl.gpus_per_node}",
+                       update_gpus=cl.gpus_per_node, block=1)
+    if not w.lora:
+        out.append((replace(smallest, name=prefix + smallest.name,
+                            how=" ".join(filter(None, [over, nodes]))), wl))
+    if w.iterations < 2 or w.keep_state < 1:
+        return out, notes
+    if not w.lora:
+        k = block_size(wl, smallest, inp, cl.timeout_min * 60)
+        out.append((replace(smallest, name=f"{prefix}resident blocks of {k}, update "
+                            f"1x{cl.gpus_per_node}", block=k, how=" ".join(filter(
+                                None, [over, nodes, f"cluster.iterations_per_job={k}"]))), wl))
+    one = replace(smallest, update_gpus=1, engine_sleeps=True)
+    k = block_size(wl, one, inp, cl.timeout_min * 60)
+    out.append((replace(one, name=f"{prefix}resident blocks of {k}, 1 GPU, vLLM sleeps",
+                        block=k,
+                        how="not implemented (vLLM's sleep mode; docs/scale.md)"), wl))
     return out, notes
 
 
@@ -150,16 +234,21 @@ def make_budget(cfg: DictConfig) -> Budget:
             "cluster.gpus_per_node=N."
         )
     params, where = parameters(cfg)
+    shape = model_shape(cfg)
     inp = cost.load_inputs()
-    w = workload(cfg, params)
+    w = workload(cfg, params, adapter_params(cfg, shape))
     lays, notes = layouts(cfg, w, inp)
+    lora, lora_notes = lora_layouts(cfg, w, inp, shape)
+    lora_text = (f"; LoRA rank {cfg.model.lora.rank} ({w.adapter_params:.3g} adapter "
+                 "parameters a model)" if w.lora else "")
     describe = (
         f"{cfg.algorithm.name.upper()}, {cfg.template.name}, {cfg.model.name}: "
-        f"{params:.3g} parameters ({where}), {cfg.model.dtype}; {w.iterations} iterations "
-        f"of {w.dialogues} dialogues x {w.turns} turns x {w.reply_tokens} tokens; "
+        f"{params:.3g} parameters ({where}), {cfg.model.dtype}{lora_text}; {w.iterations} "
+        f"iterations of {w.dialogues} dialogues x {w.turns} turns x {w.reply_tokens} tokens; "
         f"{w.evaluations} evaluations of {w.eval_dialogues} dialogues x {w.eval_turns} turns")
-    return Budget(cfg.run, describe, w, [cost.estimate(w, lay, inp) for lay in lays], notes,
-                  cost.disk(w, inp), inp)
+    estimates = ([cost.estimate(w, lay, inp) for lay in lays]
+                 + [cost.estimate(wl, lay, inp) for lay, wl in lora])
+    return Budget(cfg.run, describe, w, estimates, notes + lora_notes, cost.disk(w, inp), inp)
 
 
 def stage_rows(est: cost.Estimate) -> list[tuple[str, str, float, float, float, float]]:
@@ -210,15 +299,15 @@ def to_text(b: Budget) -> str:
         f"{'disk':<20}{'peak GB':>10}{'end GB':>10}"]
     lines += [f"{name:<20}{peak / GB:>10.0f}{end / GB:>10.0f}" for name, peak, end in b.disk.rows]
     lines += [f"{'total':<20}{b.disk.peak / GB:>10.0f}{b.disk.end / GB:>10.0f}", "",
-              f"{'layout':<48}{'GPU-h/run':>10}{'wall h/run':>11}{'fixed':>7}"
+              f"{'layout':<56}{'GPU-h/run':>10}{'wall h/run':>11}{'fixed':>7}"
               f"{'GB/GPU':>8}  how"]
     for e in b.estimates:
-        memory = cost.update_memory_per_gpu(w, b.inputs, e.layout.update_gpus) / GB
-        lines.append(f"{e.layout.name:<48}{e.gpu_h_run():>10.0f}{e.wall_s_run() / 3600:>11.0f}"
+        memory = cost.update_memory_per_gpu(e.workload, b.inputs, e.layout.update_gpus) / GB
+        lines.append(f"{e.layout.name:<56}{e.gpu_h_run():>10.0f}{e.wall_s_run() / 3600:>11.0f}"
                      f"{e.fixed_share():>7.2f}{memory:>8.1f}  {e.layout.how}")
     lines += [f"  {note}" for note in b.notes]
     lines.append("GB/GPU: each update rank's weights, gradients and optimizer state under "
-                 f"ZeRO-{w.zero_stage} (activations on top; "
+                 f"ZeRO-{w.zero_stage}, and a LoRA model's frozen base (activations on top; "
                  f"{b.inputs['gpu_memory_bytes'] / GB:.0f} GB GPUs)")
     lines += ["", summary_line(b)]
     return "\n".join(lines) + "\n"
@@ -245,6 +334,7 @@ def to_json(b: Budget) -> dict[str, Any]:
     return {
         "run": b.run, "workload": dataclasses.asdict(b.workload),
         "layouts": [{"name": e.layout.name, "how": e.layout.how,
+                     "adapter_params": e.workload.adapter_params,
                      "gpu_hours_run": e.gpu_h_run(), "wall_hours_run": e.wall_s_run() / 3600,
                      "gpu_hours_per_iteration": e.gpu_h_per_iteration(),
                      "wall_s_per_iteration": cost.seconds(e.per_iteration()),
@@ -263,7 +353,9 @@ def summary_line(b: Budget) -> str:
     """One line: the run's GPU-hours, wall time, disk, fixed-cost share and the cheapest
     layout it allows."""
     own = b.own
-    priced = [e for e in b.estimates if not e.layout.how.startswith("not implemented")]
+    # The same run only: a LoRA layout of a full-weight config trains another model.
+    priced = [e for e in b.estimates if not e.layout.how.startswith("not implemented")
+              and e.workload == b.workload]
     cheapest = min(priced, key=lambda e: e.gpu_h_run())
     cheaper = ("" if cheapest is own else
                f"; the cheapest layout it allows: {cheapest.layout.name}, "

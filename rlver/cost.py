@@ -7,13 +7,19 @@ optimizer state) and does work (decoding, waiting for the simulated user, traini
 fixed parts that do not grow with the model are measured on this machine by
 `bench/scale.py` (rlver/data/cost/measured.yaml, which it writes); bytes move at the
 stated storage bandwidths and work runs at the stated GPU rates
-(rlver/data/cost/stated.yaml, each figure with its source). docs/scale.md explains the
+(rlver/data/cost/stated.yaml, each figure with its source). A LoRA policy (model.lora)
+trains an adapter on the frozen base: its optimizer state and its exports are the
+adapter's, at the same bytes a parameter as full weights', and the same measured fixed
+parts (the same save_checkpoint, load_checkpoint and safetensors writes, fewer bytes);
+what LoRA changes besides (training and decoding rates, the adapter's hand-over to a
+running engine, vLLM's sleep) is rlver/data/cost/lora.yaml. docs/scale.md explains the
 model; `rlver budget` (rlver/budget.py) prices a composed config with it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
@@ -46,11 +52,11 @@ def read_data(name: str) -> dict[str, Any]:
 
 
 def load_inputs() -> Inputs:
-    """stated.yaml's figures and measured.yaml's fits (`<fit>.intercept_s`,
-    `<fit>.slope_s`) and constants, with their sources."""
+    """stated.yaml's and lora.yaml's figures and measured.yaml's fits
+    (`<fit>.intercept_s`, `<fit>.slope_s`) and constants, with their sources."""
     values: dict[str, float] = {}
     sources: dict[str, str] = {}
-    for name, entry in read_data("stated.yaml").items():
+    for name, entry in [*read_data("stated.yaml").items(), *read_data("lora.yaml").items()]:
         values[name], sources[name] = float(entry["value"]), entry["source"]
     measured = read_data("measured.yaml")
     where = f"{measured['command']} ({measured['date']})"
@@ -91,6 +97,29 @@ class Workload:
     keep_state: int
     #: Policy folders kept at the end (iteration 0's are links to the base model).
     kept_policies: int
+    #: LoRA (model.lora): the adapter's parameters (0: every weight is trained).
+    adapter_params: float = 0.0
+    #: With LoRA, PPO's critic trains every weight of its backbone (model.lora.critic: full).
+    full_critic: bool = False
+
+    @property
+    def lora(self) -> bool:
+        return self.adapter_params > 0
+
+
+#: What each LoRA target projection maps, as (in, out) by the model's shape's names.
+LORA_PROJECTIONS = {"q_proj": ("hidden", "q_dim"), "k_proj": ("hidden", "kv_dim"),
+                    "v_proj": ("hidden", "kv_dim"), "o_proj": ("q_dim", "hidden"),
+                    "gate_proj": ("hidden", "intermediate"),
+                    "up_proj": ("hidden", "intermediate"),
+                    "down_proj": ("intermediate", "hidden")}
+
+
+def adapter_params(rank: int, targets: Sequence[str], shape: Mapping[str, float]) -> float:
+    """A LoRA adapter's parameters: rank x (in + out) of each targeted projection, in
+    every layer (`shape`: hidden, q_dim, kv_dim, intermediate, layers)."""
+    per_layer = sum(shape[i] + shape[o] for i, o in (LORA_PROJECTIONS[t] for t in targets))
+    return rank * per_layer * shape["layers"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +143,9 @@ class Layout:
     simulator_gpus: int = 0
     #: How to get it: config overrides, or why it is not available.
     how: str = ""
+    #: In a block on the update's GPU, the rollout engine sleeps (its weights in CPU
+    #: memory) while DeepSpeed trains, and wakes for the next rollout.
+    engine_sleeps: bool = False
 
     @property
     def resident(self) -> bool:
@@ -138,6 +170,7 @@ class Estimate:
     totals over the run."""
 
     layout: Layout
+    workload: Workload
     iterations: int
     evaluations: int
     #: An iteration's items (in a block: those every iteration pays).
@@ -206,40 +239,70 @@ def zero_bytes(precision: str, inp: Inputs) -> tuple[float, float, float]:
             inp[f"{precision}_optimizer_bytes"])
 
 
-def state_bytes(w: Workload, inp: Inputs) -> float:
-    """One model's optimizer-state checkpoint: its weights and the optimizer's bytes."""
+def trained_params(w: Workload) -> list[float]:
+    """Parameters each trained model trains: the actor's, then PPO's critic's (under LoRA
+    their adapters, or the critic's every weight with model.lora.critic: full)."""
+    actor = w.adapter_params if w.lora else w.params
+    critic = w.params if w.full_critic or not w.lora else w.adapter_params
+    return [actor, critic][:w.models]
+
+
+def exported_bytes(w: Workload, inp: Inputs) -> list[float]:
+    """Bytes each trained model exports an iteration: a policy folder at the model's
+    dtype, or an adapter at the update's weight bytes."""
+    weights = zero_bytes(w.precision, inp)[0]
+    return [w.policy_bytes_per_param * t if t == w.params else weights * t
+            for t in trained_params(w)]
+
+
+def state_bytes(w: Workload, inp: Inputs) -> list[float]:
+    """Each model's optimizer-state checkpoint: its trained weights and the optimizer's
+    bytes (a frozen base has none)."""
     weights, _, optimizer = zero_bytes(w.precision, inp)
-    return (weights + optimizer) * w.params
+    return [(weights + optimizer) * t for t in trained_params(w)]
 
 
 def update_memory_per_gpu(w: Workload, inp: Inputs, gpus: int) -> float:
     """Bytes each rank holds for the models' weights, gradients and optimizer under ZeRO
     (activations come on top): gradients partitioned from stage 2, the optimizer from
-    stage 1, the weights at stage 3."""
+    stage 1, the weights at stage 3; a LoRA model's frozen base besides, whole below
+    stage 3."""
     weights, grads, opt = zero_bytes(w.precision, inp)
     z = w.zero_stage
     per_param = (weights / (gpus if z >= 3 else 1) + grads / (gpus if z >= 2 else 1)
                  + opt / (gpus if z >= 1 else 1))
-    return w.models * per_param * w.params
+    frozen = [w.params if t != w.params else 0.0 for t in trained_params(w)]
+    return (per_param * sum(trained_params(w))
+            + weights / (gpus if z >= 3 else 1) * sum(frozen))
 
 
-def _engine_start(inp: Inputs, policy_bytes: float, job: str, stage: str) -> list[Item]:
+def _gb(x: float) -> str:
+    return f"{x / 1e9:.0f}" if x >= 10e9 else f"{x / 1e9:.2g}"
+
+
+def _engine_start(inp: Inputs, policy_bytes: float, job: str, stage: str,
+                  lora: bool) -> list[Item]:
     """A fresh vLLM engine in a new process: imports, init, the cached compile, the
-    policy read from the shared file system."""
+    policy (under LoRA the base and the adapter) read from the shared file system."""
     fs = inp["shared_fs_bytes_per_s"]
+    read = "base and adapter read" if lora else "policy read"
     return [
         Item(stage, "process start + imports", inp.fixed("vllm process start + imports"),
              "fixed", job),
         Item(stage, "vLLM init (profile, KV cache, CUDA graphs)", inp["vllm_init_s"],
              "fixed", job),
         Item(stage, "torch.compile (cache hit)", inp["vllm_compile_warm_s"], "fixed", job),
-        Item(stage, f"policy read ({policy_bytes / 1e9:.1f} GB)", policy_bytes / fs, "fixed",
-             job),
+        Item(stage, f"{read} ({policy_bytes / 1e9:.1f} GB)", policy_bytes / fs, "fixed", job),
     ]
 
 
-def _dialogues(inp: Inputs, turns: int, reply: int, job: str, stage: str) -> list[Item]:
-    return [Item(stage, "generate", turns * reply * inp["decode_s_per_token"], "work", job),
+def _dialogues(inp: Inputs, turns: int, reply: int, job: str, stage: str,
+               lora: bool) -> list[Item]:
+    """A dialogue's turns one after another (an adapter's kernels add to each token) and
+    the simulated user's answers."""
+    per_token = inp["decode_s_per_token"] + (inp["lora_decode_extra_s_per_token"] if lora
+                                             else 0.0)
+    return [Item(stage, "generate", turns * reply * per_token, "work", job),
             Item("simulated user", "answers", turns * inp["simulator_s_per_turn"], "work",
                  job)]
 
@@ -249,48 +312,61 @@ def estimate(w: Workload, lay: Layout, inp: Inputs) -> Estimate:
     p, m = w.params, w.models
     fs = inp["shared_fs_bytes_per_s"]
     state_bw = inp["local_nvme_bytes_per_s"] if lay.local_state else fs
-    policy, state = w.policy_bytes_per_param * p, state_bytes(w, inp)
+    base, exports, states = w.policy_bytes_per_param * p, exported_bytes(w, inp), state_bytes(
+        w, inp)
+    # An engine reads the policy, or the base and the iteration's adapter.
+    read = base + (exports[0] if w.lora else 0.0)
+    # Each model's folder: the base, and the model's adapter if it has one.
+    loads = [base + (e if t != p else 0.0) for t, e in zip(trained_params(w), exports,
+                                                           strict=True)]
+    rate = sum(1.0 if t == p else inp["lora_train_time_factor"] for t in trained_params(w))
     trained = w.dialogues * stored_tokens(w, inp, w.turns, w.reply_tokens)
-    train_s = 6 * p * trained * m * w.epochs / (inp["train_flops_per_gpu_s"] * lay.update_gpus)
+    train_s = (6 * p * trained * w.epochs * rate
+               / (inp["train_flops_per_gpu_s"] * lay.update_gpus))
     queue = inp["slurm_queue_s"] if lay.queued else 0.0
     start = [
         Item("update", "Slurm queue + submitit", queue + inp["submitit_submit_to_start_s"],
              "queue", "update"),
         Item("update", "process start + imports",
              inp.fixed("update process start + imports"), "fixed", "update"),
-        Item("update", "policy load", m * (policy / fs + inp.fixed("policy load")), "fixed",
-             "update"),
+        Item("update", "policy load", sum(loads) / fs + m * inp.fixed("policy load"),
+             "fixed", "update"),
         Item("update", "DeepSpeed init", m * (inp.fixed("DeepSpeed init") + inp[
             "DeepSpeed init.slope_s"] * p / lay.update_gpus), "fixed", "update")]
-    load = Item("update", f"state load ({state / 1e9:.0f} GB a model)",
-                m * (state / state_bw + inp.fixed("state load")), "fixed", "update")
-    save = Item("update", "state save", m * (state / state_bw + inp.fixed("state save")),
+    each = (f"{_gb(states[0])} GB a model" if len(set(states)) == 1
+            else " + ".join(f"{_gb(s)}" for s in states) + " GB")
+    load = Item("update", f"state load ({each})",
+                sum(states) / state_bw + m * inp.fixed("state load"), "fixed", "update")
+    save = Item("update", "state save", sum(states) / state_bw + m * inp.fixed("state save"),
                 "fixed", "update")
-    work = [*_dialogues(inp, w.turns, w.reply_tokens, "rollout", "rollout"),
+    work = [*_dialogues(inp, w.turns, w.reply_tokens, "rollout", "rollout", w.lora),
             Item("update", "train", train_s, "work", "update")]
-    eval_work = _dialogues(inp, w.eval_turns, w.eval_reply_tokens, "evaluate", "evaluation")
+    eval_work = _dialogues(inp, w.eval_turns, w.eval_reply_tokens, "evaluate", "evaluation",
+                           w.lora)
     if lay.resident:
         return _resident(w, lay, inp, start + [load], save, work, eval_work)
-    export = Item("update", "policy export (+ critic for PPO)",
-                  m * policy / fs + inp.fixed("policy export"), "fixed", "update")
+    export = Item("update", ("adapter" if w.lora else "policy") + " export (+ critic for PPO)",
+                  sum(exports) / fs + inp.fixed("policy export"), "fixed", "update")
     update = start + ([load, save] if w.keep_state > 0 else []) + [export]
     iteration = [Item("rollout", "Slurm queue", queue, "queue", "rollout"),
-                 *_engine_start(inp, policy, "rollout", "rollout"), *update, *work]
+                 *_engine_start(inp, read, "rollout", "rollout", w.lora), *update, *work]
     evaluation = [Item("evaluation", "Slurm queue", queue, "queue", "evaluate"),
-                  *_engine_start(inp, policy, "evaluate", "evaluation"), *eval_work]
+                  *_engine_start(inp, read, "evaluate", "evaluation", w.lora), *eval_work]
     gpus = {"rollout": lay.rollout_gpus * lay.shards, "update": lay.update_gpus,
             "evaluate": lay.evaluate_gpus}
-    return Estimate(lay, w.iterations, w.evaluations, iteration, evaluation, gpus)
+    return Estimate(lay, w, w.iterations, w.evaluations, iteration, evaluation, gpus)
 
 
 def _resident(w: Workload, lay: Layout, inp: Inputs, update_start: list[Item], save: Item,
               work: list[Item], eval_work: list[Item]) -> Estimate:
     """One job holds the update's GPUs for the rollouts, updates and evaluations of a
     block: the engines start once a block, each iteration hands the rollout engine the new
-    weights, the state is saved at the block's end (and every state_every updates), and
+    weights (under LoRA the adapter; where the engine sleeps in training, it also sleeps
+    and wakes), the state is saved at the block's end (and every state_every updates), and
     only kept policies are exported."""
     fs = inp["shared_fs_bytes_per_s"]
-    policy = w.policy_bytes_per_param * w.params
+    base, policy = w.policy_bytes_per_param * w.params, exported_bytes(w, inp)[0]
+    read = base + (policy if w.lora else 0.0)
     saves = 1 + ((lay.block - 1) // lay.state_every if lay.state_every else 0)
     blocks = math.ceil(w.iterations / lay.block)
     kept = min(1.0, (w.evaluations + blocks) / w.iterations)
@@ -298,14 +374,21 @@ def _resident(w: Workload, lay: Layout, inp: Inputs, update_start: list[Item], s
     def block(items: list[Item]) -> list[Item]:
         return [replace(i, job="block") for i in items]
 
+    sync = (Item("rollout", "adapter to the engine", inp["lora_adapter_sync_s"], "fixed",
+                 "block") if w.lora else
+            Item("rollout", "weight sync to the engine", inp["weight_sync_s"], "fixed",
+                 "block"))
+    sleep = ([Item("rollout", "vLLM sleep and wake", inp["vllm_sleep_wake_s"], "fixed",
+                   "block")] if lay.engine_sleeps else [])
     iteration = block([
-        Item("rollout", "weight sync to the engine", inp["weight_sync_s"], "fixed", "block"),
+        sync, *sleep,
         replace(save, label=f"state save ({saves} a block)",
                 seconds=save.seconds * saves / lay.block),
-        Item("update", "policy export (kept policies)",
+        Item("update", ("adapter" if w.lora else "policy") + " export (kept policies)",
              kept * (policy / fs + inp.fixed("policy export")), "fixed", "block"),
         *work])
-    block_start = block([*update_start, *_engine_start(inp, policy, "block", "rollout")])
+    block_start = block([*update_start, *_engine_start(inp, read, "block", "rollout",
+                                                        w.lora)])
     # A rank takes the evaluation beside the shards when the block has more ranks than
     # shards: the evaluation adds what outlasts them.
     beside = lay.update_gpus > lay.shards
@@ -313,7 +396,7 @@ def _resident(w: Workload, lay: Layout, inp: Inputs, update_start: list[Item], s
     extra = max(0.0, seconds(eval_work) - (rollout_s if beside else 0.0))
     evaluation = [Item("evaluation", "dialogues beyond the shards'" if beside else "dialogues",
                        extra, "work", "block")]
-    return Estimate(lay, w.iterations, w.evaluations, iteration, evaluation,
+    return Estimate(lay, w, w.iterations, w.evaluations, iteration, evaluation,
                     {"block": lay.update_gpus}, block_start)
 
 
@@ -334,11 +417,14 @@ class Disk:
 
 def disk(w: Workload, inp: Inputs) -> Disk:
     """The run's files: the base model (resources/models/; iteration 0's policy is hard
-    links to it), kept policies (two more while an iteration's is in use and the next is
-    written), the carried optimizer state (one more while an update writes the next;
-    the last update writes none), the rollouts and the evaluations' dialogues."""
-    policy = w.policy_bytes_per_param * w.params
-    state_dir = w.models * state_bytes(w, inp) + (w.models - 1) * policy  # + PPO's critic
+    links to it), kept policies (under LoRA adapters; two more while an iteration's is in
+    use and the next is written), the carried optimizer state (one more while an update
+    writes the next; the last update writes none), the rollouts and the evaluations'
+    dialogues."""
+    base = w.policy_bytes_per_param * w.params
+    exports = exported_bytes(w, inp)
+    policy = exports[0]
+    state_dir = sum(state_bytes(w, inp)) + sum(exports[1:])  # + PPO's critic
     per_token = inp["stored_bytes_per_token"]
     rollouts = (w.iterations * w.dialogues * per_token
                 * stored_tokens(w, inp, w.turns, w.reply_tokens))
@@ -348,7 +434,7 @@ def disk(w: Workload, inp: Inputs) -> Disk:
     states_peak = (w.keep_state + 1) * state_dir if w.keep_state else 0.0
     states_end = max(0, w.keep_state - 1) * state_dir
     return Disk([
-        ("base model", policy, policy),
+        ("base model", base, base),
         ("kept policies", kept + 2 * policy, kept),
         ("optimizer state", states_peak, states_end),
         ("rollouts", rollouts, rollouts),

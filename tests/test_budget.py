@@ -187,12 +187,14 @@ def test_bench_scale_writes_the_models_measured_inputs(tmp_path: Path) -> None:
     assert path.read_text().startswith("# What bench/scale.py measured")
 
 
-def test_docs_scale_says_only_numbers_its_budgets_print() -> None:
-    """The prose of docs/scale.md's section on the paper's experiments quotes the outputs
-    printed in it: a number there that no output prints is one the model no longer gives."""
+@pytest.mark.parametrize("heading", ["## The paper's experiments at 7B", "### LoRA at 7B"])
+def test_docs_scale_says_only_numbers_its_budgets_print(heading: str) -> None:
+    """The prose of docs/scale.md's sections on the 7B runs (full weights, LoRA) quotes
+    the `rlver budget` outputs printed on the page: a number there that no output prints
+    is one the model no longer gives."""
     text = (ROOT / "docs" / "scale.md").read_text(encoding="utf-8")
-    section = text.split("## The paper's experiments at 7B")[1].split("\n## ")[0]
-    blocks = "".join(re.findall(r"```\n(.*?)```", section, re.S))
+    section = re.split(r"\n##+ ", text.split(heading)[1])[0]
+    blocks = "".join(re.findall(r"```\n(\$ rlver budget .*?)```", text, re.S))
     prose = re.sub(r"```\n.*?```", "", section, flags=re.S)
     printed = {n.replace(",", "") for n in re.findall(r"\d[\d,]*(?:\.\d+)?", blocks)}
     said = {n.replace(",", "") for n in re.findall(r"(?<![\w.-])\d[\d,]*(?:\.\d+)?", prose)}
