@@ -101,10 +101,11 @@ def adapter_params(cfg: DictConfig, shape: Optional[dict[str, float]]) -> float:
 
 
 def served_simulator_gpus(cfg: DictConfig) -> int:
-    """GPUs of a simulated user the workflow serves for the run (`simulator.serve`, a
-    model to serve: its GPUs a replica times its replicas); 0 for an endpoint of yours."""
+    """GPUs of the simulated user the workflow serves for the run (simulator=served: a
+    replica's GPUs times the replicas, held for the whole run, whether or not
+    `simulator.serve.model_path` is given yet); 0 for an endpoint of yours."""
     serve = OmegaConf.select(cfg, "simulator.serve", default=None)
-    if not serve or not serve.get("model_path"):
+    if OmegaConf.select(cfg, "simulator.backend", default=None) != "served" or not serve:
         return 0
     per_replica = serve.get("gpus", serve.get("tensor_parallel", 1))
     return int(per_replica) * int(serve.get("replicas") or 1)
@@ -280,14 +281,14 @@ def to_text(b: Budget) -> str:
     lines = [f"rlver budget: run {b.run}: {b.describe}",
              f"layout: {lay.name}; rollout {lay.shards} shard(s) x {lay.rollout_gpus} GPU, "
              f"evaluation {lay.evaluate_gpus} GPU; the simulated user: {sim}", "",
-             f"{'stage':<16}{'GPUs':>10}{'s/iter':>10}{'GPU-h/iter':>12}{'job h/run':>11}"
+             f"{'stage':<16}{'GPUs':>12}{'s/iter':>10}{'GPU-h/iter':>12}{'job h/run':>11}"
              f"{'GPU-h/run':>11}"]
     for stage, gpus, s, gh, rh, rgh in stage_rows(est):
         first = "-" if stage == "evaluation" else f"{s:.1f}"
         per = "-" if stage == "evaluation" else f"{gh:.2f}"
-        lines.append(f"{stage:<16}{gpus:>10}{first:>10}{per:>12}{rh:>11.1f}{rgh:>11.0f}")
+        lines.append(f"{stage:<16}{gpus:>12}{first:>10}{per:>12}{rh:>11.1f}{rgh:>11.0f}")
     wall = cost.seconds(est.per_iteration())
-    lines.append(f"{'total':<16}{'':>10}{wall:>10.1f}{est.gpu_h_per_iteration():>12.2f}"
+    lines.append(f"{'total':<16}{'':>12}{wall:>10.1f}{est.gpu_h_per_iteration():>12.2f}"
                  f"{'':>11}{est.gpu_h_run():>11.0f}")
     one_eval = cost.seconds(est.evaluation)
     lines += [

@@ -117,15 +117,21 @@ def test_disk_at_the_peak_and_at_the_end() -> None:
 
 
 def test_a_served_simulator_is_priced_from_its_keys() -> None:
-    """`simulator.serve` (a model to serve): its GPUs a replica times its replicas, held for
-    the whole run; without it, nothing (an endpoint of yours)."""
-    served = OmegaConf.create({"simulator": {"serve": {"model_path": "/m", "gpus": 4,
-                                                       "replicas": 2}}})
+    """simulator=served: its GPUs a replica times its replicas, held for the whole run,
+    priced before its model's path is given (a paper experiment's budget); another
+    backend (an endpoint of yours), nothing."""
+    served = OmegaConf.create({"simulator": {"backend": "served", "serve": {
+        "model_path": "", "gpus": 4, "replicas": 2}}})
     assert budget.served_simulator_gpus(served) == 8
     assert budget.served_simulator_gpus(OmegaConf.create({"simulator": {}})) == 0
-    on_cpus = {"simulator": {"serve": {"model_path": "/m", "gpus": 0, "tensor_parallel": 1}}}
+    elsewhere = {"simulator": {"backend": "llm_http", "serve": {"gpus": 4}}}
+    assert budget.served_simulator_gpus(OmegaConf.create(elsewhere)) == 0
+    on_cpus = {"simulator": {"backend": "served", "serve": {"gpus": 0, "tensor_parallel": 1}}}
     assert budget.served_simulator_gpus(OmegaConf.create(on_cpus)) == 0
     assert budget.served_simulator_gpus(config.compose("smoke")) == 0
+    paper = config.compose("paper_grpo_think_vanilla", [], require_user_keys=False)
+    assert paper.simulator.serve.model_path == ""
+    assert budget.served_simulator_gpus(paper) == 4
     inp = cost.load_inputs()
     plain = cost.estimate(_workload(), LAYOUT, inp)
     with_sim = cost.estimate(_workload(), cost.Layout(
