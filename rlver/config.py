@@ -112,7 +112,8 @@ def compose(
 
 #: Config fields that are mappings handed on as they are (vLLM's engine arguments, sbatch
 #: options): any key may be added to them.
-FREE_FORM = ("rollout.vllm_args", "cluster.slurm_additional_parameters")
+FREE_FORM = ("rollout.vllm_args", "simulator.serve.vllm_args",
+             "cluster.slurm_additional_parameters")
 
 
 def open_mappings(overrides: list[str]) -> list[str]:
