@@ -157,6 +157,8 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "cluster.iterations_per_job": 1, "cluster.state_every": 0,
                               "rollout.max_model_len": 4096, "simulator.max_model_len": 4096,
                               "simulator.max_user_tokens": 128,
+                              "simulator.transcript_chars": 6000,
+                              "simulator.message_chars": 2000,
                               "algorithm.old_logprobs": "rollout",
                               "algorithm.rollout_is": "none", "algorithm.rollout_is_cap": 2.0,
                               "retention": dataclasses.asdict(RetentionConfig()),
