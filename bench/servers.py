@@ -42,12 +42,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def fixed_latency_server(latency_ms: float, startup_timeout_s: float = 30.0) -> Iterator[str]:
+def fixed_latency_server(latency_ms: float, startup_timeout_s: float = 30.0,
+                         speak_repeat: int = 1) -> Iterator[str]:
     """A FakeChatServer that answers every request well-formed after `latency_ms`, in its
-    own process (in-process, its threads would share the client's GIL and skew timings).
-    Yields the base URL."""
+    own process (in-process, its threads would share the client's GIL and skew timings);
+    its user message is FIXED_SPEAK `speak_repeat` times. Yields the base URL."""
     port = free_port()
-    cmd = [sys.executable, __file__, "--port", str(port), "--latency-ms", str(latency_ms)]
+    cmd = [sys.executable, __file__, "--port", str(port), "--latency-ms", str(latency_ms),
+           "--speak-repeat", str(speak_repeat)]
     with tempfile.NamedTemporaryFile(suffix=".log") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -58,10 +60,10 @@ def fixed_latency_server(latency_ms: float, startup_timeout_s: float = 30.0) -> 
             _stop(proc)
 
 
-def _fixed_answer(latency_s: float) -> Callable[[dict[str, Any]], Reply]:
+def _fixed_answer(latency_s: float, speak: str = FIXED_SPEAK) -> Callable[[dict[str, Any]], Reply]:
     def respond(body: dict[str, Any]) -> Reply:
         prompt = body["messages"][-1]["content"]
-        return Reply(content=FIXED_FEEL if '"delta"' in prompt else FIXED_SPEAK,
+        return Reply(content=FIXED_FEEL if '"delta"' in prompt else speak,
                      delay_s=latency_s)
 
     return respond
@@ -288,14 +290,17 @@ class _Server(ThreadingHTTPServer):
 
 
 def _serve_fixed() -> None:
-    """`python bench/servers.py --port P --latency-ms L`: the fixed-latency server."""
+    """`python bench/servers.py --port P --latency-ms L [--speak-repeat N]`: the
+    fixed-latency server."""
     import argparse
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--latency-ms", type=float, default=50.0)
+    parser.add_argument("--speak-repeat", type=int, default=1)
     args = parser.parse_args()
-    FakeChatServer(_fixed_answer(args.latency_ms / 1000), port=args.port).serve_forever()
+    speak = " ".join([FIXED_SPEAK] * args.speak_repeat)
+    FakeChatServer(_fixed_answer(args.latency_ms / 1000, speak), port=args.port).serve_forever()
 
 
 if __name__ == "__main__":

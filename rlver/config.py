@@ -112,7 +112,8 @@ def compose(
 
 #: Config fields that are mappings handed on as they are (vLLM's engine arguments, sbatch
 #: options): any key may be added to them.
-FREE_FORM = ("rollout.vllm_args", "cluster.slurm_additional_parameters")
+FREE_FORM = ("rollout.vllm_args", "simulator.serve.vllm_args",
+             "cluster.slurm_additional_parameters")
 
 
 def open_mappings(overrides: list[str]) -> list[str]:
@@ -156,6 +157,8 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "cluster.iterations_per_job": 1, "cluster.state_every": 0,
                               "rollout.max_model_len": 4096, "simulator.max_model_len": 4096,
                               "simulator.max_user_tokens": 128,
+                              "simulator.transcript_chars": 6000,
+                              "simulator.message_chars": 2000,
                               "algorithm.old_logprobs": "rollout",
                               "algorithm.rollout_is": "none", "algorithm.rollout_is_cap": 2.0,
                               "retention": dataclasses.asdict(RetentionConfig()),

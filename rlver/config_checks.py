@@ -186,6 +186,8 @@ def _ranges(cfg: DictConfig) -> list[Check]:
         ("rollout.samples_per_persona", ro.samples_per_persona >= 1, "at least 1"),
         ("simulator.max_turns", cfg.simulator.max_turns >= 1, "at least 1"),
         ("simulator.max_user_tokens", cfg.simulator.max_user_tokens >= 1, "at least 1"),
+        ("simulator.transcript_chars", cfg.simulator.transcript_chars >= 1, "at least 1"),
+        ("simulator.message_chars", cfg.simulator.message_chars >= 1, "at least 1"),
         ("simulator.max_model_len", cfg.simulator.max_model_len > cfg.simulator.max_tokens,
          "more than simulator.max_tokens (the context holds the prompt and the answer)"),
         ("simulator.max_fallback_rate", 0 <= cfg.simulator.max_fallback_rate <= 1,

@@ -185,8 +185,14 @@ class SimulatorConfig:
     #: tokenizer); the LLM simulators' files set it to their `max_tokens`, which caps an
     #: answer in the simulator's own tokens (another tokenizer may count more).
     max_user_tokens: int = 128
+    #: LLM backends: what the simulator's prompts show of the dialogue: the opening line
+    #: and the latest messages within `transcript_chars` characters, each message cut at
+    #: `message_chars`. The defaults fit a 4k-token simulator context; the paper's
+    #: simulated user (simulator/served.yaml) sees the whole worst-case dialogue.
+    transcript_chars: int = 6000
+    message_chars: int = 2000
     #: llm_vllm: the context of the in-process engine, in the simulator's tokens (its
-    #: prompt, with the transcript of MAX_TRANSCRIPT_CHARS characters at most, and its
+    #: prompt, with the transcript of `transcript_chars` characters at most, and its
     #: answer). A call that does not fit fails, is retried and falls back
     #: (`max_fallback_rate`). llm_http: the server's own --max-model-len applies.
     max_model_len: int = 4096

@@ -108,6 +108,33 @@ def test_language_follows_persona_unless_configured() -> None:
     assert "hidden need" not in zh[0]["content"] + zh[1]["content"]
 
 
+@pytest.mark.timeout(30)
+def test_paper_simulated_user_sees_the_whole_dialogue(stub_model: Path) -> None:
+    """The paper experiments' simulated user judges the benchmark's longest dialogue (an
+    opening line, 10 replies and 9 messages of 512 tokens, here 2,600 characters each)
+    with every message whole in both steps' prompts, as the paper's simulator does; the
+    default budget (6,000 characters, a message cut at 2,000) fits a 4k-token context."""
+    from rlver import config
+
+    cfg = config.compose("paper_grpo_nothink_vanilla", [
+        f"model.source={stub_model}", "simulator.serve.model_path=/models/sim",
+        "retention=none"])
+    history = [Message("user", "u0 " + "a" * 2600)]
+    for i in range(1, 11):
+        history.append(Message("assistant", f"r{i} " + "b" * 2600))
+        if i < 10:
+            history.append(Message("user", f"u{i} " + "c" * 2600))
+    request = SimRequest(ANNA, tuple(history), 30, 10, 1)
+    view = (cfg.simulator.transcript_chars, cfg.simulator.message_chars)
+    assert LLMSimulator(cfg.simulator, ListBackend()).view == view
+    feel = feel_messages(request, "vanilla", "en", structured=True, view=view)[1]["content"]
+    speak = speak_messages(request, 40, None, "vanilla", "en", view=view)[1]["content"]
+    for m in history:
+        assert m.content in feel and m.content in speak
+    default = feel_messages(request, "vanilla", "en")[1]["content"]
+    assert len(default) < 8000 and history[1].content not in default
+
+
 @pytest.mark.timeout(10)
 def test_prompt_data_covers_both_languages() -> None:
     from rlver.simulator import prompts

@@ -71,6 +71,15 @@ def test_bad_served_config_is_named(overrides: list[str], wanted: str) -> None:
     assert wanted in str(err.value)
 
 
+def test_server_flags_are_set_as_the_docs_say() -> None:
+    """simulator.serve.vllm_args takes any vLLM flag on the command line, as its docs
+    show (`simulator.serve.vllm_args.max_model_len=16384`), without Hydra's `++`."""
+    cfg = _cfg("simulator.serve.vllm_args.max_model_len=16384",
+               "simulator.serve.vllm_args.enable_prefix_caching=true")
+    assert dict(cfg.simulator.serve.vllm_args) == {"max_model_len": 16384,
+                                                    "enable_prefix_caching": True}
+
+
 def test_paper_experiments_serve_their_simulated_user(stub_model: Path) -> None:
     cfg = config.compose("paper_grpo_think_vanilla", [
         f"model.source={stub_model}", "simulator.serve.model_path=/models/Qwen2.5-72B-Instruct",

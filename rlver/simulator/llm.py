@@ -40,6 +40,8 @@ from rlver.errors import RlverInputError
 from rlver.simulator.base import Feeling, SimRequest, Simulator, Utterance
 from rlver.simulator.prompts import (
     FAREWELL_MARKER,
+    MAX_MESSAGE_CHARS,
+    MAX_TRANSCRIPT_CHARS,
     fallback_utterance,
     feel_messages,
     prompt_language,
@@ -243,6 +245,9 @@ class LLMSimulator(Simulator):
         self.structured = bool(cfg.structured_feel)
         limit = MAX_ABS_DELTA if cfg.max_delta is None else min(MAX_ABS_DELTA, cfg.max_delta)
         self.schema = feeling_schema(limit)
+        #: What the prompts show of the dialogue (characters of the transcript, a message).
+        self.view = (int(getattr(cfg, "transcript_chars", MAX_TRANSCRIPT_CHARS)),
+                     int(getattr(cfg, "message_chars", MAX_MESSAGE_CHARS)))
         self.backend = backend
         self._sleep = sleep
         #: Step one's reasons by request, so step two speaks from what was felt.
@@ -253,8 +258,8 @@ class LLMSimulator(Simulator):
         seeds = [r.seed for r in requests]
         answers = None
         if self.structured:
-            chats = [feel_messages(r, self.difficulty, self._language(r), structured=True)
-                     for r in requests]
+            chats = [feel_messages(r, self.difficulty, self._language(r), structured=True,
+                                   view=self.view) for r in requests]
             try:
                 answers = self._ask("feel", chats, seeds, parse_feeling, self.schema)
             except StructuredOutputsRefused as exc:
@@ -262,7 +267,8 @@ class LLMSimulator(Simulator):
                 print(f"simulator: the endpoint refused structured outputs ({exc}); step one "
                       "asks in free text from now on", file=sys.stderr, flush=True)
         if answers is None:
-            chats = [feel_messages(r, self.difficulty, self._language(r)) for r in requests]
+            chats = [feel_messages(r, self.difficulty, self._language(r), view=self.view)
+                     for r in requests]
             answers = self._ask("feel", chats, seeds, parse_feeling)
         feelings = []
         for answer in answers:
@@ -287,7 +293,7 @@ class LLMSimulator(Simulator):
         `farewell` only when the persona leaves by itself (marker present, no outcome)."""
         chats = [
             speak_messages(r, e, o, self.difficulty, self._language(r),
-                           self._reactions.get(r, ""))
+                           self._reactions.get(r, ""), view=self.view)
             for r, e, o in zip(requests, emotions, outcomes, strict=True)
         ]
         parsers: list[Callable[[str], tuple[str, bool]]] = [

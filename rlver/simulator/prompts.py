@@ -30,9 +30,11 @@ from rlver.simulator.protocol import state
 
 #: The persona ends its message with this to leave the conversation (stripped from the text).
 FAREWELL_MARKER = "[END]"
-#: Transcript budget in characters: the opening line plus the most recent messages that fit.
+#: Transcript budget in characters: the opening line plus the most recent messages that fit
+#: (simulator.transcript_chars's default).
 MAX_TRANSCRIPT_CHARS = 6000
-#: One message longer than this is cut (a wall-of-text reply still shows as long).
+#: One message longer than this is cut (a wall-of-text reply still shows as long;
+#: simulator.message_chars's default).
 MAX_MESSAGE_CHARS = 2000
 
 
@@ -51,10 +53,12 @@ def prompt_language(persona: Persona, setting: str = "auto") -> str:
 
 
 def feel_messages(
-    request: SimRequest, difficulty: str, language: str, structured: bool = False
+    request: SimRequest, difficulty: str, language: str, structured: bool = False,
+    view: tuple[int, int] = (MAX_TRANSCRIPT_CHARS, MAX_MESSAGE_CHARS),
 ) -> list[dict[str, str]]:
     """Step one: how the persona feels about the last reply. Free text ending in a JSON
-    line, or (`structured`) only the JSON object, for a backend that constrains decoding."""
+    line, or (`structured`) only the JSON object, for a backend that constrains decoding.
+    `view`: the transcript's and a message's budget in characters (`transcript`)."""
     text, persona = _TEXT[language], request.persona
     system = "\n\n".join([
         _persona_block(persona, language),
@@ -62,7 +66,7 @@ def feel_messages(
         text[f"feel_{_difficulty(difficulty)}"].format(name=persona.name),
     ])
     context = text["feel_context"].format(
-        transcript=transcript(request.history, persona.name, language),
+        transcript=transcript(request.history, persona.name, language, *view),
         emotion=request.emotion,
         state_text=_STATES[language][state(request.emotion)],
     )
@@ -78,10 +82,12 @@ def speak_messages(
     difficulty: str,
     language: str,
     reaction: str = "",
+    view: tuple[int, int] = (MAX_TRANSCRIPT_CHARS, MAX_MESSAGE_CHARS),
 ) -> list[dict[str, str]]:
     """Step two: the persona's next message (a closing line when `outcome` is set).
 
     `reaction` is step one's reason, so what the persona says follows from what it felt.
+    `view`: as for `feel_messages`.
     """
     text, persona = _TEXT[language], request.persona
     blocks = [_persona_block(persona, language)]
@@ -91,7 +97,7 @@ def speak_messages(
         blocks += [text["speak_challenging"]]
     blocks.append(text["speak_style"])
     fields = {
-        "transcript": transcript(request.history, persona.name, language),
+        "transcript": transcript(request.history, persona.name, language, *view),
         "emotion": emotion,
         "state_text": _STATES[language][state(emotion)],
         "name": persona.name,
@@ -113,13 +119,16 @@ def fallback_utterance(language: str, closing: bool) -> str:
 
 
 def transcript(
-    history: Sequence[Message], name: str, language: str, max_chars: int = MAX_TRANSCRIPT_CHARS
+    history: Sequence[Message], name: str, language: str, max_chars: int = MAX_TRANSCRIPT_CHARS,
+    message_chars: int = MAX_MESSAGE_CHARS,
 ) -> str:
     """The dialogue as labelled lines: the opening message plus the latest ones that fit
-    `max_chars` (long dialogues must still fit the simulator's context)."""
+    `max_chars`, each cut at `message_chars` (long dialogues must still fit the
+    simulator's context)."""
     text = _TEXT[language]
     labels = {"user": text["you"].format(name=name), "assistant": text["them"]}
-    lines = [f"{labels.get(m.role, m.role)}: {_cut(m.content, text['cut'])}" for m in history]
+    lines = [f"{labels.get(m.role, m.role)}: {_cut(m.content, text['cut'], message_chars)}"
+             for m in history]
     if not lines:
         return ""
     kept: list[str] = []
@@ -166,6 +175,6 @@ def _difficulty(difficulty: str) -> str:
     return difficulty
 
 
-def _cut(content: str, marker: str) -> str:
+def _cut(content: str, marker: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     content = content.strip()
-    return content if len(content) <= MAX_MESSAGE_CHARS else content[:MAX_MESSAGE_CHARS] + marker
+    return content if len(content) <= limit else content[:limit] + marker
