@@ -17,7 +17,8 @@ benchmark personas are scored at both ends, so it is the spread of the per-perso
 differences over sqrt(n).
 
 Prints a table (seed, score at each evaluated iteration, gain, its standard error, the
-run's minutes) and last `default_gain_min=<x>`: the smallest gain over the seeds (goal >= 5).
+share of training replies cut at the token cap, the run's minutes) and last
+`default_gain_min=<x>`: the smallest gain over the seeds (goal >= 5).
 """
 
 from __future__ import annotations
@@ -68,6 +69,16 @@ def final_emotions(path: Path) -> dict[str, int]:
     return {r["persona_id"]: r["final_emotion"] for r in rows if r["sample"] == 0}
 
 
+def cut_share(run: Run) -> float:
+    """The share of the run's training replies cut at `rollout.max_new_tokens` (every
+    assistant turn of every rollout shard)."""
+    cut = total = 0
+    for path in sorted(run.root.glob("iter_*/rollouts/shard_*.parquet")):
+        for flags in pq.read_table(path, columns=["truncated"]).column(0).to_pylist():
+            cut, total = cut + sum(flags), total + len(flags)
+    return cut / max(1, total)
+
+
 def seed_scores(run: Run) -> tuple[dict[int, float], float, float]:
     """{iteration: score} of the evaluated policies, the gain from the first to the last,
     and the gain's paired standard error."""
@@ -100,8 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for seed in (int(s) for s in a.seeds.split(",")):
         seconds = run_seed(a.workdir, name, seed, overrides)
-        scores, gain, se = seed_scores(Run(a.workdir / "results" / f"{name}_s{seed}"))
-        rows.append((seed, scores, gain, se, seconds))
+        run = Run(a.workdir / "results" / f"{name}_s{seed}")
+        scores, gain, se = seed_scores(run)
+        rows.append((seed, scores, gain, se, cut_share(run), seconds))
         print(f"seed {seed}: {gain:+.1f} (se {se:.1f}) in {seconds / 60:.1f} min",
               file=sys.stderr, flush=True)
     its = sorted({i for _, s, *_ in rows for i in s})

@@ -1,0 +1,113 @@
+"""How long does the policy's first reply run when no cap cuts it? The share of replies
+that end on their own (the end-of-turn token) within each token cap, and the share whose
+first paragraph ends there.
+
+    .venv/bin/python bench/reply_lengths.py --run results/default
+    .venv/bin/python bench/reply_lengths.py --run results/default \
+        --system "... Reply in one or two short sentences."
+
+Takes the opening user message of each persona the run's rollouts and evaluations met,
+the run's base model (`resources/models/<model.name>` beside its results, or --model) and
+its system prompt (the frozen config's `template.system_prompt`, or each --system given),
+and samples one reply to each at the run's `rollout.temperature` (or --temperature) up to
+--max-tokens, seeded, with transformers' generate. Prints a table (system prompt, share
+ended within each cap, the run's own cap marked) and last `ended_at_run_cap=<share>` for
+the first prompt: the share of first replies the run's cap does not cut.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import yaml
+
+CAPS = (32, 48, 64, 96, 128, 160, 256)
+
+
+def openings(run: Path) -> list[str]:
+    """The first user message of each persona's dialogues in the run's rollouts and
+    evaluations."""
+    seen: dict[str, str] = {}
+    files = [*sorted(run.glob("iter_*/rollouts/shard_*.parquet")),
+             *sorted(run.glob("iter_*/eval/dialogues.parquet"))]
+    for path in files:
+        for row in pq.read_table(path, columns=["persona_id", "messages"]).to_pylist():
+            seen.setdefault(row["persona_id"], row["messages"][0]["content"])
+    if not seen:
+        sys.exit(f"{run}: no rollout shard or evaluation; run the experiment's first "
+                 "rollouts first (or pass another run).")
+    return list(seen.values())
+
+
+def lengths(model, tok, system: str, users: list[str], temperature: float, max_tokens: int,
+            seed: int) -> tuple[list[int | None], list[int | None]]:
+    """Per user message: the reply's length in tokens where it ended (None: not within
+    max_tokens), and where its first paragraph ended (a token holding a newline)."""
+    import torch
+
+    torch.manual_seed(seed)
+    newline = {i for t, i in tok.get_vocab().items() if "\u010a" in t or "\n" in t}
+    texts = [tok.apply_chat_template([{"role": "system", "content": system},
+                                      {"role": "user", "content": u}],
+                                     tokenize=False, add_generation_prompt=True) for u in users]
+    enc = tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_tokens, do_sample=True,
+                             temperature=temperature, top_p=1.0, top_k=0,
+                             pad_token_id=tok.eos_token_id)
+    ends, paragraphs = [], []
+    for row in out[:, enc["input_ids"].shape[1]:].tolist():
+        ends.append(next((k + 1 for k, t in enumerate(row) if t == tok.eos_token_id), None))
+        paragraphs.append(next((k + 1 for k, t in enumerate(row)
+                                if t == tok.eos_token_id or t in newline), None))
+    return ends, paragraphs
+
+
+def within(lens: list[int | None], cap: int) -> float:
+    return sum(1 for n in lens if n is not None and n <= cap) / len(lens)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", type=Path, required=True, help="results/<run> with rollouts")
+    ap.add_argument("--model", type=Path, help="the base model (default: the run's)")
+    ap.add_argument("--system", action="append", default=[],
+                    help="a system prompt to measure (repeatable; default: the run's)")
+    ap.add_argument("--max-tokens", type=int, default=max(CAPS))
+    ap.add_argument("--temperature", type=float, help="default: the run's rollout.temperature")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = yaml.safe_load((a.run / "config.yaml").read_text())
+    model_dir = a.model or a.run.parents[1] / "resources" / "models" / cfg["model"]["name"]
+    torch.set_num_threads(1)
+    tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    users = openings(a.run)
+    cap = cfg["rollout"]["max_new_tokens"]
+    temperature = a.temperature or cfg["rollout"]["temperature"]
+    prompts = a.system or [cfg["template"]["system_prompt"]]
+    caps = sorted({c for c in CAPS if c <= a.max_tokens} | {cap})
+    print(f"{len(users)} openings of {a.run}, temperature {temperature}, run's cap {cap}; "
+          f"share of replies ended (first paragraph ended) within each cap")
+    print(f"{'prompt':>6} " + " ".join(f"{('*' if c == cap else '') + str(c):>11}" for c in caps))
+    first_share = None
+    for k, system in enumerate(prompts):
+        ends, paragraphs = lengths(model, tok, system, users, temperature, a.max_tokens,
+                                   a.seed)
+        cells = " ".join(f"{within(ends, c):5.0%} ({within(paragraphs, c):3.0%})" for c in caps)
+        print(f"{k:>6} {cells}")
+        if first_share is None:
+            first_share = within(ends, cap)
+    for k, system in enumerate(prompts):
+        print(f"prompt {k}: {system}")
+    print(f"ended_at_run_cap={first_share:.2f}")
+
+
+if __name__ == "__main__":
+    main()
