@@ -43,7 +43,8 @@ run: setup
 # Two pytest workers, a whole test file to each (module fixtures such as a vLLM server or
 # a finished workflow run are made once), slowest files first (tests/conftest.py): a third
 # of a one-worker run's time is one core waiting on a start-up, a subprocess or a server
-# while the other is idle. One worker: 30 min 35 s; two: 27 min 13 s (docs/performance.md).
+# while the other is idle. One worker: 30 min 35 s; two: 27 min 13 s, side by side
+# (docs/notes/2026-12-03-performance-runs.md).
 test: setup
 	$(BIN)/pytest -ra --durations=30 -n 2 --dist loadfile --no-loadscope-reorder -m "not long"
 
