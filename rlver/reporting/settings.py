@@ -74,10 +74,18 @@ def sizes(cfg: dict[str, Any]) -> str:
 
 
 def model(cfg: dict[str, Any], run_dir: Path) -> str:
+    """The base model, its size and source; with `model.lora`, the adapters trained on it
+    (a LoRA run learns through far fewer weights: a reader comparing runs must see it)."""
     m = cfg["model"]
     count = parameters(run_dir)
     size = f"{_size(count)} parameters, " if count else ""
-    return f"{m['name']} ({size}{m['dtype']}) from {m['source']}"
+    text = f"{m['name']} ({size}{m['dtype']}) from {m['source']}"
+    lora = m.get("lora")
+    if lora:
+        critic = f"; PPO critic: {lora['critic']}" if cfg["algorithm"]["name"] == "ppo" else ""
+        text += (f"; trained as LoRA adapters of rank {lora['rank']} (alpha {lora['alpha']}) "
+                 f"on {', '.join(lora['target_modules'])}{critic}")
+    return text
 
 
 def simulator(cfg: dict[str, Any]) -> str:
