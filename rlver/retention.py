@@ -183,8 +183,18 @@ def _model(cfg: Any, policy_dir: str) -> Any:
     from lm_eval.models.huggingface import HFLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return HFLM(pretrained=policy_dir, dtype=cfg.model.dtype,
+    return HFLM(**_hf_args(policy_dir), dtype=cfg.model.dtype,
                 batch_size=cfg.retention.batch_size, device=device)
+
+
+def _hf_args(policy_dir: str) -> dict[str, str]:
+    """The policy for lm-eval's hf backend: a full policy's folder, or a LoRA policy's
+    base with its adapter (lm-eval's `peft`; an adapter folder is no loadable model)."""
+    from rlver.lora import base_of, is_adapter
+
+    if is_adapter(policy_dir):
+        return {"pretrained": str(base_of(policy_dir)), "peft": policy_dir}
+    return {"pretrained": policy_dir}
 
 
 def _vllm_args(cfg: Any, policy_dir: str) -> dict[str, Any]:
@@ -193,10 +203,14 @@ def _vllm_args(cfg: Any, policy_dir: str) -> dict[str, Any]:
     import torch
 
     from rlver.engines import vllm_cpu
+    from rlver.lora import adapter_rank, base_of, is_adapter, vllm_max_rank
 
     args: dict[str, Any] = {"pretrained": policy_dir, "dtype": cfg.model.dtype,
                             "seed": cfg.seed, "batch_size": cfg.retention.batch_size,
                             "max_model_len": 4096}
+    if is_adapter(policy_dir):  # the base under the adapter as a LoRA request
+        args |= {"pretrained": str(base_of(policy_dir)), "lora_local_path": policy_dir,
+                 "max_lora_rank": vllm_max_rank(adapter_rank(policy_dir))}
     if not torch.cuda.is_available():
         args |= vllm_cpu.POLICY_DEFAULTS
     args |= dict(cfg.rollout.vllm_args)
@@ -298,8 +312,9 @@ def _command(cfg: Any, policy_dir: str, out_dir: Path) -> str:
         model = ["--model", "vllm", "--model_args",
                  ",".join(f"{k}={v}" for k, v in args.items())]
     else:
+        args = _hf_args(policy_dir) | {"dtype": cfg.model.dtype}
         model = ["--model", "hf", "--model_args",
-                 f"pretrained={policy_dir},dtype={cfg.model.dtype}"]
+                 ",".join(f"{k}={v}" for k, v in args.items())]
     lines = ["# The retention stage's measurement with lm-eval's command line "
              "(docs/experiments.md, Table 2)."]
     for name, task in ret.tasks.items():

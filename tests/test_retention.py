@@ -275,3 +275,44 @@ def test_lm_evals_command_line_gives_the_stages_numbers(tmp_path: Path, base_mod
     answers = [[json.loads(line)["resps"] for line in path.read_text().splitlines()]
                for path in (samples, out / "samples_ifeval.jsonl")]
     assert answers[0] == answers[1]
+
+
+@pytest.mark.slow
+def test_a_lora_policy_is_measured_as_its_base_with_the_adapter(tmp_path: Path,
+                                                                  base_model: Path) -> None:
+    """An adapter policy (no loadable model by itself) goes to lm-eval as its base with
+    the adapter (`peft`): its samples equal those of the same adapter merged into a plain
+    model, and differ from the base's. In-process, 2 prompts of 8 tokens each."""
+    import torch
+
+    from rlver import lora
+    from rlver.models import link_tree, load_policy, merge
+    from rlver.retention import measure_policy
+
+    run = Run(tmp_path / "results" / "tiny")
+    cfg = config.compose("smoke", [*TINY, "retention=cpu", "retention.tasks.ifeval.limit=2",
+                                   "retention.tasks.ifeval.max_gen_toks=8", "model/lora=r64",
+                                   "model.lora.rank=8"], run="tiny")
+    config.freeze(cfg, run.config)
+    link_tree(base_model, run.policy(0))
+    model, _ = load_policy(run.policy(0))
+    torch.manual_seed(0)
+    peft_model = lora.new_adapter(model, cfg.model.lora)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # a new adapter's B is zero: no effect on the base
+    lora.save_adapter(peft_model, run.policy(1), run.policy(0), 1)
+    merge(run.policy(1), tmp_path / "merged")
+
+    def samples(policy: Path, out: Path) -> list[str]:
+        measure_policy(str(run.config), 1, str(policy), str(out))
+        return [json.loads(line)["resps"][0][0] for line in
+                (out / "samples_ifeval.jsonl").read_text().splitlines()]
+
+    adapted = samples(run.policy(1), run.retention_dir(1))
+    assert "peft=" in (run.retention_dir(1) / "command.sh").read_text()
+    assert json.loads(run.retention_metrics(1).read_text())["policy_sha256"] == (
+        (run.policy(1) / "weights.sha256").read_text().split()[0])
+    assert adapted == samples(tmp_path / "merged", tmp_path / "merged_out")
+    assert adapted != samples(run.policy(0), tmp_path / "base_out")
