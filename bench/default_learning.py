@@ -118,11 +118,11 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr, flush=True)
     its = sorted({i for _, s, *_ in rows for i in s})
     print(f"{'seed':>4} " + " ".join(f"{'iter ' + str(i):>8}" for i in its)
-          + f" {'gain':>6} {'se':>5} {'minutes':>8}")
-    for seed, scores, gain, se, seconds in rows:
+          + f" {'gain':>6} {'se':>5} {'cut':>5} {'minutes':>8}")
+    for seed, scores, gain, se, cut, seconds in rows:
         cells = " ".join(f"{scores[i]:8.1f}" if i in scores else f"{'-':>8}" for i in its)
-        print(f"{seed:>4} {cells} {gain:+6.1f} {se:5.1f} {seconds / 60:8.1f}")
-    print(f"default_gain_min={min(g for _, _, g, _, _ in rows):.1f}")
+        print(f"{seed:>4} {cells} {gain:+6.1f} {se:5.1f} {cut:5.0%} {seconds / 60:8.1f}")
+    print(f"default_gain_min={min(row[2] for row in rows):.1f}")
 
 
 if __name__ == "__main__":
