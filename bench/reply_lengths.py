@@ -44,25 +44,29 @@ def openings(run: Path) -> list[str]:
 
 def lengths(model, tok, system: str, users: list[str], temperature: float, max_tokens: int,
             seed: int) -> tuple[list[int | None], list[int | None]]:
-    """Per user message: the reply's length in tokens where it ended (None: not within
-    max_tokens), and where its first paragraph ended (a token holding a newline)."""
+    """Per user message: the reply's length in tokens where it ended (one of the rollout
+    engines' stop tokens; None: not within max_tokens), and where its first paragraph
+    ended (a token holding a newline). The prompts are the rollout's own ids."""
     import torch
 
+    from rlver.chat import ChatTokens
+    from rlver.engines.base import stop_tokens
+
     torch.manual_seed(seed)
+    stops = set(stop_tokens(tok, model.generation_config))
     newline = {i for t, i in tok.get_vocab().items() if "\u010a" in t or "\n" in t}
-    texts = [tok.apply_chat_template([{"role": "system", "content": system},
-                                      {"role": "user", "content": u}],
-                                     tokenize=False, add_generation_prompt=True) for u in users]
-    enc = tok(texts, return_tensors="pt", padding=True)
+    chat = ChatTokens(tok, system)
+    enc = tok.pad({"input_ids": [chat.start(u) for u in users]}, padding_side="left",
+                  return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_tokens, do_sample=True,
                              temperature=temperature, top_p=1.0, top_k=0,
-                             pad_token_id=tok.eos_token_id)
+                             pad_token_id=min(stops))
     ends, paragraphs = [], []
     for row in out[:, enc["input_ids"].shape[1]:].tolist():
-        ends.append(next((k + 1 for k, t in enumerate(row) if t == tok.eos_token_id), None))
+        ends.append(next((k + 1 for k, t in enumerate(row) if t in stops), None))
         paragraphs.append(next((k + 1 for k, t in enumerate(row)
-                                if t == tok.eos_token_id or t in newline), None))
+                                if t in stops or t in newline), None))
     return ends, paragraphs
 
 
@@ -81,13 +85,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlver.models import load_policy
 
     cfg = yaml.safe_load((a.run / "config.yaml").read_text())
     model_dir = a.model or a.run.parents[1] / "resources" / "models" / cfg["model"]["name"]
     torch.set_num_threads(1)
-    tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model, tok = load_policy(model_dir)
     users = openings(a.run)
     cap = cfg["rollout"]["max_new_tokens"]
     temperature = a.temperature or cfg["rollout"]["temperature"]

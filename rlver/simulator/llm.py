@@ -40,8 +40,6 @@ from rlver.errors import RlverInputError
 from rlver.simulator.base import Feeling, SimRequest, Simulator, Utterance
 from rlver.simulator.prompts import (
     FAREWELL_MARKER,
-    MAX_MESSAGE_CHARS,
-    MAX_TRANSCRIPT_CHARS,
     fallback_utterance,
     feel_messages,
     prompt_language,
@@ -246,8 +244,7 @@ class LLMSimulator(Simulator):
         limit = MAX_ABS_DELTA if cfg.max_delta is None else min(MAX_ABS_DELTA, cfg.max_delta)
         self.schema = feeling_schema(limit)
         #: What the prompts show of the dialogue (characters of the transcript, a message).
-        self.view = (int(getattr(cfg, "transcript_chars", MAX_TRANSCRIPT_CHARS)),
-                     int(getattr(cfg, "message_chars", MAX_MESSAGE_CHARS)))
+        self.view = (int(cfg.transcript_chars), int(cfg.message_chars))
         self.backend = backend
         self._sleep = sleep
         #: Step one's reasons by request, so step two speaks from what was felt.
