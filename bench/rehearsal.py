@@ -207,16 +207,19 @@ class Sampler(threading.Thread):
                 continue
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
             children.setdefault(ppid, []).append(pid)
-            label = self._label(pid, cmd.split("\0"))
+            label = self._label(pid, cmd.rstrip("\0").split("\0"))
             if label:
                 labels[pid] = label
-        totals: dict[str, int] = {}
+        # A stage's processes: the union of its roots' trees (submitit's local launcher
+        # and its task are both roots, the task inside the launcher's tree).
+        members: dict[str, set[int]] = {}
         for pid, label in labels.items():
-            totals[label] = totals.get(label, 0) + sum(_pss(p) for p in _tree(pid, children))
+            members.setdefault(label, set()).update(_tree(pid, children))
             use = self.stages.setdefault(label, StageUse(now, now))
             use.last = now
             use.roots.add(pid)
-        for label, total in totals.items():
+        for label, pids in members.items():
+            total = sum(_pss(p) for p in pids)
             self.stages[label].peak_pss = max(self.stages[label].peak_pss, total)
 
     def _label(self, pid: int, argv: list[str]) -> Optional[str]:

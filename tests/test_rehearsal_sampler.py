@@ -1,0 +1,48 @@
+"""bench/rehearsal.py's memory sampler finds a run's stages from /proc and counts each
+process once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.rehearsal import Sampler, StageUse, _pss
+
+_NONE = StageUse(0.0, 0.0)
+
+#: A stand-in for submitit's local launcher: its argv names the module and ends with the
+#: job folder, and it starts a child whose argv does the same (the task), as submitit's
+#: `_local` starts `_submit`. Both sleep; nothing of submitit runs.
+LAUNCHER = (
+    "import subprocess, sys, time\n"
+    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)',"
+    " 'submitit.core._submit', sys.argv[-1]])\n"
+    "time.sleep(30)\n"
+)
+
+
+def test_an_update_job_is_found_and_its_processes_counted_once(tmp_path: Path) -> None:
+    folder = tmp_path / "results" / "run" / "iter_0003" / "update" / "submitit"
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, "submitit.local._local",
+                             str(folder)])
+    try:
+        sampler = Sampler(tmp_path)
+        for _ in range(100):  # the child is up within a second or two
+            time.sleep(0.1)
+            sampler.sample()
+            if len(sampler.stages.get("update 3", _NONE).roots) == 2:
+                break
+        use = sampler.stages["update 3"]
+        assert len(use.roots) == 2  # launcher and task, both recognised
+        # The union of the two trees, not their sum: the task is inside the launcher's.
+        union = sum(_pss(p) for p in use.roots)
+        assert abs(use.peak_pss - union) < 0.2 * union
+        other = Sampler(tmp_path / "elsewhere")
+        other.sample()
+        assert other.stages == {}
+    finally:
+        proc.kill()
+        subprocess.run(["pkill", "-f", str(folder)], check=False)
+        proc.wait()
