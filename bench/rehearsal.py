@@ -32,8 +32,9 @@ JSON schema). Only these are swapped (`swaps`):
   `SIMULATOR_TIMEOUT_S` (a CPU server on shared cores is slow). On two shared cores it
   answers a few tokens a second, hours per experiment; `--simulator fixed` instead puts
   a server answering at once in its place (`simulator=llm_http`, bench/servers.py, step
-  one's JSON, every user message at the 512-token cap): no LLM judges, but every length
-  on the policy's side at its worst case, in minutes;
+  one's JSON, every user message at the 512-token cap, sent the whole dialogue as the
+  served user's transcript budget allows): no LLM judges, but every length on the
+  policy's side at its worst case, in minutes;
 - counts: dialogues per step (`--dialogues`), test personas (`--test-personas`),
   iterations (`--iterations`); no retention stage (`retention=none`: its lm-eval data
   are not on this machine);
@@ -132,8 +133,13 @@ def swaps(exp: str, policy: Path, simulator: Path, profile: str, dialogues: int,
         f"evaluation.num_personas={test_personas}",
     ]
     if fixed_url:
+        # the paper's view of the dialogue (the served user's transcript budget): the
+        # fixed server has no context to fit it to
+        served = OmegaConf.load(ROOT / "config" / "simulator" / "served.yaml")
         out += ["simulator=llm_http", f"simulator.base_url={fixed_url}",
-                "simulator.model=fixed"]
+                "simulator.model=fixed",
+                f"simulator.transcript_chars={served.transcript_chars}",
+                f"simulator.message_chars={served.message_chars}"]
     else:
         out += [
             # the served simulated user: the embedded model on a CPU server
