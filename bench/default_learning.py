@@ -26,7 +26,6 @@ the seeds (goal >= 5).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -40,6 +39,7 @@ BIN = Path(sys.executable).parent
 
 from rlver.layout import Run  # noqa: E402
 from rlver.metrics import paired_gain  # noqa: E402
+from rlver.reporting.results_doc import read_curve  # noqa: E402
 
 #: LoRA adapters for --lora: rank 16 on every projection; the learning rate of the trials
 #: in docs/notes/2026-12-07-lora.md (full fine-tuning's default: 3e-5). 12 iterations:
@@ -67,13 +67,6 @@ def run_seed(workdir: Path, name: str, seed: int, overrides: list[str]) -> None:
         sys.exit(f"seed {seed}: snakemake failed (exit {res.returncode}); see {log}")
 
 
-def wall_seconds(run: Run) -> float:
-    """From the run's frozen config to its last evaluation (file times, as `rlver
-    results-doc` counts), so a seed finished earlier keeps its own time."""
-    stamps = [run.eval_metrics(i).stat().st_mtime for i in run.iterations()
-              if run.eval_metrics(i).is_file()]
-    return max(stamps) - run.config.stat().st_mtime
-
 
 def final_emotions(path: Path) -> dict[str, int]:
     """Persona -> final emotion of each benchmark dialogue in an eval dialogues.parquet."""
@@ -91,18 +84,16 @@ def cut_share(run: Run) -> float:
     return cut / max(1, total)
 
 
-def seed_scores(run: Run) -> tuple[dict[int, float], float, float]:
+def seed_scores(run: Run) -> tuple[dict[int, float], float, float, float]:
     """{iteration: score} of the evaluated policies, the gain from the first to the last,
-    and the gain's paired standard error."""
-    scores = {}
-    for i in run.iterations():
-        m = run.eval_metrics(i)
-        if m.is_file():
-            scores[i] = json.loads(m.read_text())["score"]
+    the gain's paired standard error, and the run's wall seconds (`rlver results-doc`'s
+    curve: file times, so a seed finished earlier keeps its own time)."""
+    curve = read_curve(run.root)
+    scores = dict(curve.scores)
     first, last = min(scores), max(scores)
     _, se, _ = paired_gain(final_emotions(run.eval_dialogues(first)),
                            final_emotions(run.eval_dialogues(last)))
-    return scores, scores[last] - scores[first], se
+    return scores, scores[last] - scores[first], se, curve.wall_s
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,8 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in (int(s) for s in a.seeds.split(",")):
         run_seed(a.workdir, name, seed, overrides)
         run = Run(a.workdir / "results" / f"{name}_s{seed}")
-        seconds = wall_seconds(run)
-        scores, gain, se = seed_scores(run)
+        scores, gain, se, seconds = seed_scores(run)
         rows.append((seed, scores, gain, se, cut_share(run), seconds))
         print(f"seed {seed}: {gain:+.1f} (se {se:.1f}) in {seconds / 60:.1f} min",
               file=sys.stderr, flush=True)

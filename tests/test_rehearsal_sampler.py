@@ -8,9 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.rehearsal import Sampler, StageUse, _pss
-
-_NONE = StageUse(0.0, 0.0)
+from bench.rehearsal import Sampler, _pss
 
 #: A stand-in for submitit's local launcher: its argv names the module and ends with the
 #: job folder, and it starts a child whose argv does the same (the task), as submitit's
@@ -32,7 +30,7 @@ def test_an_update_job_is_found_and_its_processes_counted_once(tmp_path: Path) -
         for _ in range(100):  # the child is up within a second or two
             time.sleep(0.1)
             sampler.sample()
-            if len(sampler.stages.get("update 3", _NONE).roots) == 2:
+            if "update 3" in sampler.stages and len(sampler.stages["update 3"].roots) == 2:
                 break
         use = sampler.stages["update 3"]
         assert len(use.roots) == 2  # launcher and task, both recognised
