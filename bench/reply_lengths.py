@@ -1,6 +1,7 @@
 """How long does the policy's first reply run when no cap cuts it? The share of replies
 that end on their own (the end-of-turn token) within each token cap, and the share whose
-first paragraph ends there.
+first paragraph, first sentence or second sentence ends there (rlver.engines.sentences,
+the rule of `rollout.max_sentences`).
 
     .venv/bin/python bench/reply_lengths.py --run results/default
     .venv/bin/python bench/reply_lengths.py --run results/default \
@@ -25,6 +26,9 @@ import pyarrow.parquet as pq
 import yaml
 
 CAPS = (32, 48, 64, 96, 128, 160, 256)
+#: How a reply may end: by itself, or at the first paragraph / sentence(s) (or by itself
+#: before that).
+ROWS = ("end of turn", "paragraph", "1 sentence", "2 sentences")
 
 
 def openings(run: Path) -> list[str]:
@@ -43,14 +47,16 @@ def openings(run: Path) -> list[str]:
 
 
 def lengths(model, tok, system: str, users: list[str], temperature: float, max_tokens: int,
-            seed: int) -> tuple[list[int | None], list[int | None]]:
-    """Per user message: the reply's length in tokens where it ended (one of the rollout
-    engines' stop tokens; None: not within max_tokens), and where its first paragraph
-    ended (a token holding a newline). The prompts are the rollout's own ids."""
+            seed: int) -> dict[str, list[int | None]]:
+    """Per user message, the reply's length in tokens where it ended (one of the rollout
+    engines' stop tokens), where its first paragraph ended (a token holding a newline, or
+    the end), and where its first and second sentence ended (rlver.engines.sentences, or
+    the end); None: not within max_tokens. The prompts are the rollout's own ids."""
     import torch
 
     from rlver.chat import ChatTokens
     from rlver.engines.base import stop_tokens
+    from rlver.engines.sentences import SentenceEnds
 
     torch.manual_seed(seed)
     stops = set(stop_tokens(tok, model.generation_config))
@@ -62,12 +68,18 @@ def lengths(model, tok, system: str, users: list[str], temperature: float, max_t
         out = model.generate(**enc, max_new_tokens=max_tokens, do_sample=True,
                              temperature=temperature, top_p=1.0, top_k=0,
                              pad_token_id=min(stops))
-    ends, paragraphs = [], []
+    sentences = SentenceEnds(tok)
+    out_lens: dict[str, list[int | None]] = {k: [] for k in ROWS}
     for row in out[:, enc["input_ids"].shape[1]:].tolist():
-        ends.append(next((k + 1 for k, t in enumerate(row) if t in stops), None))
-        paragraphs.append(next((k + 1 for k, t in enumerate(row)
-                                if t in stops or t in newline), None))
-    return ends, paragraphs
+        end = next((k + 1 for k, t in enumerate(row) if t in stops), None)
+        para = next((k + 1 for k, t in enumerate(row) if t in stops or t in newline), None)
+        cuts = sentences.lengths(row[:end] if end else row)
+        out_lens["end of turn"].append(end)
+        out_lens["paragraph"].append(para)
+        for n, key in ((1, "1 sentence"), (2, "2 sentences")):
+            at = cuts[n - 1] if len(cuts) >= n else None
+            out_lens[key].append(min(x for x in (at, end) if x) if at or end else None)
+    return out_lens
 
 
 def within(lens: list[int | None], cap: int) -> float:
@@ -98,16 +110,18 @@ def main(argv: list[str] | None = None) -> None:
     prompts = a.system or [cfg["template"]["system_prompt"]]
     caps = sorted({c for c in CAPS if c <= a.max_tokens} | {cap})
     print(f"{len(users)} openings of {a.run}, temperature {temperature}, run's cap {cap}; "
-          f"share of replies ended (first paragraph ended) within each cap")
-    print(f"{'prompt':>6} " + " ".join(f"{('*' if c == cap else '') + str(c):>11}" for c in caps))
+          f"share of replies ended within each cap: by the end-of-turn token, or at the end "
+          f"of the first paragraph / sentence(s)")
+    print(f"{'prompt':>6} {'ended at':>12} "
+          + " ".join(f"{('*' if c == cap else '') + str(c):>5}" for c in caps))
     first_share = None
     for k, system in enumerate(prompts):
-        ends, paragraphs = lengths(model, tok, system, users, temperature, a.max_tokens,
-                                   a.seed)
-        cells = " ".join(f"{within(ends, c):5.0%} ({within(paragraphs, c):3.0%})" for c in caps)
-        print(f"{k:>6} {cells}")
+        lens = lengths(model, tok, system, users, temperature, a.max_tokens, a.seed)
+        for row in ROWS:
+            cells = " ".join(f"{within(lens[row], c):5.0%}" for c in caps)
+            print(f"{k:>6} {row:>12} {cells}")
         if first_share is None:
-            first_share = within(ends, cap)
+            first_share = within(lens["end of turn"], cap)
     for k, system in enumerate(prompts):
         print(f"prompt {k}: {system}")
     print(f"ended_at_run_cap={first_share:.2f}")

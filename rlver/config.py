@@ -166,7 +166,8 @@ ADDED_KEYS: dict[str, Any] = {"algorithm.credit": "final", "rollout.greedy_per_g
                               "logging": dataclasses.asdict(LoggingConfig()),
                               "model.sha256": "", "model.lora": None,
                               "simulator.serve": dataclasses.asdict(ServeConfig()),
-                              "algorithm.gradient_checkpointing": False}
+                              "algorithm.gradient_checkpointing": False,
+                              "rollout.max_sentences": None, "evaluation.max_sentences": None}
 
 
 #: Keys a run may change when it continues. None of them changes a file already written,

@@ -184,6 +184,11 @@ def _ranges(cfg: DictConfig) -> list[Check]:
          "1.0 (nucleus truncation would record log-probs of another distribution than "
          "the one the trainer recomputes)"),
         ("rollout.samples_per_persona", ro.samples_per_persona >= 1, "at least 1"),
+        ("rollout.max_sentences", ro.max_sentences is None or ro.max_sentences >= 1,
+         "null or at least 1"),
+        ("evaluation.max_sentences",
+         cfg.evaluation.max_sentences is None or cfg.evaluation.max_sentences >= 1,
+         "null or at least 1"),
         ("simulator.max_turns", cfg.simulator.max_turns >= 1, "at least 1"),
         ("simulator.max_user_tokens", cfg.simulator.max_user_tokens >= 1, "at least 1"),
         ("simulator.transcript_chars", cfg.simulator.transcript_chars >= 1, "at least 1"),
@@ -291,6 +296,13 @@ def _combinations(cfg: DictConfig) -> list[Check]:
             "0 with rollout.engine=vllm (vLLM's greedy log-probs are taken before the "
             "temperature the trainer divides by)",
         ),
+        *[(f"{key}.max_sentences", n is None or (ro.engine == "hf"
+                                               and cfg.template.name == "nothink"),
+           "null with rollout.engine=vllm or template=think (vLLM stops at single token "
+           "ids, not at the n-th sentence end; a think reply's thinking has sentences of "
+           "its own)")
+          for key, n in (("rollout", ro.max_sentences),
+                         ("evaluation", cfg.evaluation.max_sentences))],
         (
             "rollout.samples_per_persona",
             alg.name != "grpo" or ro.samples_per_persona >= 2,

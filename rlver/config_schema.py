@@ -254,6 +254,12 @@ class RolloutConfig:
     batch_size: int = 16
     #: Token budget of one assistant reply (think mode: the thinking and the reply).
     max_new_tokens: int = 128
+    #: End a reply at the end of this many sentences (rlver/engines/sentences.py), a stop
+    #: rule the recorded log-probs stay exact under; null: at the end-of-turn token or
+    #: max_new_tokens only. For a small model whose paragraphs outrun the cap a CPU run
+    #: affords (config/experiment/default.yaml). The hf engine and the nothink template
+    #: only (the thinking has sentences of its own).
+    max_sentences: Optional[int] = None
     #: Sampling temperature, positive: the trainer recomputes log-probs at it (greedy
     #: members: `greedy_per_group`).
     temperature: float = 1.0
@@ -282,6 +288,8 @@ class EvaluationConfig:
     failure_below: int = 10
     batch_size: int = 16
     max_new_tokens: int = 128
+    #: As rollout.max_sentences, for the benchmark's replies.
+    max_sentences: Optional[int] = None
     #: Evaluate iterations 0, every, 2*every, ... and always the last policy.
     every: int = 1
 

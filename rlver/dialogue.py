@@ -115,7 +115,7 @@ class Dialogue:
             "delta": self.delta,
             "reason": self.reason,
             "parse_error": self.parse_error,
-            "truncated": [not t.sampled.finished for t in self.turns],
+            "truncated": [t.sampled.cut for t in self.turns],
             "num_turns": len(self.emotion),
             "outcome": self.outcome or "error",
             "final_emotion": final,

@@ -66,7 +66,7 @@ def evaluate_policy(
             engine,
             simulators,
             ProtocolSettings(ev.initial_emotion, ev.max_delta, ev.max_turns, ev.failure_below),
-            SamplingSettings(ev.max_new_tokens, greedy=True),
+            SamplingSettings(ev.max_new_tokens, greedy=True, max_sentences=ev.max_sentences),
             cfg.template.system_prompt,
             ev.batch_size,
             label=f"evaluate iter {iteration}",

@@ -103,7 +103,8 @@ def rollout_shard(
             simulators,
             ProtocolSettings(sim.initial_emotion, sim.max_delta, sim.max_turns,
                              sim.failure_below),
-            SamplingSettings(ro.max_new_tokens, ro.temperature, ro.top_p),
+            SamplingSettings(ro.max_new_tokens, ro.temperature, ro.top_p,
+                             max_sentences=ro.max_sentences),
             cfg.template.system_prompt,
             ro.batch_size,
             label=f"rollout iter {iteration} shard {shard}",
@@ -143,7 +144,7 @@ def shard_metrics(dialogues: list[Dialogue], rows: list[dict[str, Any]]) -> dict
         "reward_mean": sum(r["reward"] for r in rows) / len(rows),
         "final_emotion_mean": sum(d.current_emotion for d in dialogues) / len(dialogues),
         "reply_length_mean": sum(len(r.token_ids) for r in replies) / max(1, len(replies)),
-        "truncated_share": sum(not r.finished for r in replies) / max(1, len(replies)),
+        "truncated_share": sum(r.cut for r in replies) / max(1, len(replies)),
         "turns_mean": sum(len(d.emotion) for d in dialogues) / len(dialogues),
         "outcome_share": {o: outcomes.count(o) / len(outcomes) for o in OUTCOMES},
     }

@@ -392,3 +392,11 @@ def test_config_groups_and_schedule_check():
         config.compose("smoke", ["rollout.greedy_per_group=4"])  # smoke's groups are 4
     with pytest.raises(RlverInputError, match="rollout.greedy_per_group.*vllm"):
         config.compose("smoke", ["rollout=vllm", "rollout.greedy_per_group=1"])
+    assert config.compose("smoke", ["rollout.max_sentences=2"]).rollout.max_sentences == 2
+    for bad, key in ((["rollout.max_sentences=0"], "rollout.max_sentences must be null or"),
+                     (["evaluation.max_sentences=0"], "evaluation.max_sentences must be null"),
+                     (["rollout=vllm", "rollout.max_sentences=1"], "rollout.max_sentences.*vllm"),
+                     (["template=think", "evaluation.max_sentences=1"],
+                      "evaluation.max_sentences.*think")):
+        with pytest.raises(RlverInputError, match=key):
+            config.compose("smoke", bad)

@@ -21,6 +21,14 @@ class Sampled:
     logprobs: tuple[float, ...]
     #: True when the completion ended with the end-of-turn token (included in token_ids).
     finished: bool
+    #: True when it ended at the end of its `max_sentences`-th sentence (no end-of-turn
+    #: token): neither finished nor cut at max_new_tokens.
+    stopped: bool = False
+
+    @property
+    def cut(self) -> bool:
+        """Cut at max_new_tokens: it neither finished nor stopped at a sentence end."""
+        return not (self.finished or self.stopped)
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,9 @@ class SamplingSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     greedy: bool = False
+    #: End a reply at the end of this many sentences (rlver.engines.sentences); None: at
+    #: the end-of-turn token or max_new_tokens only.
+    max_sentences: Optional[int] = None
 
 
 class ContextFull(ValueError):

@@ -12,6 +12,7 @@ from typing import Any
 
 from rlver.engines import base
 from rlver.engines.base import Engine, Sampled, SamplingSettings, checked_weights, stop_tokens
+from rlver.engines.sentences import SentenceEnds
 
 
 class HFEngine(Engine):
@@ -71,6 +72,12 @@ class HFEngine(Engine):
             else {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p,
                   "top_k": 0}
         )
+        stopping = None
+        if settings.max_sentences is not None:
+            from transformers import StoppingCriteriaList
+
+            stopping = StoppingCriteriaList(
+                [_SentenceStop(self._sentences(), width, settings.max_sentences)])
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=input_ids,
@@ -80,6 +87,7 @@ class HFEngine(Engine):
                 pad_token_id=self.pad_id,
                 output_logits=True,
                 return_dict_in_generate=True,
+                stopping_criteria=stopping,
                 **sampling,
             )
         new = out.sequences[:, width:]
@@ -90,10 +98,22 @@ class HFEngine(Engine):
         for row_ids, row_logp in zip(new.tolist(), logp.tolist(), strict=True):
             end = next((k for k, t in enumerate(row_ids) if t in self.stop_token_ids), None)
             n = len(row_ids) if end is None else end + 1
-            results.append(
-                Sampled(tuple(row_ids[:n]), tuple(row_logp[:n]), finished=end is not None)
-            )
+            # A row that stopped at its last sentence is padded afterwards (the padding
+            # may be an end-of-turn id): it ends where its sentences do.
+            at = (None if settings.max_sentences is None
+                  else self._sentences().cut(row_ids[:n], settings.max_sentences))
+            if at is not None and (end is None or at <= end):
+                results.append(Sampled(tuple(row_ids[:at]), tuple(row_logp[:at]),
+                                       finished=False, stopped=True))
+            else:
+                results.append(Sampled(tuple(row_ids[:n]), tuple(row_logp[:n]),
+                                       finished=end is not None))
         return results
+
+    def _sentences(self) -> SentenceEnds:
+        if not hasattr(self, "_sentence_ends"):
+            self._sentence_ends = SentenceEnds(self.tokenizer)
+        return self._sentence_ends
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
         """Copy `weights` into the engine's module in place (converted to its device and
@@ -128,6 +148,31 @@ class HFEngine(Engine):
                                                    autocast_adapter_dtype=False)
         self._adapters.append(adapter_dir)
         self.model.eval()
+
+
+class _SentenceStop:
+    """transformers stopping criterion: a row is done once its reply (after `width`
+    prompt columns) has `k` sentence ends; each call reads only the new tokens."""
+
+    def __init__(self, sentences: SentenceEnds, width: int, k: int) -> None:
+        self.sentences, self.width, self.k = sentences, width, k
+        self.states: list[tuple[str, bool]] = []
+        self.counts: list[int] = []
+        self.seen = 0
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        new = input_ids[:, self.width:].tolist()
+        if not self.states:
+            self.states, self.counts = [("", False)] * len(new), [0] * len(new)
+        for i, row in enumerate(new):
+            for t in row[self.seen:]:
+                self.states[i], ends = self.sentences.step(self.states[i], t)
+                self.counts[i] += ends
+        self.seen = len(new[0]) if new else 0
+        return torch.tensor([c >= self.k for c in self.counts], dtype=torch.bool,
+                            device=input_ids.device)
 
 
 def load_hf_engine(policy_dir: str, dtype: str,

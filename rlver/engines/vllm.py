@@ -146,6 +146,10 @@ class VLLMEngine(Engine):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        if settings.max_sentences is not None:  # config time refuses it first
+            raise ValueError("max_sentences needs the hf engine: vLLM stops at single "
+                             "token ids, not at the n-th sentence end")
+
         return SamplingParams(
             max_tokens=settings.max_new_tokens,
             min_tokens=settings.max_new_tokens if ignore_eos else 0,
