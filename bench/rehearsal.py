@@ -326,7 +326,7 @@ def run_experiment(exp: str, work: Path, overrides: list[str], profile: str,
     seconds = time.monotonic() - t0
     stages = sampler.stop()
     if rc != 0:
-        cancel_jobs(wd)
+        cancel_jobs(wd, profile)
     run = Run(wd / "results" / cfg.run)
     numbers = {"experiment": exp, "returncode": rc, "timed_out": timed_out, "seconds": seconds,
                **outputs(run, cfg), **dialogues(run, cfg, wd / "resources" / "personas" /
@@ -416,14 +416,40 @@ def simulator_view(messages: list[dict[str, str]], persona: Any,
     return seen
 
 
-def cancel_jobs(workdir: Path) -> None:
-    """Cancel the Slurm jobs a failed run left, found by their working directory."""
-    res = subprocess.run(["squeue", "-h", "-o", "%i %Z"], capture_output=True, text=True,
-                         check=False)
-    mine = [line.split()[0] for line in res.stdout.splitlines()
-            if len(line.split()) == 2 and line.split()[1].startswith(str(workdir.resolve()))]
-    if mine:
-        subprocess.run(["scancel", *mine], check=False)
+def cancel_jobs(workdir: Path, profile: str) -> None:
+    """End the jobs a failed or stopped run left: its Slurm jobs, found by their working
+    directory, or its local ones (submitit's local jobs run in sessions of their own, out
+    of reach of the SIGTERM to Snakemake's group), found by their /proc cmdline or cwd."""
+    where = str(workdir.resolve())
+    if profile == "slurm":
+        res = subprocess.run(["squeue", "-h", "-o", "%i %Z"], capture_output=True, text=True,
+                             check=False)
+        mine = [line.split()[0] for line in res.stdout.splitlines()
+                if len(line.split()) == 2 and line.split()[1].startswith(where)]
+        if mine:
+            subprocess.run(["scancel", *mine], check=False)
+        return
+    for pid in leftover_local(where):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def leftover_local(where: str) -> list[int]:
+    """This user's processes (not this one) whose command line names `where` or whose
+    working directory is in it."""
+    out = []
+    for pid in _pids():
+        if pid == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            cwd = ""
+        if where in _read(f"/proc/{pid}/cmdline") or cwd.startswith(where):
+            out.append(pid)
+    return out
 
 
 # --------------------------------------------------------------------- the tables

@@ -44,3 +44,25 @@ def test_an_update_job_is_found_and_its_processes_counted_once(tmp_path: Path) -
         proc.kill()
         subprocess.run(["pkill", "-f", str(folder)], check=False)
         proc.wait()
+
+
+def test_a_stopped_local_run_leaves_no_job(tmp_path: Path) -> None:
+    """`cancel_jobs` with the local profile ends a job of the run that runs in a session
+    of its own (as submitit's local jobs do), and nothing outside the run; it does not
+    need Slurm's commands."""
+    from bench.rehearsal import cancel_jobs
+
+    folder = tmp_path / "results" / "run" / "iter_0000" / "update" / "submitit"
+    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(folder)],
+                           start_new_session=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                              str(tmp_path.parent / "elsewhere")], start_new_session=True)
+    try:
+        time.sleep(0.5)
+        cancel_jobs(tmp_path, "local")
+        assert job.wait(timeout=10) != 0
+        assert other.poll() is None
+    finally:
+        for p in (job, other):
+            p.kill()
+            p.wait()
