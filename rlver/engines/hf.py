@@ -43,6 +43,8 @@ class HFEngine(Engine):
         inner.generation_config = GenerationConfig(
             bos_token_id=gen.bos_token_id, eos_token_id=gen.eos_token_id,
             pad_token_id=gen.pad_token_id)
+        #: Where replies' sentences end (`SamplingSettings.max_sentences`).
+        self.sentences = SentenceEnds(tokenizer)
         #: The LoRA adapters `load_adapter` loaded, in order.
         self._adapters: list[str] = []
 
@@ -77,7 +79,7 @@ class HFEngine(Engine):
             from transformers import StoppingCriteriaList
 
             stopping = StoppingCriteriaList(
-                [_SentenceStop(self._sentences(), width, settings.max_sentences)])
+                [_SentenceStop(self.sentences, width, settings.max_sentences)])
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=input_ids,
@@ -101,7 +103,7 @@ class HFEngine(Engine):
             # A row that stopped at its last sentence is padded afterwards (the padding
             # may be an end-of-turn id): it ends where its sentences do.
             at = (None if settings.max_sentences is None
-                  else self._sentences().cut(row_ids[:n], settings.max_sentences))
+                  else self.sentences.cut(row_ids[:n], settings.max_sentences))
             if at is not None and (end is None or at <= end):
                 results.append(Sampled(tuple(row_ids[:at]), tuple(row_logp[:at]),
                                        finished=False, stopped=True))
@@ -109,11 +111,6 @@ class HFEngine(Engine):
                 results.append(Sampled(tuple(row_ids[:n]), tuple(row_logp[:n]),
                                        finished=end is not None))
         return results
-
-    def _sentences(self) -> SentenceEnds:
-        if not hasattr(self, "_sentence_ends"):
-            self._sentence_ends = SentenceEnds(self.tokenizer)
-        return self._sentence_ends
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
         """Copy `weights` into the engine's module in place (converted to its device and
