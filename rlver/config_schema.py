@@ -400,7 +400,8 @@ class AlgorithmConfig:
     #: samples) or `recompute` (the trainer's own, from a no-grad pass over the rows
     #: before the first step, as verl does: the first step's ratio is exactly 1, and the
     #: engine-trainer mismatch does not clip tokens). The gap between the two is logged
-    #: either way (`logp_gap_*`, `rollout_kl`; docs/update.md).
+    #: either way (`logp_gap_*`, `rollout_kl`; docs/update.md); with `rollout` and no
+    #: correction, over the first step's tokens, from that step's own forward pass.
     old_logprobs: str = "rollout"
     #: Importance-sampling correction of each token's loss for the engine-trainer
     #: mismatch (`rlver.registry.ROLLOUT_IS`): `none`, or `tis` (truncated: weight

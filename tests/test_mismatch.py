@@ -58,6 +58,25 @@ def test_the_gap_by_hand():
     assert gap["rollout_kl"] == pytest.approx(0.5 / 3, rel=1e-5)
     assert gap["rollout_is_weight_mean"] == pytest.approx(3.0 / 3, rel=1e-6)
     assert gap["rollout_is_capped_share"] == pytest.approx(1 / 3)
+    assert gap["logp_gap_tokens"] == 3
+
+
+def test_without_the_pass_the_gap_is_over_the_rows_the_first_step_measured():
+    """`rollout` with no correction runs no pass (`needs_pass`): the terms keep the
+    engine's log-probs, and the gap counts only the rows that got the trainer's side
+    (the first step's, `first_step_logprobs`)."""
+    assert not mismatch.needs_pass(_alg())
+    assert mismatch.needs_pass(_alg("algorithm.old_logprobs=recompute"))
+    engine = [torch.tensor([LOG(0.25), LOG(0.4)]), torch.tensor([LOG(0.5)])]
+    terms = mismatch.old_logprobs({i: {"old_logp": e} for i, e in enumerate(engine)}, None,
+                                  _alg())
+    assert all(t["old_logp"] is t["rollout_logp"] and "policy_logp" not in t
+               for t in terms.values())
+    assert mismatch.gap(terms, _alg()) == {}
+    terms[1]["policy_logp"] = torch.tensor([LOG(0.25)])
+    gap = mismatch.gap(terms, _alg())
+    assert gap["logp_gap_tokens"] == 1 and "rollout_is_weight_mean" not in gap
+    assert gap["logp_gap_mean"] == pytest.approx(LOG(2), rel=1e-6)
 
 
 def test_the_weights_scale_each_tokens_policy_loss():

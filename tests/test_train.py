@@ -76,14 +76,18 @@ def test_kl_to_an_identical_reference_is_zero_at_a_low_temperature(workdir, base
     assert first["approx_kl"] == pytest.approx(plain["approx_kl"], rel=1e-5, abs=1e-9)
 
 
-def test_recomputed_old_logprobs_make_the_first_steps_ratio_exactly_one(workdir, base_model,
-                                                                        rows):
+@pytest.fixture(scope="module")
+def recomputed(workdir, base_model, rows) -> dict:
+    return update(workdir, base_model, rows, "recompute", "algorithm.old_logprobs=recompute",
+                  "algorithm.rollout_is=tis")
+
+
+def test_recomputed_old_logprobs_make_the_first_steps_ratio_exactly_one(recomputed):
     """algorithm.old_logprobs=recompute: the trainer's no-grad pass gives the old
     log-probs, on the first step's own micro-batches, so that step's ratio is exactly 1
     (no token clipped, approx KL 0), whatever the engine recorded; the gap to the
     engine's log-probs is logged, and with tis the weights."""
-    got = update(workdir, base_model, rows, "recompute", "algorithm.old_logprobs=recompute",
-                 "algorithm.rollout_is=tis")
+    got = recomputed
     first = got["steps"][0]
     assert first["approx_kl"] == 0.0 and first["clip_frac"] == 0.0, first
     assert got["approx_kl_first_step"] == 0.0 and got["clip_fraction_first_step"] == 0.0
@@ -93,6 +97,22 @@ def test_recomputed_old_logprobs_make_the_first_steps_ratio_exactly_one(workdir,
     assert 0 <= got["rollout_kl"] < 1e-6
     assert got["rollout_is_weight_mean"] == pytest.approx(1.0, abs=1e-3)
     assert got["rollout_is_capped_share"] == 0.0
+
+
+def test_without_the_pass_the_first_steps_forward_gives_the_gap(workdir, base_model, rows,
+                                                                 recomputed):
+    """old_logprobs=rollout, no correction: no no-grad pass; the first step's own forward
+    gives the trainer's log-probs of its rows, the pass's very values: with one step per
+    epoch the gap equals that of `recompute` (which runs the pass) over the same tokens;
+    with two mini-batches it is measured on the first step's tokens only."""
+    keys = ("logp_gap_mean", "logp_gap_max", "rollout_kl", "logp_gap_tokens")
+    plain = update(workdir, base_model, rows, "gap_first_step")
+    assert {k: plain[k] for k in keys} == {k: recomputed[k] for k in keys}
+    assert plain["logp_gap_tokens"] == plain["num_tokens"]
+    halves = update(workdir, base_model, rows, "gap_halves", "algorithm.mini_batches=2")
+    assert len(halves["steps"]) == 2
+    assert halves["logp_gap_tokens"] == halves["steps"][0]["tokens"] < halves["num_tokens"]
+    assert 0 < halves["logp_gap_mean"] < 1e-3
 
 
 def test_an_estimator_registered_by_name_runs_an_update(workdir, base_model, rows):

@@ -41,6 +41,7 @@ def actor_loss(actor: Any, b: dict[str, torch.Tensor], alg: Any,
         loss = loss + alg.kl_coef * kl
         stats["kl_ref"] = kl
     stats["approx_kl"] = A.approx_kl_terms(logp, b["old_logp"])
+    stats["logp"] = logp.detach()  # not summed: the trainer's side of the gap (mismatch)
     return A.masked_sum(loss, b["weight"]), stats
 
 

@@ -172,19 +172,22 @@ def open_engines(spec: UpdateSpec, cfg: Any, grad_accum: int, world: int,
 def batch_terms(batch: Batch, cfg: Any, engines: Engines, reference: Any, rank: int,
                 world: int, device: torch.device) -> Terms:
     """The rollout terms (critic values, reference log-probs), the advantages, then the
-    trainer's own log-probs of the rows and the old log-probs of the ratio
-    (rlver.train.mismatch)."""
+    old log-probs of the ratio and, where they are needed before the first step, the
+    trainer's own log-probs of the rows (rlver.train.mismatch)."""
     alg = cfg.algorithm
     fixed: Terms = {}
     if alg.name == "ppo" or alg.kl_coef > 0:
         fixed = rollout_terms(batch.rows, alg, engines.critic, reference,
                               cfg.rollout.temperature, rank, world, engines.pad_id, device)
-    t = time.perf_counter()
-    first_epoch = [mb for step in batch.plan[:alg.mini_batches] for mb in step.micro]
-    policy = mismatch.policy_logprobs(batch.rows, first_epoch, engines.actor,
-                                      cfg.rollout.temperature, world, engines.pad_id, device)
-    S.log(rank, f"update: the trainer's log-probs of the rollouts in "
-                f"{time.perf_counter() - t:.1f} s (one no-grad pass)")
+    policy = None
+    if mismatch.needs_pass(alg):
+        t = time.perf_counter()
+        first_epoch = [mb for step in batch.plan[:alg.mini_batches] for mb in step.micro]
+        policy = mismatch.policy_logprobs(batch.rows, first_epoch, engines.actor,
+                                          cfg.rollout.temperature, world, engines.pad_id,
+                                          device)
+        S.log(rank, f"update: the trainer's log-probs of the rollouts in "
+                    f"{time.perf_counter() - t:.1f} s (one no-grad pass)")
     return mismatch.old_logprobs(advantages(batch.rows, fixed, alg), policy, alg)
 
 
@@ -217,8 +220,14 @@ def optimize(spec: UpdateSpec, cfg: Any, engines: Engines, batch: Batch, terms: 
                 group["lr"] = lrs["lr" if name == "actor" else "critic_lr"]
         batches = (collate([rows[r] for r in mb.rows], [terms[r] for r in mb.rows], mb.weight,
                            engines.pad_id, device) for mb in step.micro)
+        # without the no-grad pass the gap is measured on the first step's own forward
+        logps: Optional[list[torch.Tensor]] = (
+            [] if k == 0 and not mismatch.needs_pass(alg) else None)
         sums, norms = optimizer_step(engines_now, batches, len(step.micro),
-                                     world / max(1, step.tokens), alg, cfg.rollout.temperature)
+                                     world / max(1, step.tokens), alg, cfg.rollout.temperature,
+                                     logps)
+        if logps is not None:
+            mismatch.first_step_logprobs(terms, rows, step.micro, logps, world)
         progress.tokens_seen += sum(lengths[r] for mb in step.micro if mb.weight for r in mb.rows)
         all_reduce(sums)
         tok = max(1.0, sums[-1].item())
@@ -283,12 +292,14 @@ def finish(spec: UpdateSpec, cfg: Any, engines: Engines, batch: Batch, terms: Te
 
 
 def optimizer_step(engines: dict[str, Any], batches: Iterable[dict[str, torch.Tensor]], n: int,
-                   scale: float, alg: Any, temperature: float
+                   scale: float, alg: Any, temperature: float,
+                   logps: Optional[list[torch.Tensor]] = None
                    ) -> tuple[torch.Tensor, dict[str, float]]:
     """One optimizer step of each engine ("actor", "critic") over `n` micro-batches.
 
     Returns this rank's sums of STAT_KEYS and of the token weights, and each engine's
-    gradient norm before clipping.
+    gradient norm before clipping. `logps`, if given, receives each micro-batch's policy
+    log-probs of its assistant tokens (before this step's change of the weights).
     """
     sums = torch.zeros(len(STAT_KEYS) + 1, dtype=torch.float64)
     norms: dict[str, float] = {}
@@ -306,6 +317,8 @@ def optimizer_step(engines: dict[str, Any], batches: Iterable[dict[str, torch.Te
                                           if p.grad is not None)
             engine.step()
             stats |= s
+        if logps is not None:
+            logps.append(stats["logp"])
         with torch.no_grad():
             w = b["weight"]
             sums += torch.tensor([A.masked_sum(stats[k], w).item() if k in stats else 0.0
