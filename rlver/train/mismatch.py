@@ -38,16 +38,25 @@ def policy_logprobs(rows: list[dict[str, Any]], micro: list[MicroBatch], actor: 
     """The trainer's log-probs of each row's sampled tokens at the sampling temperature,
     with the weights before the first step, over `micro` (this rank's micro-batches of
     the first epoch, which hold every row once over the ranks); all ranks get all rows."""
-    mine: dict[int, torch.Tensor] = {}
+    logps = []
     with torch.no_grad():
         for mb in micro:
             b = collate([rows[r] for r in mb.rows], [{} for _ in mb.rows], mb.weight, pad_id,
                         device)
             logits = actor(b["input_ids"], b["attention_mask"], b["rows"], b["cols"] - 1)
-            logp = A.target_logprobs(logits, b["targets"], temperature).cpu()
+            logps.append(A.target_logprobs(logits, b["targets"], temperature))
+    return _by_row(rows, micro, logps, world)
+
+
+def _by_row(rows: list[dict[str, Any]], micro: list[MicroBatch], logps: list[torch.Tensor],
+            world: int) -> dict[int, torch.Tensor]:
+    """Per-micro-batch log-probs of this rank's `micro` split into rows; all ranks get
+    every rank's rows (a collective)."""
+    mine: dict[int, torch.Tensor] = {}
+    for mb, logp in zip(micro, logps, strict=True):
+        if mb.weight:
             sizes = [len(action_positions(rows[r])) for r in mb.rows]
-            if mb.weight:
-                mine |= dict(zip(mb.rows, logp.split(sizes), strict=True))
+            mine |= dict(zip(mb.rows, logp.cpu().split(sizes), strict=True))
     gathered: list[Any] = [None] * world
     torch.distributed.all_gather_object(gathered, mine)
     return {r: t for part in gathered for r, t in part.items()}
@@ -58,16 +67,8 @@ def first_step_logprobs(terms: Terms, rows: list[dict[str, Any]], micro: list[Mi
     """Without the pass (`needs_pass`): the trainer's log-probs of the first step's rows,
     `logps` of its forward over this rank's `micro` (one tensor per micro-batch), as
     `policy_logp` in `terms` on every rank. A collective."""
-    mine: dict[int, torch.Tensor] = {}
-    for mb, logp in zip(micro, logps, strict=True):
-        if mb.weight:
-            sizes = [len(action_positions(rows[r])) for r in mb.rows]
-            mine |= dict(zip(mb.rows, logp.detach().cpu().split(sizes), strict=True))
-    gathered: list[Any] = [None] * world
-    torch.distributed.all_gather_object(gathered, mine)
-    for part in gathered:
-        for r, t in part.items():
-            terms[r]["policy_logp"] = t
+    for r, t in _by_row(rows, micro, logps, world).items():
+        terms[r]["policy_logp"] = t
 
 
 def old_logprobs(terms: Terms, policy: Optional[dict[int, torch.Tensor]], alg: Any) -> Terms:
