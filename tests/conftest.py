@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from bench.models import embedded_model
 
-from .helpers import ROOT, TINY
+from .helpers import CLUSTER, ROOT, SLURM_DIR, TINY
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -32,6 +33,33 @@ def pytest_configure(config: pytest.Config) -> None:
         import torch
 
         torch.set_num_threads(1)
+    else:
+        config.stash[_CLUSTER_BEFORE] = _cluster_running()
+
+
+#: Whether the loopback Slurm cluster was running when the test session began.
+_CLUSTER_BEFORE = pytest.StashKey[bool]()
+
+
+def _cluster_running() -> bool:
+    """Whether the loopback cluster's controller (tests/slurm/cluster.sh) is running."""
+    pid = SLURM_DIR / "slurmctld.pid"
+    try:
+        os.kill(int(pid.read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the loopback Slurm cluster if this session started it (the process that ran
+    the whole session: with xdist the controller, after every worker is done), so that
+    `make test` leaves no slurmd, slurmctld or munged behind. A cluster that was running
+    before the session is someone's own and stays up."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or _CLUSTER_BEFORE not in config.stash:
+        return
+    if not config.stash[_CLUSTER_BEFORE] and _cluster_running():
+        subprocess.run([str(CLUSTER), "stop"], check=False, timeout=120)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
