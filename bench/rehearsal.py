@@ -62,6 +62,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -346,7 +347,31 @@ def run_experiment(exp: str, work: Path, overrides: list[str], profile: str,
                      and numbers["eval_outcomes"].get("error", 0) == 0)
     if rc != 0:
         numbers["log_tail"] = (wd / "snakemake.log").read_text(errors="replace")[-3000:]
+        numbers["failures"] = failures(wd)
     return numbers
+
+
+def failures(wd: Path, block_lines: int = 25, tail_lines: int = 40) -> str:
+    """Snakemake's `Error in rule` blocks in `wd`/snakemake.log, each followed by the last
+    `tail_lines` of every log file it names (the stage's own log, the Slurm job's): the
+    run folder is deleted after its numbers are read, and the reason must outlive it."""
+    lines = (wd / "snakemake.log").read_text(errors="replace").splitlines()
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        if not line.startswith("Error in rule"):
+            continue
+        block = []
+        for text in lines[i:i + block_lines]:
+            if block and not text.strip():
+                break
+            block.append(text)
+        out += block
+        for name in dict.fromkeys(re.findall(r"[\w./-]+\.log\b", "\n".join(block))):
+            path = Path(name) if Path(name).is_absolute() else wd / name
+            if path.is_file():
+                tail = path.read_text(errors="replace").splitlines()[-tail_lines:]
+                out += [f"--- {name} (last {len(tail)} lines)", *tail]
+    return "\n".join(out)
 
 
 def outputs(run: Any, cfg: Any) -> dict[str, Any]:
@@ -487,6 +512,8 @@ def print_experiment(n: dict[str, Any]) -> None:
               f"{n['message_chars']} characters: {v.get('replies_cut', 0)}")
     if "log_tail" in n:
         print("snakemake log (tail):\n" + n["log_tail"])
+    if n.get("failures"):
+        print("failed jobs:\n" + n["failures"])
 
 
 def print_summary(results: list[dict[str, Any]]) -> None:

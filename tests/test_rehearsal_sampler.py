@@ -66,3 +66,32 @@ def test_a_stopped_local_run_leaves_no_job(tmp_path: Path) -> None:
         for p in (job, other):
             p.kill()
             p.wait()
+
+
+def test_a_failed_jobs_error_block_and_its_logs_are_kept(tmp_path: Path) -> None:
+    """The rehearsal deletes a run folder once read: a failed job's reason is copied out
+    (Snakemake's error block and the tail of each log file the block names)."""
+    from bench.rehearsal import failures
+
+    stage_log = tmp_path / "results" / "r" / "logs" / "evaluate" / "iter_0000.log"
+    stage_log.parent.mkdir(parents=True)
+    stage_log.write_text("".join(f"line {i}\n" for i in range(100)) + "evaluate: refused\n")
+    slurm_log = tmp_path / ".snakemake" / "slurm_logs" / "rule_evaluate" / "0000" / "2.log"
+    slurm_log.parent.mkdir(parents=True)
+    slurm_log.write_text("slurmstepd: error: Exceeded job memory limit\n")
+    (tmp_path / "snakemake.log").write_text(
+        "Finished jobid: 4 (Rule: rollout)\n"
+        "Error in rule evaluate:\n"
+        "    message: SLURM-job '2' failed, SLURM status is: 'FAILED'. For further error"
+        " details see the cluster/cloud log and the log files of the involved rule(s).\n"
+        "    jobid: 7\n"
+        "    log: results/r/logs/evaluate/iter_0000.log, "
+        f"{slurm_log} (check log file(s) for error details)\n"
+        "\n"
+        "Finished jobid: 9 (Rule: update_0000)\n")
+    text = failures(tmp_path, tail_lines=5)
+    assert text.startswith("Error in rule evaluate:")
+    assert "--- results/r/logs/evaluate/iter_0000.log (last 5 lines)" in text
+    assert "evaluate: refused" in text and "line 94" not in text
+    assert "Exceeded job memory limit" in text
+    assert "update_0000" not in text
