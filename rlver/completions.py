@@ -282,6 +282,7 @@ class VLLMEngineBackend:
 
         if current_platform.is_cpu():
             vllm_cpu.simulator_args(engine_kwargs, max_model_len)
+            vllm_cpu.unbound_threads()
         self._sampling = SamplingParams
         self._structured = StructuredOutputsParams
         self.temperature = float(temperature)

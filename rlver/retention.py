@@ -213,6 +213,7 @@ def _vllm_args(cfg: Any, policy_dir: str) -> dict[str, Any]:
                  "max_lora_rank": vllm_max_rank(adapter_rank(policy_dir))}
     if not torch.cuda.is_available():
         args |= vllm_cpu.POLICY_DEFAULTS
+        vllm_cpu.unbound_threads()
     args |= dict(cfg.rollout.vllm_args)
     return vllm_cpu.whole_prompts(args)
 

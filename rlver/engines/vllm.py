@@ -102,6 +102,7 @@ class VLLMEngine(Engine):
                      "max_loras": 1}
         if current_platform.is_cpu():
             args |= vllm_cpu.POLICY_DEFAULTS
+            vllm_cpu.unbound_threads()
         args |= dict(engine_args or {})
         if not args.get("enforce_eager") and "compilation_config" not in args:
             args["compilation_config"] = {"cache_dir": compile_cache_dir(policy_dir, args)}

